@@ -1,0 +1,13 @@
+//! palr: PALR-style recommendation ranking with a hand-written LLaMA engine.
+//!
+//! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
+
+pub mod proto {
+    //! Generated protobuf/gRPC types of `proto/palr/v1` (only `service` converts them).
+    #![allow(clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("palr.v1");
+    }
+    /// Encoded file descriptor set, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("palr_descriptor");
+}
