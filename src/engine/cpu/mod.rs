@@ -1,0 +1,550 @@
+//! The CPU backend: multi-threaded (a rayon pool of its own), SIMD through the
+//! `gemm` crate for matrix-matrix work (its AVX-512 kernels are compiled in and
+//! chosen at run time) and our own kernels in [`simd`] for the matrix-vector
+//! products of decoding, attention, softmax and SiLU.
+//!
+//! Weights are `f32` or `bf16` in memory. An `f32` or `bf16` checkpoint tensor of
+//! the same type is used in place from the file's memory map (zero copy); other
+//! combinations are converted once at load. `bf16` weights are widened on the fly:
+//! per element in the decode kernels, per matrix into a scratch buffer for prefill.
+
+mod attention;
+pub mod simd;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use half::bf16;
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use super::backend::{Backend, Heads, KvLayer};
+use super::{EngineError, Result};
+use crate::model::{DType, TensorRef};
+
+/// Element type of weights held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown weight dtype {other:?}; use f32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Elements either owned or borrowed from a checkpoint's memory map.
+enum Store<T: 'static> {
+    Owned(Vec<T>),
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl<T: bytemuck::Pod> std::ops::Deref for Store<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Store::Owned(v) => v,
+            Store::Mapped { map, offset, len } => {
+                // The alignment was checked when the store was made.
+                bytemuck::cast_slice(&map[*offset..*offset + len * std::mem::size_of::<T>()])
+            }
+        }
+    }
+}
+
+enum MatData {
+    F32(Store<f32>),
+    Bf16(Store<bf16>),
+}
+
+/// A weight matrix `(rows, cols)`, row-major.
+pub struct CpuMat {
+    rows: usize,
+    cols: usize,
+    data: MatData,
+}
+
+impl CpuMat {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// A matrix owning `data` (`rows * cols` elements).
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>, dtype: WeightDtype) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        let data = match dtype {
+            WeightDtype::F32 => MatData::F32(Store::Owned(data)),
+            WeightDtype::Bf16 => {
+                MatData::Bf16(Store::Owned(data.into_iter().map(bf16::from_f32).collect()))
+            }
+        };
+        CpuMat { rows, cols, data }
+    }
+}
+
+/// The CPU backend.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    dtype: WeightDtype,
+}
+
+/// Batches of at most this many rows use the matrix-vector kernels; larger ones `gemm`.
+const GEMV_MAX_ROWS: usize = 4;
+
+thread_local! {
+    /// Widened bf16 weights for prefill matmuls (grows to the largest matrix once).
+    static WIDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Attention scores of one query row (grows to the longest context once).
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl CpuBackend {
+    /// A backend with `threads` workers (0 = one per core) holding weights as `dtype`.
+    pub fn new(threads: usize, dtype: WeightDtype) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("palr-cpu-{i}"))
+            .build()
+            .map_err(|e| {
+                EngineError::Backend(format!("cannot start {threads} CPU worker threads: {e}"))
+            })?;
+        Ok(CpuBackend {
+            pool,
+            threads,
+            dtype,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn weight_dtype(&self) -> WeightDtype {
+        self.dtype
+    }
+
+    /// `out (m, n) = x (m, k) · wᵀ` with the matrix-vector kernels, parallel over weight rows.
+    fn gemv(&self, x: &[f32], m: usize, w: &CpuMat, out: &mut [f32]) {
+        let (n, k) = (w.rows, w.cols);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        // Enough tasks to balance the threads, each a multiple of the 4-row kernel.
+        let blocks = n.div_ceil(simd::ROWS);
+        let per_task = blocks.div_ceil(self.threads * 4).max(1) * simd::ROWS;
+        let tasks = n.div_ceil(per_task);
+        let run = |t: usize| {
+            let lo = t * per_task;
+            let hi = (lo + per_task).min(n);
+            let mut o = lo;
+            while o < hi {
+                let take = (hi - o).min(simd::ROWS);
+                for r in 0..m {
+                    let xr = &x[r * k..(r + 1) * k];
+                    let vals = match &w.data {
+                        MatData::F32(d) => {
+                            dot_rows(&d[o * k..(o + take) * k], xr, take, simd::dot4_f32)
+                        }
+                        MatData::Bf16(d) => {
+                            dot_rows(&d[o * k..(o + take) * k], xr, take, simd::dot4_bf16)
+                        }
+                    };
+                    for (j, v) in vals.iter().take(take).enumerate() {
+                        // SAFETY: (r, o + j) is inside `out` (m * n elements) and each task
+                        // writes only the columns lo..hi, so no two tasks write one element.
+                        unsafe { *out_ptr.get().add(r * n + o + j) = *v };
+                    }
+                }
+                o += take;
+            }
+        };
+        if tasks == 1 {
+            run(0);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+    }
+}
+
+/// Dot products of `take <= 4` consecutive rows of `w` with `x`, through the 4-row
+/// kernel (a short tail block repeats its last row; the extra results are dropped).
+#[inline]
+fn dot_rows<T>(
+    w: &[T],
+    x: &[f32],
+    take: usize,
+    kernel: fn([&[T]; 4], &[f32]) -> [f32; 4],
+) -> [f32; 4] {
+    let k = x.len();
+    kernel(
+        std::array::from_fn(|j| &w[j.min(take - 1) * k..(j.min(take - 1) + 1) * k]),
+        x,
+    )
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output ranges to worker threads.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn store_from<T: bytemuck::Pod>(
+    t: &TensorRef<'_>,
+    zero_copy: Option<&[T]>,
+    convert: impl FnOnce() -> Vec<T>,
+) -> Store<T> {
+    match zero_copy {
+        Some(s) => {
+            let (map, offset) = t.mapping();
+            Store::Mapped {
+                map: map.clone(),
+                offset,
+                len: s.len(),
+            }
+        }
+        None => Store::Owned(convert()),
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Mat = CpuMat;
+
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({:?}, {} threads, {} weights)",
+            simd::isa(),
+            self.threads,
+            self.dtype
+        )
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| EngineError::OutOfMemory(format!("{len} f32 elements")))?;
+        v.resize(len, 0.0);
+        Ok(v)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn load_mat(&self, t: &TensorRef<'_>) -> Result<CpuMat> {
+        let [rows, cols] = *t.shape else {
+            return Err(EngineError::Backend(format!(
+                "tensor {:?} has shape {:?}; a matrix needs two dimensions",
+                t.name, t.shape
+            )));
+        };
+        let data = match self.dtype {
+            WeightDtype::F32 => MatData::F32(store_from(t, t.as_f32_slice(), || t.to_f32())),
+            WeightDtype::Bf16 => MatData::Bf16(store_from(t, t.as_bf16_slice(), || t.to_bf16())),
+        };
+        debug_assert!(matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16));
+        Ok(CpuMat { rows, cols, data })
+    }
+
+    fn download(&self, buf: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(&buf[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Vec<f32>,
+        src_row: usize,
+        dst: &mut Vec<f32>,
+        dst_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        dst[dst_row * width..(dst_row + rows) * width]
+            .copy_from_slice(&src[src_row * width..(src_row + rows) * width]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuMat, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        let d = table.cols;
+        for (r, &tok) in tokens.iter().enumerate() {
+            let tok = tok as usize;
+            if tok >= table.rows {
+                return Err(EngineError::InvalidToken {
+                    token: tok as u32,
+                    vocab: table.rows,
+                });
+            }
+            let dst = &mut out[r * d..(r + 1) * d];
+            match &table.data {
+                MatData::F32(w) => dst.copy_from_slice(&w[tok * d..(tok + 1) * d]),
+                MatData::Bf16(w) => simd::bf16_to_f32(&w[tok * d..(tok + 1) * d], dst),
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let norm = |(xr, or): (&[f32], &mut [f32])| {
+            let ss = simd::dot(xr, xr);
+            let inv = 1.0 / (ss / dim as f32 + eps).sqrt();
+            for ((o, x), w) in or.iter_mut().zip(xr).zip(weight.iter()) {
+                *o = w * (x * inv);
+            }
+        };
+        let x = &x[..rows * dim];
+        let out = &mut out[..rows * dim];
+        if rows >= 16 {
+            x.par_chunks(dim)
+                .zip(out.par_chunks_mut(dim))
+                .for_each(norm);
+        } else {
+            x.chunks(dim).zip(out.chunks_mut(dim)).for_each(norm);
+        }
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &CpuMat,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.rows, w.cols);
+        let x = &x[..rows * k];
+        let out_s = &mut out[..rows * n];
+        if rows <= GEMV_MAX_ROWS {
+            self.gemv(x, rows, w, out_s);
+        } else {
+            let run = |wf: &[f32], out_s: &mut [f32]| {
+                // SAFETY: dst is (rows, n) row-major, lhs (rows, k) row-major, rhs = wᵀ,
+                // i.e. element (kk, j) at wf[j * k + kk]: column stride k, row stride 1.
+                // All three slices hold exactly those extents.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        n,
+                        k,
+                        out_s.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        wf.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(self.threads),
+                    )
+                }
+            };
+            match &w.data {
+                MatData::F32(d) => run(d, out_s),
+                MatData::Bf16(d) => WIDEN.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    if buf.len() < n * k {
+                        buf.resize(n * k, 0.0);
+                    }
+                    let wide = &mut buf[..n * k];
+                    wide.par_chunks_mut(1 << 16)
+                        .zip(d.par_chunks(1 << 16))
+                        .for_each(|(dst, src)| simd::bf16_to_f32(src, dst));
+                    run(wide, out_s)
+                }),
+            }
+        }
+        if let Some(b) = bias {
+            for row in out_s.chunks_mut(n) {
+                row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+            }
+        }
+        Ok(())
+    }
+
+    fn rope_table(
+        &self,
+        inv_freq: &[f64],
+        start: usize,
+        rows: usize,
+        table: &mut Vec<f32>,
+    ) -> Result<()> {
+        let half = inv_freq.len();
+        for r in 0..rows {
+            let pos = (start + r) as f64;
+            for (i, f) in inv_freq.iter().enumerate() {
+                let (s, c) = (pos * f).sin_cos();
+                table[(r * half + i) * 2] = c as f32;
+                table[(r * half + i) * 2 + 1] = s as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &Vec<f32>,
+    ) -> Result<()> {
+        let half = head_dim / 2;
+        let width = n_heads * head_dim;
+        for (r, row) in x[..rows * width].chunks_mut(width).enumerate() {
+            let cs = &table[r * half * 2..(r + 1) * half * 2];
+            for head in row.chunks_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (c, s) = (cs[2 * i], cs[2 * i + 1]);
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * c - x1 * s;
+                    b[i] = x1 * c + x0 * s;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_store(
+        &self,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        rows: usize,
+        start: usize,
+        heads: Heads,
+        capacity: usize,
+        cache: &mut KvLayer<Self>,
+    ) -> Result<()> {
+        let hd = heads.head_dim;
+        if start + rows > capacity {
+            return Err(EngineError::ContextFull {
+                needed: start + rows,
+                capacity,
+            });
+        }
+        for r in 0..rows {
+            for g in 0..heads.n_kv_heads {
+                let src = (r * heads.n_kv_heads + g) * hd;
+                let dst = (g * capacity + start + r) * hd;
+                cache.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                cache.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        cache: &KvLayer<Self>,
+        rows: usize,
+        start: usize,
+        heads: Heads,
+        capacity: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        attention::causal_gqa(q, &cache.k, &cache.v, rows, start, heads, capacity, out);
+        Ok(())
+    }
+
+    fn kv_copy_prefix(
+        &self,
+        src: &KvLayer<Self>,
+        dst: &mut KvLayer<Self>,
+        len: usize,
+        heads: Heads,
+        src_capacity: usize,
+        dst_capacity: usize,
+    ) -> Result<()> {
+        let hd = heads.head_dim;
+        for g in 0..heads.n_kv_heads {
+            let s = g * src_capacity * hd;
+            let d = g * dst_capacity * hd;
+            dst.k[d..d + len * hd].copy_from_slice(&src.k[s..s + len * hd]);
+            dst.v[d..d + len * hd].copy_from_slice(&src.v[s..s + len * hd]);
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, n: usize) -> Result<()> {
+        const CHUNK: usize = 1 << 14;
+        if n > CHUNK {
+            gate[..n]
+                .par_chunks_mut(CHUNK)
+                .zip(up[..n].par_chunks(CHUNK))
+                .for_each(|(g, u)| simd::silu_mul(g, u));
+        } else {
+            simd::silu_mul(&mut gate[..n], &up[..n]);
+        }
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) -> Result<()> {
+        x[..n].iter_mut().zip(&y[..n]).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+pub(crate) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCORES.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}

@@ -1,0 +1,705 @@
+//! Vector kernels for the CPU backend: dot products, the matrix-vector products of
+//! decoding, softmax and SiLU, with AVX-512 and AVX2+FMA versions chosen at run
+//! time and a portable fallback.
+//!
+//! Everything here works on plain slices; callers guarantee the lengths named in
+//! each function's doc comment (checked with `debug_assert!`). The exponential is
+//! a Cephes-style range reduction (`x = n ln2 + r`, `|r| <= ln2/2`) with a degree-6
+//! polynomial, accurate to about 2 ulp over the range softmax and SiLU use.
+
+use half::bf16;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Which instruction set the kernels run with on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The best instruction set this CPU supports (detected once; `PALR_CPU_ISA=avx2|portable` caps it).
+pub fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let cap = std::env::var("PALR_CPU_ISA").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if cap != "avx2"
+                && cap != "portable"
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+            {
+                return Isa::Avx512;
+            }
+            if cap != "portable"
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        let _ = cap;
+        Isa::Portable
+    })
+}
+
+/// Weight rows the matrix-vector kernel reads together.
+pub const ROWS: usize = 4;
+
+/// `out[r] = dot(w[r], x)` for four weight rows of `x.len()` elements each.
+#[inline]
+pub fn dot4_f32(w: [&[f32]; ROWS], x: &[f32]) -> [f32; ROWS] {
+    debug_assert!(w.iter().all(|r| r.len() == x.len()));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => unsafe { avx512::dot4_f32(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::dot4_f32(w, x) },
+        _ => portable::dot4(w, x, |v: &f32| *v),
+    }
+}
+
+/// Like [`dot4_f32`] with `bf16` weights widened on the fly.
+#[inline]
+pub fn dot4_bf16(w: [&[bf16]; ROWS], x: &[f32]) -> [f32; ROWS] {
+    debug_assert!(w.iter().all(|r| r.len() == x.len()));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => unsafe { avx512::dot4_bf16(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::dot4_bf16(w, x) },
+        _ => portable::dot4(w, x, |v: &bf16| v.to_f32()),
+    }
+}
+
+/// `dot(a, b)` (`a.len() == b.len()`).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        _ => portable::dot(a, b),
+    }
+}
+
+/// `y += a * x` (`y.len() == x.len()`).
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(y.len(), x.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => unsafe { avx512::axpy(y, a, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::axpy(y, a, x) },
+        _ => y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x),
+    }
+}
+
+/// `x[i] = exp(x[i] - max)` and returns the sum of the results.
+#[inline]
+pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => unsafe { avx512::exp_sub_sum(x, max) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::exp_sub_sum(x, max) },
+        _ => {
+            let mut s = 0.0;
+            for v in x.iter_mut() {
+                *v = (*v - max).exp();
+                s += *v;
+            }
+            s
+        }
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` (`gate.len() == up.len()`).
+#[inline]
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => unsafe { avx512::silu_mul(gate, up) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::silu_mul(gate, up) },
+        _ => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
+    }
+}
+
+/// Largest element (`-inf` for an empty slice).
+#[inline]
+pub fn max(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `x *= a`.
+#[inline]
+pub fn scale(x: &mut [f32], a: f32) {
+    x.iter_mut().for_each(|v| *v *= a);
+}
+
+/// Widens `src` into `dst` (`dst.len() == src.len()`).
+#[inline]
+pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len());
+    // A bf16 is the high half of an f32: the compiler vectorises this shift.
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((s.to_bits() as u32) << 16);
+    }
+}
+
+mod portable {
+    use super::ROWS;
+
+    pub fn dot4<T>(w: [&[T]; ROWS], x: &[f32], widen: impl Fn(&T) -> f32) -> [f32; ROWS] {
+        let k = x.len();
+        let mut out = [0.0; ROWS];
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = w[r];
+            let mut acc = [0.0f32; 8];
+            let chunks = k / 8;
+            for c in 0..chunks {
+                for j in 0..8 {
+                    acc[j] += widen(&row[c * 8 + j]) * x[c * 8 + j];
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for i in chunks * 8..k {
+                s += widen(&row[i]) * x[i];
+            }
+            *o = s;
+        }
+        out
+    }
+
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot4_single(a, b)
+    }
+
+    fn dot4_single(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let chunks = a.len() / 8;
+        for c in 0..chunks {
+            for j in 0..8 {
+                acc[j] += a[c * 8 + j] * b[c * 8 + j];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for i in chunks * 8..a.len() {
+            s += a[i] * b[i];
+        }
+        s
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_bf16(p: *const bf16) -> __m512 {
+        // SAFETY: caller guarantees 16 readable bf16 at p.
+        unsafe {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_bf16_mask(p: *const bf16, m: __mmask16) -> __m512 {
+        // SAFETY: only lanes in `m` are read.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(m, p as *const i16);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot4_f32(w: [&[f32]; ROWS], x: &[f32]) -> [f32; ROWS] {
+        let k = x.len();
+        let (w0, w1, w2, w3) = (w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr());
+        let xp = x.as_ptr();
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load is within 0..k of rows of length k.
+        unsafe {
+            while i + 16 <= k {
+                let xv = _mm512_loadu_ps(xp.add(i));
+                a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(i)), xv, a[0]);
+                a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(i)), xv, a[1]);
+                a[2] = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(i)), xv, a[2]);
+                a[3] = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(i)), xv, a[3]);
+                i += 16;
+            }
+            if i < k {
+                let m: __mmask16 = (1u32 << (k - i)) as u16 - 1;
+                let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+                a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0.add(i)), xv, a[0]);
+                a[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1.add(i)), xv, a[1]);
+                a[2] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2.add(i)), xv, a[2]);
+                a[3] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3.add(i)), xv, a[3]);
+            }
+        }
+        [
+            _mm512_reduce_add_ps(a[0]),
+            _mm512_reduce_add_ps(a[1]),
+            _mm512_reduce_add_ps(a[2]),
+            _mm512_reduce_add_ps(a[3]),
+        ]
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot4_bf16(w: [&[bf16]; ROWS], x: &[f32]) -> [f32; ROWS] {
+        let k = x.len();
+        let (w0, w1, w2, w3) = (w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr());
+        let xp = x.as_ptr();
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load is within 0..k of rows of length k.
+        unsafe {
+            while i + 16 <= k {
+                let xv = _mm512_loadu_ps(xp.add(i));
+                a[0] = _mm512_fmadd_ps(load_bf16(w0.add(i)), xv, a[0]);
+                a[1] = _mm512_fmadd_ps(load_bf16(w1.add(i)), xv, a[1]);
+                a[2] = _mm512_fmadd_ps(load_bf16(w2.add(i)), xv, a[2]);
+                a[3] = _mm512_fmadd_ps(load_bf16(w3.add(i)), xv, a[3]);
+                i += 16;
+            }
+            if i < k {
+                let m: __mmask16 = (1u32 << (k - i)) as u16 - 1;
+                let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+                a[0] = _mm512_fmadd_ps(load_bf16_mask(w0.add(i), m), xv, a[0]);
+                a[1] = _mm512_fmadd_ps(load_bf16_mask(w1.add(i), m), xv, a[1]);
+                a[2] = _mm512_fmadd_ps(load_bf16_mask(w2.add(i), m), xv, a[2]);
+                a[3] = _mm512_fmadd_ps(load_bf16_mask(w3.add(i), m), xv, a[3]);
+            }
+        }
+        [
+            _mm512_reduce_add_ps(a[0]),
+            _mm512_reduce_add_ps(a[1]),
+            _mm512_reduce_add_ps(a[2]),
+            _mm512_reduce_add_ps(a[3]),
+        ]
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let k = a.len();
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut s0 = _mm512_setzero_ps();
+        let mut s1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: loads stay within 0..k.
+        unsafe {
+            while i + 32 <= k {
+                s0 = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(i)), _mm512_loadu_ps(bp.add(i)), s0);
+                s1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(ap.add(i + 16)),
+                    _mm512_loadu_ps(bp.add(i + 16)),
+                    s1,
+                );
+                i += 32;
+            }
+            while i < k {
+                let n = (k - i).min(16);
+                let m: __mmask16 = ((1u32 << n) - 1) as u16;
+                s0 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(m, ap.add(i)),
+                    _mm512_maskz_loadu_ps(m, bp.add(i)),
+                    s0,
+                );
+                i += n;
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let k = y.len();
+        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+        let av = _mm512_set1_ps(a);
+        let mut i = 0;
+        // SAFETY: loads and stores stay within 0..k.
+        unsafe {
+            while i < k {
+                let n = (k - i).min(16);
+                let m: __mmask16 = ((1u32 << n) - 1) as u16;
+                let r = _mm512_fmadd_ps(
+                    av,
+                    _mm512_maskz_loadu_ps(m, xp.add(i)),
+                    _mm512_maskz_loadu_ps(m, yp.add(i)),
+                );
+                _mm512_mask_storeu_ps(yp.add(i), m, r);
+                i += n;
+            }
+        }
+    }
+
+    /// e^x for every lane; lanes below -87.3 flush to 0.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(
+            _mm512_min_ps(x, _mm512_set1_ps(88.3762626647949)),
+            _mm512_set1_ps(-87.33654),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // r = x - n*ln2, in two steps for accuracy.
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4), r);
+        let mut p = _mm512_set1_ps(1.9875691500e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1));
+        let r2 = _mm512_mul_ps(r, r);
+        p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(p, n)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
+        let k = x.len();
+        let p = x.as_mut_ptr();
+        let mv = _mm512_set1_ps(max);
+        let mut s = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: loads and stores stay within 0..k; masked lanes are neither read nor written.
+        unsafe {
+            while i < k {
+                let n = (k - i).min(16);
+                let m: __mmask16 = ((1u32 << n) - 1) as u16;
+                let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), mv));
+                _mm512_mask_storeu_ps(p.add(i), m, e);
+                s = _mm512_mask_add_ps(s, m, s, e);
+                i += n;
+            }
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+        let k = g.len();
+        let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        // SAFETY: loads and stores stay within 0..k.
+        unsafe {
+            while i < k {
+                let n = (k - i).min(16);
+                let m: __mmask16 = ((1u32 << n) - 1) as u16;
+                let gv = _mm512_maskz_loadu_ps(m, gp.add(i));
+                let sig = _mm512_div_ps(
+                    one,
+                    _mm512_add_ps(one, exp(_mm512_sub_ps(_mm512_setzero_ps(), gv))),
+                );
+                let r = _mm512_mul_ps(_mm512_mul_ps(gv, sig), _mm512_maskz_loadu_ps(m, up.add(i)));
+                _mm512_mask_storeu_ps(gp.add(i), m, r);
+                i += n;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        // SAFETY: caller guarantees 8 readable bf16 at p.
+        unsafe {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_f32(w: [&[f32]; ROWS], x: &[f32]) -> [f32; ROWS] {
+        let k = x.len();
+        let main = k / 8 * 8;
+        let mut a = [_mm256_setzero_ps(); 4];
+        // SAFETY: loads stay within 0..main of rows of length k.
+        unsafe {
+            for i in (0..main).step_by(8) {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+                for (r, acc) in a.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(w[r].as_ptr().add(i)), xv, *acc);
+                }
+            }
+        }
+        let mut out = [0.0; ROWS];
+        for r in 0..ROWS {
+            let mut s = hsum(a[r]);
+            for i in main..k {
+                s += w[r][i] * x[i];
+            }
+            out[r] = s;
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_bf16(w: [&[bf16]; ROWS], x: &[f32]) -> [f32; ROWS] {
+        let k = x.len();
+        let main = k / 8 * 8;
+        let mut a = [_mm256_setzero_ps(); 4];
+        // SAFETY: loads stay within 0..main of rows of length k.
+        unsafe {
+            for i in (0..main).step_by(8) {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+                for (r, acc) in a.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(load_bf16(w[r].as_ptr().add(i)), xv, *acc);
+                }
+            }
+        }
+        let mut out = [0.0; ROWS];
+        for r in 0..ROWS {
+            let mut s = hsum(a[r]);
+            for i in main..k {
+                s += w[r][i].to_f32() * x[i];
+            }
+            out[r] = s;
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let k = a.len();
+        let main = k / 8 * 8;
+        let mut s = _mm256_setzero_ps();
+        // SAFETY: loads stay within 0..main.
+        unsafe {
+            for i in (0..main).step_by(8) {
+                s = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    s,
+                );
+            }
+        }
+        let mut r = hsum(s);
+        for i in main..k {
+            r += a[i] * b[i];
+        }
+        r
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let k = y.len();
+        let main = k / 8 * 8;
+        let av = _mm256_set1_ps(a);
+        // SAFETY: loads and stores stay within 0..main.
+        unsafe {
+            for i in (0..main).step_by(8) {
+                let yp = y.as_mut_ptr().add(i);
+                _mm256_storeu_ps(
+                    yp,
+                    _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+                );
+            }
+        }
+        for i in main..k {
+            y[i] += a * x[i];
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(
+            _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949)),
+            _mm256_set1_ps(-87.33654),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4), r);
+        let mut p = _mm256_set1_ps(1.9875691500e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1));
+        let r2 = _mm256_mul_ps(r, r);
+        p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        // 2^n: n + 127 into the exponent field (n is within [-126, 128) after the clamp).
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
+        let k = x.len();
+        let main = k / 8 * 8;
+        let mv = _mm256_set1_ps(max);
+        let mut s = _mm256_setzero_ps();
+        // SAFETY: loads and stores stay within 0..main.
+        unsafe {
+            for i in (0..main).step_by(8) {
+                let p = x.as_mut_ptr().add(i);
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+                _mm256_storeu_ps(p, e);
+                s = _mm256_add_ps(s, e);
+            }
+        }
+        let mut r = hsum(s);
+        for v in &mut x[main..] {
+            *v = (*v - max).exp();
+            r += *v;
+        }
+        r
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+        let k = g.len();
+        let main = k / 8 * 8;
+        let one = _mm256_set1_ps(1.0);
+        // SAFETY: loads and stores stay within 0..main.
+        unsafe {
+            for i in (0..main).step_by(8) {
+                let gp = g.as_mut_ptr().add(i);
+                let gv = _mm256_loadu_ps(gp);
+                let sig = _mm256_div_ps(
+                    one,
+                    _mm256_add_ps(one, exp(_mm256_sub_ps(_mm256_setzero_ps(), gv))),
+                );
+                _mm256_storeu_ps(
+                    gp,
+                    _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u.as_ptr().add(i))),
+                );
+            }
+        }
+        for i in main..k {
+            g[i] = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn close(a: f32, b: f64, tol: f64) -> bool {
+        ((a as f64) - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn kernels_match_f64_on_odd_lengths() {
+        for k in [1usize, 7, 15, 16, 17, 33, 64, 100, 576] {
+            let w = data(4 * k, k as u32);
+            let x = data(k, 7 + k as u32);
+            let wb: Vec<bf16> = w.iter().map(|v| bf16::from_f32(*v)).collect();
+            let rows: [&[f32]; 4] = std::array::from_fn(|r| &w[r * k..(r + 1) * k]);
+            let rows_b: [&[bf16]; 4] = std::array::from_fn(|r| &wb[r * k..(r + 1) * k]);
+            let got = dot4_f32(rows, &x);
+            let got_b = dot4_bf16(rows_b, &x);
+            for r in 0..4 {
+                let want: f64 = (0..k).map(|i| w[r * k + i] as f64 * x[i] as f64).sum();
+                let want_b: f64 = (0..k).map(|i| wb[r * k + i].to_f64() * x[i] as f64).sum();
+                assert!(
+                    close(got[r], want, 1e-5),
+                    "dot4_f32 k={k} r={r}: {} vs {want}",
+                    got[r]
+                );
+                assert!(close(got_b[r], want_b, 1e-5), "dot4_bf16 k={k} r={r}");
+            }
+            let want: f64 = (0..k).map(|i| w[i] as f64 * x[i] as f64).sum();
+            assert!(close(dot(&w[..k], &x), want, 1e-5), "dot k={k}");
+            let mut y = w[..k].to_vec();
+            axpy(&mut y, 0.5, &x);
+            for i in 0..k {
+                assert!(close(y[i], w[i] as f64 + 0.5 * x[i] as f64, 1e-6));
+            }
+        }
+    }
+
+    #[test]
+    fn exp_and_silu_are_accurate() {
+        // Softmax only ever exponentiates x - max <= 0; SiLU needs the far tails to saturate.
+        let mut xs: Vec<f32> = (-2000..=1200).map(|i| i as f32 * 0.05).collect();
+        xs.extend([-100.0, -88.0, 0.0, 1e-8]);
+        let orig = xs.clone();
+        let sum = exp_sub_sum(&mut xs, 10.0);
+        let mut want_sum = 0.0f64;
+        for (got, x) in xs.iter().zip(&orig) {
+            let want = ((*x as f64) - 10.0).exp();
+            want_sum += want;
+            let ok = close(*got, want, 1e-6) || (want < 1e-37 && *got < 1e-37);
+            assert!(ok, "exp({x} - 10) = {got}, want {want}");
+        }
+        assert!(close(sum, want_sum, 1e-5));
+        let mut g = orig.clone();
+        let u = data(g.len(), 3);
+        silu_mul(&mut g, &u);
+        for i in 0..g.len() {
+            let x = orig[i] as f64;
+            let want = x / (1.0 + (-x).exp()) * u[i] as f64;
+            assert!(
+                (g[i] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "silu({x})"
+            );
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The LLaMA decoder (Touvron et al. 2023), written once against [`Backend`].
+//!
+//! ```text
+//! x = embed[tokens]
+//! for each block:
+//!     h  = rmsnorm(x) ;  q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ ;  rope(q), rope(k) ;  cache ← k, v
+//!     x += attention(q, cache)·Woᵀ
+//!     h  = rmsnorm(x) ;  x += (silu(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ
+//! logits = rmsnorm(x)·Wheadᵀ            (Whead = embed when the embeddings are tied)
+//! ```
+//!
+//! The struct tree mirrors the Hugging Face checkpoint (`Llama { embed, blocks,
+//! norm, lm_head }`, `Block { attn, mlp, norms }`); each part loads itself from the
+//! checkpoint. The KV cache and scratch buffers live apart, in [`State`], and are
+//! allocated once per session: a forward pass allocates nothing.
+
+use crate::model::{Checkpoint, LlamaConfig};
+
+use super::Result;
+use super::backend::{Backend, Heads, KvLayer};
+
+/// A linear layer `y = x·Wᵀ (+ b)`; `w` is `(out_features, in_features)`.
+pub struct Linear<B: Backend> {
+    pub w: B::Mat,
+    pub bias: Option<B::Buf>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn load(
+        b: &B,
+        ck: &Checkpoint,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let w = b.load_mat(&ck.get_shaped(&format!("{name}.weight"), &[out, inp])?)?;
+        let bias = if bias {
+            Some(b.upload(&ck.get_shaped(&format!("{name}.bias"), &[out])?.to_f32())?)
+        } else {
+            None
+        };
+        Ok(Linear { w, bias })
+    }
+
+    fn forward(&self, b: &B, x: &B::Buf, rows: usize, out: &mut B::Buf) -> Result<()> {
+        b.linear(x, rows, &self.w, self.bias.as_ref(), out)
+    }
+}
+
+pub struct Attention<B: Backend> {
+    pub q: Linear<B>, // (n_heads * head_dim, dim)
+    pub k: Linear<B>, // (n_kv_heads * head_dim, dim)
+    pub v: Linear<B>, // (n_kv_heads * head_dim, dim)
+    pub o: Linear<B>, // (dim, n_heads * head_dim)
+}
+
+pub struct Mlp<B: Backend> {
+    pub gate: Linear<B>, // (hidden_dim, dim)
+    pub up: Linear<B>,   // (hidden_dim, dim)
+    pub down: Linear<B>, // (dim, hidden_dim)
+}
+
+pub struct Block<B: Backend> {
+    pub attn_norm: B::Buf, // (dim)
+    pub attn: Attention<B>,
+    pub mlp_norm: B::Buf, // (dim)
+    pub mlp: Mlp<B>,
+}
+
+pub struct Llama<B: Backend> {
+    pub cfg: LlamaConfig,
+    pub backend: B,
+    pub embed: B::Mat, // (vocab, dim)
+    pub blocks: Vec<Block<B>>,
+    pub norm: B::Buf,            // (dim)
+    pub lm_head: Option<B::Mat>, // (vocab, dim); None when tied to `embed`
+    inv_freq: Vec<f64>,          // (head_dim / 2)
+}
+
+/// Which logits a forward pass produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (filling the cache only, e.g. a shared prompt prefix).
+    None,
+    /// The last fed position's.
+    Last,
+    /// Every fed position's, `(rows, vocab)`.
+    All,
+}
+
+/// Per-session state: the KV cache and the scratch buffers of one forward pass.
+pub struct State<B: Backend> {
+    /// Positions the cache can hold.
+    pub capacity: usize,
+    /// Positions filled.
+    pub len: usize,
+    /// Rows one forward pass processes at most (longer inputs go in chunks).
+    pub max_rows: usize,
+    pub kv: Vec<KvLayer<B>>, // per layer: (n_kv_heads, capacity, head_dim) each
+    x: B::Buf,               // (max_rows, dim) residual stream
+    h: B::Buf,               // (max_rows, dim) normed / projected
+    q: B::Buf,               // (max_rows, n_heads * head_dim)
+    k: B::Buf,               // (max_rows, n_kv_heads * head_dim)
+    v: B::Buf,               // (max_rows, n_kv_heads * head_dim)
+    att: B::Buf,             // (max_rows, n_heads * head_dim)
+    gate: B::Buf,            // (max_rows, hidden_dim)
+    up: B::Buf,              // (max_rows, hidden_dim)
+    rope: B::Buf,            // (max_rows, head_dim / 2, 2)
+    last: B::Buf,            // (1, dim)
+    pub logits: B::Buf, // (max_rows, vocab) when all-position logits were asked for, else (1, vocab)
+    logits_rows: usize,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads every weight named by `cfg` from `ck` onto `backend`.
+    pub fn load(cfg: LlamaConfig, ck: &Checkpoint, backend: B) -> Result<Self> {
+        let (d, hd) = (cfg.dim, cfg.hidden_dim);
+        let b = &backend;
+        let embed =
+            b.load_mat(&ck.get_shaped("model.embed_tokens.weight", &[cfg.vocab_size, d])?)?;
+        let vec = |name: &str| -> Result<B::Buf> { b.upload(&ck.get_shaped(name, &[d])?.to_f32()) };
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = format!("model.layers.{i}");
+            let lin =
+                |n: &str, out, inp, bias| Linear::load(b, ck, &format!("{p}.{n}"), out, inp, bias);
+            blocks.push(Block {
+                attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
+                attn: Attention {
+                    q: lin("self_attn.q_proj", cfg.q_dim(), d, cfg.qkv_bias)?,
+                    k: lin("self_attn.k_proj", cfg.kv_dim(), d, cfg.qkv_bias)?,
+                    v: lin("self_attn.v_proj", cfg.kv_dim(), d, cfg.qkv_bias)?,
+                    o: lin("self_attn.o_proj", d, cfg.q_dim(), cfg.o_bias)?,
+                },
+                mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate: lin("mlp.gate_proj", hd, d, cfg.mlp_bias)?,
+                    up: lin("mlp.up_proj", hd, d, cfg.mlp_bias)?,
+                    down: lin("mlp.down_proj", d, hd, cfg.mlp_bias)?,
+                },
+            });
+        }
+        let norm = vec("model.norm.weight")?;
+        // Tied checkpoints usually omit lm_head; some store a copy anyway.
+        let lm_head = if cfg.tie_word_embeddings && !ck.contains("lm_head.weight") {
+            None
+        } else {
+            Some(b.load_mat(&ck.get_shaped("lm_head.weight", &[cfg.vocab_size, d])?)?)
+        };
+        let inv_freq = cfg.rope_inv_freq();
+        Ok(Llama {
+            cfg,
+            backend,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.cfg.n_heads,
+            n_kv_heads: self.cfg.n_kv_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// A fresh state whose cache holds `capacity` positions and whose passes take up to `max_rows` rows.
+    pub fn new_state(&self, capacity: usize, max_rows: usize) -> Result<State<B>> {
+        let (b, c) = (&self.backend, &self.cfg);
+        let max_rows = max_rows.clamp(1, capacity.max(1));
+        let kv_len = c.n_kv_heads * capacity * c.head_dim;
+        let kv = (0..c.n_layers)
+            .map(|_| {
+                Ok(KvLayer {
+                    k: b.alloc(kv_len)?,
+                    v: b.alloc(kv_len)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(State {
+            capacity,
+            len: 0,
+            max_rows,
+            kv,
+            x: b.alloc(max_rows * c.dim)?,
+            h: b.alloc(max_rows * c.dim)?,
+            q: b.alloc(max_rows * c.q_dim())?,
+            k: b.alloc(max_rows * c.kv_dim())?,
+            v: b.alloc(max_rows * c.kv_dim())?,
+            att: b.alloc(max_rows * c.q_dim())?,
+            gate: b.alloc(max_rows * c.hidden_dim)?,
+            up: b.alloc(max_rows * c.hidden_dim)?,
+            rope: b.alloc(max_rows * c.head_dim)?,
+            last: b.alloc(c.dim)?,
+            logits: b.alloc(c.vocab_size)?,
+            logits_rows: 1,
+        })
+    }
+
+    /// Runs `tokens` (at most `st.max_rows`) at positions `st.len..`, appending to the
+    /// cache. Returns how many logit rows were written to `st.logits`.
+    pub fn forward(&self, st: &mut State<B>, tokens: &[u32], want: Logits) -> Result<usize> {
+        let (b, c) = (&self.backend, &self.cfg);
+        let rows = tokens.len();
+        let start = st.len;
+        debug_assert!(rows <= st.max_rows);
+        let heads = self.heads();
+        let (dim, hidden) = (c.dim, c.hidden_dim);
+
+        b.embed(&self.embed, tokens, &mut st.x)?; // x: (rows, dim)
+        b.rope_table(&self.inv_freq, start, rows, &mut st.rope)?;
+        for (blk, kv) in self.blocks.iter().zip(st.kv.iter_mut()) {
+            // Attention.
+            b.rms_norm(&st.x, &blk.attn_norm, rows, dim, c.norm_eps, &mut st.h)?;
+            blk.attn.q.forward(b, &st.h, rows, &mut st.q)?;
+            blk.attn.k.forward(b, &st.h, rows, &mut st.k)?;
+            blk.attn.v.forward(b, &st.h, rows, &mut st.v)?;
+            b.rope(&mut st.q, rows, c.n_heads, c.head_dim, &st.rope)?;
+            b.rope(&mut st.k, rows, c.n_kv_heads, c.head_dim, &st.rope)?;
+            b.kv_store(&st.k, &st.v, rows, start, heads, st.capacity, kv)?;
+            b.attention(&st.q, kv, rows, start, heads, st.capacity, &mut st.att)?;
+            blk.attn.o.forward(b, &st.att, rows, &mut st.h)?;
+            b.add_assign(&mut st.x, &st.h, rows * dim)?;
+            // SwiGLU MLP.
+            b.rms_norm(&st.x, &blk.mlp_norm, rows, dim, c.norm_eps, &mut st.h)?;
+            blk.mlp.gate.forward(b, &st.h, rows, &mut st.gate)?;
+            blk.mlp.up.forward(b, &st.h, rows, &mut st.up)?;
+            b.silu_mul(&mut st.gate, &st.up, rows * hidden)?;
+            blk.mlp.down.forward(b, &st.gate, rows, &mut st.h)?;
+            b.add_assign(&mut st.x, &st.h, rows * dim)?;
+        }
+        st.len = start + rows;
+
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        match want {
+            Logits::None => Ok(0),
+            Logits::Last => {
+                b.copy_rows(&st.x, rows - 1, &mut st.last, 0, 1, dim)?;
+                b.rms_norm(&st.last, &self.norm, 1, dim, c.norm_eps, &mut st.h)?;
+                b.linear(&st.h, 1, head, None, &mut st.logits)?;
+                Ok(1)
+            }
+            Logits::All => {
+                if st.logits_rows < st.max_rows {
+                    // Grown once per session, on the first all-positions request.
+                    st.logits = b.alloc(st.max_rows * c.vocab_size)?;
+                    st.logits_rows = st.max_rows;
+                }
+                b.rms_norm(&st.x, &self.norm, rows, dim, c.norm_eps, &mut st.h)?;
+                b.linear(&st.h, rows, head, None, &mut st.logits)?;
+                Ok(rows)
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! palr's LLaMA engine: load a Hugging Face checkpoint onto a backend and run it.
+//!
+//! [`load`] picks the backend once ([`Device`]); everything above this module talks
+//! to a model through the object-safe [`LanguageModel`] and [`Session`] traits and
+//! never learns which device it runs on. A session owns one sequence's KV cache;
+//! sessions of one model may run concurrently on different threads.
+
+pub mod backend;
+pub mod cpu;
+pub mod llama;
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::model::{Checkpoint, LlamaConfig, ModelError};
+
+pub use backend::Backend;
+pub use cpu::{CpuBackend, WeightDtype};
+pub use llama::{Llama, Logits};
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("out of memory allocating {0}")]
+    OutOfMemory(String),
+    #[error("token id {token} is outside the vocabulary (size {vocab})")]
+    InvalidToken { token: u32, vocab: usize },
+    #[error("context full: {needed} positions needed, the session holds {capacity}")]
+    ContextFull { needed: usize, capacity: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Element type of the weights in memory.
+    pub dtype: WeightDtype,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Most tokens one forward pass processes; longer prompts are fed in chunks.
+    pub max_batch_rows: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: WeightDtype::F32,
+            threads: 0,
+            max_batch_rows: 512,
+        }
+    }
+}
+
+/// A loaded model.
+pub trait LanguageModel: Send + Sync {
+    fn config(&self) -> &LlamaConfig;
+    /// The backend in words (device, threads, weight dtype).
+    fn describe(&self) -> String;
+    /// A new empty sequence whose cache holds `capacity` positions.
+    fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>>;
+}
+
+/// One sequence being run: its KV cache and its scratch buffers.
+pub trait Session: Send {
+    /// Positions in the cache.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Positions the cache can hold.
+    fn capacity(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Forgets every position from `len` on (e.g. back to a shared prefix).
+    fn truncate(&mut self, len: usize) -> Result<()>;
+    /// Appends `tokens` to the sequence and returns the requested logits:
+    /// `vocab` values for [`Logits::Last`], `tokens.len() * vocab` for [`Logits::All`],
+    /// none for [`Logits::None`].
+    fn feed(&mut self, tokens: &[u32], want: Logits) -> Result<&[f32]>;
+    /// Replaces this session's contents with the first `len` positions of `other`
+    /// (a session of the same model), so a shared prefix is computed once.
+    fn copy_prefix_from(&mut self, other: &dyn Session, len: usize) -> Result<()>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Loads the Hugging Face model directory `dir` (`config.json` + safetensors).
+pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
+    let cfg = LlamaConfig::from_dir(dir)?;
+    let ck = Checkpoint::open(dir)?;
+    match opts.device {
+        Device::Cpu => {
+            let backend = CpuBackend::new(opts.threads, opts.dtype)?;
+            Ok(Arc::new(Model {
+                llama: Llama::load(cfg, &ck, backend)?,
+                max_rows: opts.max_batch_rows.max(1),
+            }))
+        }
+    }
+}
+
+/// A [`Llama`] on backend `B`, behind the object-safe traits.
+pub struct Model<B: Backend> {
+    pub llama: Llama<B>,
+    max_rows: usize,
+}
+
+impl<B: Backend> Model<B> {
+    pub fn new(llama: Llama<B>, max_rows: usize) -> Self {
+        Model { llama, max_rows }
+    }
+}
+
+impl<B: Backend> LanguageModel for Model<B> {
+    fn config(&self) -> &LlamaConfig {
+        &self.llama.cfg
+    }
+
+    fn describe(&self) -> String {
+        self.llama.backend.describe()
+    }
+
+    fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>> {
+        if capacity == 0 {
+            return Err(EngineError::Invalid(
+                "a session needs a capacity of at least one position".into(),
+            ));
+        }
+        let state = self.llama.new_state(capacity, self.max_rows)?;
+        let vocab = self.llama.cfg.vocab_size;
+        Ok(Box::new(ModelSession {
+            model: self,
+            state,
+            logits: vec![0.0; vocab],
+        }))
+    }
+}
+
+struct ModelSession<B: Backend> {
+    model: Arc<Model<B>>,
+    state: llama::State<B>,
+    /// Host copy of the logits handed out by `feed`.
+    logits: Vec<f32>,
+}
+
+impl<B: Backend> Session for ModelSession<B> {
+    fn len(&self) -> usize {
+        self.state.len
+    }
+
+    fn capacity(&self) -> usize {
+        self.state.capacity
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.llama.cfg.vocab_size
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.state.len {
+            return Err(EngineError::Invalid(format!(
+                "cannot truncate a session of {} positions to {len}",
+                self.state.len
+            )));
+        }
+        self.state.len = len;
+        Ok(())
+    }
+
+    fn feed(&mut self, tokens: &[u32], want: Logits) -> Result<&[f32]> {
+        let llama = &self.model.llama;
+        let vocab = llama.cfg.vocab_size;
+        if tokens.is_empty() {
+            return Err(EngineError::Invalid("feed needs at least one token".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidToken { token: bad, vocab });
+        }
+        let needed = self.state.len + tokens.len();
+        if needed > self.state.capacity {
+            return Err(EngineError::ContextFull {
+                needed,
+                capacity: self.state.capacity,
+            });
+        }
+        let out_rows = match want {
+            Logits::None => 0,
+            Logits::Last => 1,
+            Logits::All => tokens.len(),
+        };
+        if self.logits.len() < out_rows * vocab {
+            self.logits.resize(out_rows * vocab, 0.0);
+        }
+        let (state, logits, b) = (&mut self.state, &mut self.logits, &llama.backend);
+        let max_rows = state.max_rows;
+        let n_chunks = tokens.len().div_ceil(max_rows);
+        b.install(|| -> Result<()> {
+            for (i, chunk) in tokens.chunks(max_rows).enumerate() {
+                let last = i + 1 == n_chunks;
+                let w = match want {
+                    Logits::All => Logits::All,
+                    Logits::Last if last => Logits::Last,
+                    _ => Logits::None,
+                };
+                let rows = llama.forward(state, chunk, w)?;
+                let dst = match want {
+                    Logits::All => &mut logits[i * max_rows * vocab..][..rows * vocab],
+                    _ => &mut logits[..rows * vocab],
+                };
+                b.download(&state.logits, 0, dst)?;
+            }
+            Ok(())
+        })?;
+        Ok(&self.logits[..out_rows * vocab])
+    }
+
+    fn copy_prefix_from(&mut self, other: &dyn Session, len: usize) -> Result<()> {
+        let other = other
+            .as_any()
+            .downcast_ref::<ModelSession<B>>()
+            .filter(|o| Arc::ptr_eq(&o.model, &self.model))
+            .ok_or_else(|| {
+                EngineError::Invalid("copy_prefix_from needs a session of the same model".into())
+            })?;
+        if len > other.state.len || len > self.state.capacity {
+            return Err(EngineError::Invalid(format!(
+                "cannot copy {len} positions from a session of {} into one holding {}",
+                other.state.len, self.state.capacity
+            )));
+        }
+        let llama = &self.model.llama;
+        let heads = llama.heads();
+        for (src, dst) in other.state.kv.iter().zip(self.state.kv.iter_mut()) {
+            llama.backend.kv_copy_prefix(
+                src,
+                dst,
+                len,
+                heads,
+                other.state.capacity,
+                self.state.capacity,
+            )?;
+        }
+        self.state.len = len;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

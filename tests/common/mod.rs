@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The default model's directory (`PALR_MODEL_DIR` or `models/smollm2-135m-instruct`).
+/// Fails the test with what to run when it is missing: CI fetches it first.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("PALR_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("models/smollm2-135m-instruct"));
+    assert!(
+        dir.join("config.json").exists(),
+        "default model not found at {}: run `cargo run --release -- model fetch` (or scripts/test.sh, which does) \
+         or set PALR_MODEL_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// The SmolLM2 reference fixture (see tests/fixtures/README.md).
+pub fn reference() -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/smollm2-reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
