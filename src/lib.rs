@@ -2,6 +2,8 @@
 //!
 //! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
 
+pub mod bench;
+pub mod cli;
 pub mod engine;
 pub mod model;
 

@@ -1,10 +1,14 @@
 //! Causal grouped-query attention on the CPU.
 //!
-//! `softmax(q·Kᵀ / sqrt(d)) · V` per query row and head, over the cached positions
-//! up to the row's own (causal). Query heads `h` read key/value head
+//! `softmax(q·Kᵀ / sqrt(d)) · V` per query row and head over the cached positions
+//! up to the row's own (causal). Query head `h` reads key/value head
 //! `h / (n_heads / n_kv_heads)` (grouped-query attention, Ainslie et al. 2023).
-//! Work is split over (head, block of query rows); scores live in a per-thread
-//! scratch row, so nothing is allocated once the scratch has grown to the context.
+//!
+//! Work is split into (query head, block of query rows) tasks. Each task computes
+//! its block's scores `S = Q·Kᵀ` and output `O = softmax(S)·V` as two small
+//! matrix products (the `gemm` crate, single-threaded inside the task), masking
+//! the few scores past each row's own position. Scores live in a per-thread
+//! scratch that grows once to the longest context, so nothing is allocated after.
 
 use rayon::prelude::*;
 
@@ -12,8 +16,8 @@ use super::simd;
 use super::{SendPtr, with_scores};
 use crate::engine::backend::Heads;
 
-/// Query rows per task in prefill.
-const ROW_BLOCK: usize = 16;
+/// Query rows per task.
+const ROW_BLOCK: usize = 32;
 
 /// `q`: `(rows, n_heads, head_dim)`; `k`, `v`: `(n_kv_heads, capacity, head_dim)`;
 /// `out`: `(rows, n_heads, head_dim)`. Row `r` sits at position `start + r`.
@@ -36,39 +40,174 @@ pub fn causal_gqa(
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let width = n_heads * hd;
+    debug_assert!(q.len() >= rows * width && out.len() >= rows * width);
+    debug_assert!(k.len() >= n_kv_heads * capacity * hd && start + rows <= capacity);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let row_blocks = rows.div_ceil(ROW_BLOCK);
     let task = |t: usize| {
         let h = t % n_heads;
         let rb = t / n_heads;
         let g = h / group;
-        let kh = &k[g * capacity * hd..(g + 1) * capacity * hd];
-        let vh = &v[g * capacity * hd..(g + 1) * capacity * hd];
-        for r in rb * ROW_BLOCK..((rb + 1) * ROW_BLOCK).min(rows) {
-            let len = start + r + 1;
-            let qr = &q[r * width + h * hd..r * width + (h + 1) * hd];
-            // SAFETY: this task alone writes head h of row r: out[r*width + h*hd ..][..hd].
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add(r * width + h * hd), hd)
-            };
-            o.fill(0.0);
-            with_scores(len, |s| {
-                for (j, sj) in s.iter_mut().enumerate() {
-                    *sj = simd::dot(qr, &kh[j * hd..(j + 1) * hd]) * scale;
-                }
-                let m = simd::max(s);
-                let sum = simd::exp_sub_sum(s, m);
-                let inv = 1.0 / sum;
-                for (j, sj) in s.iter().enumerate() {
-                    simd::axpy(o, sj * inv, &vh[j * hd..(j + 1) * hd]);
-                }
-            });
-        }
+        let r0 = rb * ROW_BLOCK;
+        let m = (rows - r0).min(ROW_BLOCK);
+        // Keys visible to the block's last row.
+        let len = start + r0 + m;
+        let kh = &k[g * capacity * hd..][..len * hd];
+        let vh = &v[g * capacity * hd..][..len * hd];
+        let q0 = &q[r0 * width + h * hd..];
+        with_scores(m * len, |s| {
+            // S (m, len) = scale · Q (m, hd) · Kᵀ (hd, len).
+            // SAFETY: S is (m, len) row-major in `s`; Q rows are `width` apart in `q`
+            // starting at q0 (m rows of hd fit: r0 + m <= rows); Kᵀ element (d, j) is
+            // kh[j * hd + d], j < len. gemm reads/writes nothing else.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    len,
+                    hd,
+                    s.as_mut_ptr(),
+                    1,
+                    len as isize,
+                    false,
+                    q0.as_ptr(),
+                    1,
+                    width as isize,
+                    kh.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (i, row) in s.chunks_mut(len).enumerate() {
+                let own = start + r0 + i + 1; // causal: positions 0..own
+                let (live, future) = row.split_at_mut(own);
+                future.fill(0.0);
+                let mx = simd::max(live);
+                let inv = 1.0 / simd::exp_sub_sum(live, mx);
+                simd::scale(live, inv);
+            }
+            // O (m, hd) = P (m, len) · V (len, hd), written into `out`'s rows for head h.
+            // SAFETY: this task alone writes head h of rows r0..r0+m: elements
+            // (r0 + i) * width + h * hd + d for i < m, d < hd, all inside `out`.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    hd,
+                    len,
+                    out_ptr.get().add(r0 * width + h * hd),
+                    1,
+                    width as isize,
+                    false,
+                    s.as_ptr(),
+                    1,
+                    len as isize,
+                    vh.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
     };
     let tasks = n_heads * row_blocks;
     if tasks == 1 {
         task(0);
     } else {
         (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain f64 attention for comparison.
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        rows: usize,
+        start: usize,
+        h: Heads,
+        cap: usize,
+    ) -> Vec<f64> {
+        let (nh, hd) = (h.n_heads, h.head_dim);
+        let mut out = vec![0.0; rows * nh * hd];
+        for r in 0..rows {
+            for head in 0..nh {
+                let g = head / (nh / h.n_kv_heads);
+                let len = start + r + 1;
+                let qr = &q[(r * nh + head) * hd..][..hd];
+                let s: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let kj = &k[(g * cap + j) * hd..][..hd];
+                        qr.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    out[(r * nh + head) * hd + d] = (0..len)
+                        .map(|j| e[j] / z * v[(g * cap + j) * hd + d] as f64)
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_attention() {
+        let mut seed = 12345u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        };
+        for (nh, nkv, hd, rows, start) in [
+            (4, 2, 16, 70, 0),
+            (6, 3, 8, 1, 45),
+            (3, 1, 32, 5, 9),
+            (2, 2, 64, 33, 31),
+        ] {
+            let heads = Heads {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let cap = start + rows + 3;
+            let q = rnd(rows * nh * hd);
+            let k = rnd(nkv * cap * hd);
+            let v = rnd(nkv * cap * hd);
+            let mut out = vec![f32::NAN; rows * nh * hd];
+            causal_gqa(&q, &k, &v, rows, start, heads, cap, &mut out);
+            let want = naive(&q, &k, &v, rows, start, heads, cap);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5,
+                    "{nh}/{nkv}/{hd} rows {rows} start {start}: [{i}] {a} vs {b}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,181 @@
+//! `palr bench engine`: prefill and decode throughput of the engine on one model.
+//!
+//! Prefill: one forward pass over an N-token prompt into an empty cache (tokens/s).
+//! Decode: M single-token steps on top of that prompt, each producing the last
+//! position's logits (tokens/s). Both are medians over repeated runs after warm-up
+//! runs. The prompt is a fixed pseudo-random sequence of token ids (speed does not
+//! depend on which tokens they are). Peak RSS is the process's high-water mark.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::{self, LoadOptions, Logits, WeightDtype};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineBenchArgs {
+    /// Hugging Face model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated one at a time for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Weight element type in memory.
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDtype,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineBenchReport {
+    pub engine: String,
+    pub backend: String,
+    pub model: String,
+    pub dtype: String,
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub load_s: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    pub prefill_runs_s: Vec<f64>,
+    pub decode_runs_s: Vec<f64>,
+    pub peak_rss_mib: f64,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The process's peak resident set size in MiB (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs the benchmark.
+pub fn run_engine(args: &EngineBenchArgs) -> anyhow::Result<EngineBenchReport> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(args.prompt_tokens > 0, "--prompt-tokens must be at least 1");
+    let t0 = Instant::now();
+    let opts = LoadOptions {
+        dtype: args.dtype,
+        threads: args.threads,
+        max_batch_rows: args.prompt_tokens,
+        ..LoadOptions::default()
+    };
+    let model = engine::load(&args.model, &opts)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let vocab = model.config().vocab_size as u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % vocab) as u32
+        })
+        .collect();
+    let capacity = args.prompt_tokens + args.decode_tokens;
+    let mut session = model.clone().new_session(capacity)?;
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for run in 0..args.warmup + args.runs {
+        session.truncate(0)?;
+        let t = Instant::now();
+        let logits = session.feed(&prompt, Logits::Last)?;
+        let mut next = argmax(logits);
+        let tp = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..args.decode_tokens {
+            next = argmax(session.feed(&[next], Logits::Last)?);
+        }
+        let td = t.elapsed().as_secs_f64();
+        if run >= args.warmup {
+            prefill.push(tp);
+            decode.push(td);
+        }
+    }
+    Ok(EngineBenchReport {
+        engine: "palr".into(),
+        backend: model.describe(),
+        model: args.model.display().to_string(),
+        dtype: args.dtype.to_string(),
+        threads: if args.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            args.threads
+        },
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        load_s,
+        prefill_tok_s: args.prompt_tokens as f64 / median(&prefill),
+        decode_tok_s: args.decode_tokens as f64 / median(&decode).max(f64::MIN_POSITIVE),
+        prefill_runs_s: prefill,
+        decode_runs_s: decode,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl EngineBenchReport {
+    pub fn print_table(&self) {
+        println!("engine   {} on {}", self.engine, self.backend);
+        println!("model    {} ({} weights)", self.model, self.dtype);
+        println!("load     {:.2} s", self.load_s);
+        println!(
+            "prefill  {:.1} tokens/s ({} tokens, median of {})",
+            self.prefill_tok_s,
+            self.prompt_tokens,
+            self.prefill_runs_s.len()
+        );
+        println!(
+            "decode   {:.1} tokens/s ({} tokens, median of {})",
+            self.decode_tok_s,
+            self.decode_tokens,
+            self.decode_runs_s.len()
+        );
+        println!("peak RSS {:.0} MiB", self.peak_rss_mib);
+    }
+}
