@@ -3,9 +3,11 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod engine;
 pub mod model;
+pub mod sampling;
 
 pub mod proto {
     //! Generated protobuf/gRPC types of `proto/palr/v1` (only `service` converts them).
