@@ -442,3 +442,40 @@ mod tests {
         }
     }
 }
+
+/// The parts of `generation_config.json` palr uses: end-of-sequence ids and the
+/// model's default sampling settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationConfig {
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub do_sample: Option<bool>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+}
+
+impl GenerationConfig {
+    /// Reads `dir/generation_config.json`; a missing file is the empty config.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| ModelError::Config(format!("{}: invalid JSON: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(ModelError::Io { path, source: e }),
+        }
+    }
+
+    /// End-of-sequence ids: this file's, else the model config's.
+    pub fn eos_ids(&self, cfg: &LlamaConfig) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(ids) => ids.to_vec(),
+            None => cfg.eos_token_ids.clone(),
+        }
+    }
+}

@@ -6,7 +6,7 @@ pub mod weights;
 
 use std::path::PathBuf;
 
-pub use config::{LlamaConfig, RopeScaling};
+pub use config::{GenerationConfig, LlamaConfig, RopeScaling};
 pub use weights::{Checkpoint, DType, TensorRef};
 
 /// Errors reading a model directory.
