@@ -76,7 +76,7 @@ fn baseline_plugins_load_list_and_retrieve() {
                 "",
             ),
             RetrieverSpec::new("knn", "palr_retriever_itemknn", r#"{"shrinkage": 0}"#),
-            RetrieverSpec::new("markov", "palr_retriever_markov", "{}"),
+            RetrieverSpec::new("markov", "palr_retriever_markov", r#"{"history_items": 1}"#),
         ])
         .unwrap();
     assert_eq!(infos.len(), 3);

@@ -37,9 +37,9 @@ struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            neighbours: 100,
-            shrinkage: 10.0,
-            decay: 0.8,
+            neighbours: 50,
+            shrinkage: 5.0,
+            decay: 0.5,
             history_window: 20,
             fill_with_popularity: true,
             threads: 0,

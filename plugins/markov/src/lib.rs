@@ -38,7 +38,7 @@ impl Default for Config {
         Self {
             window: 1,
             window_decay: 1.0,
-            history_items: 1,
+            history_items: 3,
             history_decay: 0.5,
             normalize: true,
         }
@@ -209,8 +209,12 @@ mod tests {
         let got = run_query(&m, &Query::new(&[6], &[0]), 10).unwrap();
         assert_eq!(items(&got), vec![1, 2, 3, 4, 5]);
         // History item 2 is excluded even though 1 -> 2 is the best transition.
-        let got = run_query(&m, &Query::new(&[2, 1], &[]), 3).unwrap();
+        let m1 = model(r#"{"history_items": 1}"#);
+        let got = run_query(&m1, &Query::new(&[2, 1], &[]), 3).unwrap();
         assert_eq!(items(&got), vec![3, 0, 4]);
+        // With the default three history items, 2 -> 4 (weight 0.5) outranks 1 -> 3 (1/3).
+        let got = run_query(&m, &Query::new(&[2, 1], &[]), 3).unwrap();
+        assert_eq!(items(&got), vec![4, 3, 0]);
     }
 
     #[test]
