@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cli;
 pub mod engine;
 pub mod model;
+pub mod retrieval;
 pub mod sampling;
 
 pub mod proto {
