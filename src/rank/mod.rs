@@ -1,0 +1,515 @@
+//! Ranking candidates with the LLM, two ways.
+//!
+//! - **Generate** (PALR, Yang et al. 2023): the prompt lists the user's history
+//!   titles and the candidate titles; the model writes titles, one per line, and a
+//!   [`TokenTrie`] of the candidates' tokenizations constrains every step, so each
+//!   written item is a candidate and none repeats. An item's score is the sum of the
+//!   log-probabilities (full-vocabulary log-softmax) of its tokens. Tokens the trie
+//!   forces (one live continuation) are fed together in one forward pass.
+//! - **Score** (one pass, as in LlamaRec, Yue et al. 2023): candidates are labelled
+//!   with single-token labels; one prefill gives the distribution over the labels,
+//!   which ranks every candidate at once.
+//!
+//! Candidates the LLM did not rank follow in the caller's (retriever's) order. The
+//! prompt's shared prefix is run once per mode and its KV cache copied into each
+//! request's session; sessions are pooled, so a request allocates no KV cache.
+//!
+//! The ranker is synchronous and knows nothing of gRPC: the service runs it on a
+//! blocking thread and maps [`RankError`] to status codes.
+
+pub mod prompt;
+pub mod trie;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::ChatTemplate;
+use crate::data::{Catalog, TitleStyle};
+use crate::engine::{EngineError, LanguageModel, Logits, Session};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+pub use prompt::{PromptBuilder, PromptConfig};
+pub use trie::TokenTrie;
+
+/// How the LLM orders candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RankMode {
+    Score,
+    Generate,
+}
+
+impl std::str::FromStr for RankMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "score" => Ok(Self::Score),
+            "generate" => Ok(Self::Generate),
+            other => Err(format!("unknown rank mode {other:?}; use score or generate")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RankError {
+    /// The ranker's configuration cannot work with this model.
+    #[error("ranking config: {0}")]
+    Config(String),
+    /// The request cannot be served as sent; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("deadline exceeded during {0}")]
+    DeadlineExceeded(&'static str),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// Ranker settings (the `[ranking]` table of the server config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RankerConfig {
+    pub prompt: PromptConfig,
+    /// Most history items written into the prompt (the most recent ones).
+    pub max_history: usize,
+    /// Longest prompt accepted, in tokens.
+    pub max_prompt_tokens: usize,
+    /// Most tokens generate mode may write for one request.
+    pub max_generated_tokens: usize,
+    /// Most items generate mode writes; further items follow in retriever order.
+    pub max_generated_items: usize,
+    /// Titles as in the data, or with a trailing article moved first ("article-first").
+    pub title_style: TitleStyleConfig,
+    /// Sessions (KV caches) kept for reuse between requests.
+    pub session_pool: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TitleStyleConfig {
+    #[default]
+    AsInData,
+    ArticleFirst,
+}
+
+impl Default for RankerConfig {
+    fn default() -> Self {
+        RankerConfig {
+            prompt: PromptConfig::default(),
+            max_history: 20,
+            max_prompt_tokens: 2048,
+            max_generated_tokens: 512,
+            max_generated_items: 20,
+            title_style: TitleStyleConfig::AsInData,
+            session_pool: 4,
+        }
+    }
+}
+
+/// One ranking job.
+#[derive(Debug, Clone)]
+pub struct RankRequest<'a> {
+    /// Item indices, oldest first. Must not be empty.
+    pub history: &'a [u32],
+    /// Candidate item indices, best first in the caller's (retriever's) order.
+    pub candidates: &'a [u32],
+    /// Items to return.
+    pub k: usize,
+    pub mode: RankMode,
+    /// Work stops with [`RankError::DeadlineExceeded`] once this passes.
+    pub deadline: Option<Instant>,
+}
+
+/// One ranked item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub item: u32,
+    /// Log-probability (higher is better) for LLM-ranked items; 0 for the tail.
+    pub score: f32,
+    /// Position in the request's candidate list (0-based).
+    pub candidate_rank: u32,
+    pub by_llm: bool,
+}
+
+/// Where the time went.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RankTimings {
+    pub prompt_s: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    /// From the start of prefill to the first generated token (generate) or the scores (score).
+    pub first_token_s: f64,
+    pub prompt_tokens: usize,
+    pub cached_prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankOutput {
+    pub items: Vec<Ranked>,
+    pub timings: RankTimings,
+}
+
+/// Ranks candidates with one model.
+pub struct Ranker {
+    model: Arc<dyn LanguageModel>,
+    tok: Arc<Tokenizer>,
+    catalog: Arc<Catalog>,
+    cfg: RankerConfig,
+    prompts: PromptBuilder,
+    /// The shared prefix's session, per mode (computed on first use).
+    prefixes: [Mutex<Option<Box<dyn Session>>>; 2],
+    pool: Mutex<Vec<Box<dyn Session>>>,
+    /// Each item's title as written in the answer, tokenized (filled on first use).
+    answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
+}
+
+impl Ranker {
+    pub fn new(
+        model: Arc<dyn LanguageModel>,
+        tok: Arc<Tokenizer>,
+        chat: Option<&ChatTemplate>,
+        catalog: Arc<Catalog>,
+        cfg: RankerConfig,
+    ) -> Result<Self, RankError> {
+        let prompts = PromptBuilder::new(&cfg.prompt, &tok, chat)?;
+        let ctx = model.config().max_position_embeddings;
+        if cfg.max_prompt_tokens + cfg.max_generated_tokens > ctx {
+            return Err(RankError::Config(format!(
+                "max_prompt_tokens ({}) + max_generated_tokens ({}) exceed the model's context ({ctx})",
+                cfg.max_prompt_tokens, cfg.max_generated_tokens
+            )));
+        }
+        if cfg.max_history == 0 || cfg.max_prompt_tokens == 0 {
+            return Err(RankError::Config("max_history and max_prompt_tokens must be positive".into()));
+        }
+        Ok(Ranker {
+            model,
+            tok,
+            catalog,
+            cfg,
+            prompts,
+            prefixes: [Mutex::new(None), Mutex::new(None)],
+            pool: Mutex::new(Vec::new()),
+            answer_tokens: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &RankerConfig {
+        &self.cfg
+    }
+
+    /// Most candidates score mode can label.
+    pub fn max_score_candidates(&self) -> usize {
+        self.prompts.labels().len()
+    }
+
+    fn title(&self, item: u32) -> String {
+        let style = match self.cfg.title_style {
+            TitleStyleConfig::AsInData => TitleStyle::AsInData,
+            TitleStyleConfig::ArticleFirst => TitleStyle::ArticleFirst,
+        };
+        self.catalog
+            .title_styled(item, style)
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The tokens the model writes for `item` in generate mode: its title and the line end.
+    fn answer_path(&self, item: u32) -> Result<Arc<[u32]>, RankError> {
+        if let Some(p) = self.answer_tokens.read().unwrap_or_else(|e| e.into_inner()).get(&item) {
+            return Ok(p.clone());
+        }
+        let path: Arc<[u32]> = self.tok.encode(&format!("{}\n", self.title(item)), false)?.into();
+        self.answer_tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(item, path.clone());
+        Ok(path)
+    }
+
+    fn session_capacity(&self) -> usize {
+        self.cfg.max_prompt_tokens + self.cfg.max_generated_tokens
+    }
+
+    fn take_session(&self) -> Result<Box<dyn Session>, RankError> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(s) => Ok(s),
+            None => Ok(self.model.clone().new_session(self.session_capacity())?),
+        }
+    }
+
+    fn return_session(&self, mut s: Box<dyn Session>) {
+        if s.truncate(0).is_ok() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < self.cfg.session_pool {
+                pool.push(s);
+            }
+        }
+    }
+
+    /// Checks a request against the catalog and the limits; the message says what to fix.
+    pub fn validate(&self, req: &RankRequest<'_>) -> Result<(), RankError> {
+        let bad = |m: String| Err(RankError::Invalid(m));
+        let n = self.catalog.len() as u32;
+        if req.history.is_empty() {
+            return bad("history is empty: send at least one item the user interacted with".into());
+        }
+        if req.candidates.is_empty() {
+            return bad("no candidates to rank".into());
+        }
+        if req.k == 0 {
+            return bad("k must be at least 1".into());
+        }
+        if let Some(i) = req.history.iter().chain(req.candidates).find(|&&i| i >= n) {
+            return bad(format!("item index {i} is outside the catalog ({n} items)"));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(req.candidates.len());
+        for &c in req.candidates {
+            if !seen.insert(c) {
+                return bad(format!("candidate {:?} is listed twice", self.catalog.id(c).unwrap_or("?")));
+            }
+        }
+        if let Some(&h) = req.history.iter().find(|h| seen.contains(h)) {
+            return bad(format!(
+                "candidate {:?} is already in the history; candidates must be new items",
+                self.catalog.id(h).unwrap_or("?")
+            ));
+        }
+        if req.mode == RankMode::Score && req.candidates.len() > self.max_score_candidates() {
+            return bad(format!(
+                "score mode ranks at most {} candidates (one per label), got {}; send fewer or use generate mode",
+                self.max_score_candidates(),
+                req.candidates.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ranks `req.candidates` for the user whose history is `req.history`.
+    pub fn rank(&self, req: &RankRequest<'_>) -> Result<RankOutput, RankError> {
+        self.validate(req)?;
+        let t0 = Instant::now();
+        let mut timings = RankTimings::default();
+        let hist = &req.history[req.history.len().saturating_sub(self.cfg.max_history)..];
+        let hist_titles: Vec<String> = hist.iter().map(|&i| self.title(i)).collect();
+        let cand_titles: Vec<String> = req.candidates.iter().map(|&i| self.title(i)).collect();
+        let hist_refs: Vec<&str> = hist_titles.iter().map(String::as_str).collect();
+        let cand_refs: Vec<&str> = cand_titles.iter().map(String::as_str).collect();
+        let k = req.k.min(req.candidates.len());
+        let llm_k = match req.mode {
+            RankMode::Score => k,
+            RankMode::Generate => k.min(self.cfg.max_generated_items),
+        };
+        let suffix_text = self.prompts.suffix_text(req.mode, &hist_refs, &cand_refs, llm_k);
+        let suffix = self.tok.encode(&suffix_text, false)?;
+        let prefix_len = self.prompts.prefix(req.mode).len();
+        timings.prompt_tokens = prefix_len + suffix.len();
+        if timings.prompt_tokens > self.cfg.max_prompt_tokens {
+            return Err(RankError::Invalid(format!(
+                "the prompt is {} tokens, over the limit of {}: send fewer history items or candidates",
+                timings.prompt_tokens, self.cfg.max_prompt_tokens
+            )));
+        }
+        timings.prompt_s = t0.elapsed().as_secs_f64();
+
+        let mut session = self.take_session()?;
+        let result = self.run(&mut *session, req, &suffix, llm_k, &mut timings);
+        self.return_session(session);
+        let llm = result?;
+
+        // LLM-ranked first, then the rest in the caller's order.
+        let mut items = llm;
+        let mut used = vec![false; req.candidates.len()];
+        for r in &items {
+            used[r.candidate_rank as usize] = true;
+        }
+        for (pos, &item) in req.candidates.iter().enumerate() {
+            if items.len() >= k {
+                break;
+            }
+            if !used[pos] {
+                items.push(Ranked {
+                    item,
+                    score: 0.0,
+                    candidate_rank: pos as u32,
+                    by_llm: false,
+                });
+            }
+        }
+        items.truncate(k);
+        Ok(RankOutput { items, timings })
+    }
+
+    fn check_deadline(req: &RankRequest<'_>, stage: &'static str) -> Result<(), RankError> {
+        match req.deadline {
+            Some(d) if Instant::now() >= d => Err(RankError::DeadlineExceeded(stage)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Copies the mode's shared prefix into `s` (running it first if needed).
+    fn load_prefix(&self, s: &mut dyn Session, mode: RankMode) -> Result<usize, RankError> {
+        let prefix = self.prompts.prefix(mode);
+        if prefix.is_empty() {
+            return Ok(0);
+        }
+        let slot = &self.prefixes[mode as usize];
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let mut p = self.model.clone().new_session(prefix.len())?;
+            p.feed(prefix, Logits::None)?;
+            *guard = Some(p);
+        }
+        let p = guard.as_deref().expect("prefix session");
+        s.copy_prefix_from(p, prefix.len())?;
+        Ok(prefix.len())
+    }
+
+    /// Runs the prompt and the mode's ranking; returns the LLM-ranked items.
+    fn run(
+        &self,
+        s: &mut dyn Session,
+        req: &RankRequest<'_>,
+        suffix: &[u32],
+        llm_k: usize,
+        timings: &mut RankTimings,
+    ) -> Result<Vec<Ranked>, RankError> {
+        let t_prefill = Instant::now();
+        timings.cached_prompt_tokens = self.load_prefix(s, req.mode)?;
+        // Feed the suffix in chunks so a deadline can stop a long prompt.
+        const CHUNK: usize = 256;
+        let mut last = Vec::new();
+        let n_chunks = suffix.len().div_ceil(CHUNK);
+        for (i, chunk) in suffix.chunks(CHUNK).enumerate() {
+            Self::check_deadline(req, "prefill")?;
+            if i + 1 == n_chunks {
+                last = s.feed(chunk, Logits::Last)?.to_vec();
+            } else {
+                s.feed(chunk, Logits::None)?;
+            }
+        }
+        timings.prefill_s = t_prefill.elapsed().as_secs_f64();
+        match req.mode {
+            RankMode::Score => {
+                let items = self.score_labels(&last, req.candidates, llm_k);
+                timings.first_token_s = t_prefill.elapsed().as_secs_f64();
+                Ok(items)
+            }
+            RankMode::Generate => {
+                let t_decode = Instant::now();
+                let out = self.generate_items(s, req, last, llm_k, timings, t_prefill);
+                timings.decode_s = t_decode.elapsed().as_secs_f64();
+                out
+            }
+        }
+    }
+
+    /// Score mode: log-softmax over the candidates' label logits, best first.
+    fn score_labels(&self, logits: &[f32], candidates: &[u32], k: usize) -> Vec<Ranked> {
+        let labels = &self.prompts.labels()[..candidates.len()];
+        let raw: Vec<f32> = labels.iter().map(|&(_, t)| logits[t as usize]).collect();
+        let m = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = m + raw.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+        let mut items: Vec<Ranked> = candidates
+            .iter()
+            .zip(&raw)
+            .enumerate()
+            .map(|(pos, (&item, &v))| Ranked {
+                item,
+                score: v - lse,
+                candidate_rank: pos as u32,
+                by_llm: true,
+            })
+            .collect();
+        // Best first; ties keep the caller's order.
+        items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.candidate_rank.cmp(&b.candidate_rank)));
+        items.truncate(k);
+        items
+    }
+
+    /// Generate mode: constrained greedy decoding of up to `k` titles.
+    fn generate_items(
+        &self,
+        s: &mut dyn Session,
+        req: &RankRequest<'_>,
+        mut logits: Vec<f32>,
+        k: usize,
+        timings: &mut RankTimings,
+        t_prefill: Instant,
+    ) -> Result<Vec<Ranked>, RankError> {
+        let paths: Vec<Arc<[u32]>> = req
+            .candidates
+            .iter()
+            .map(|&i| self.answer_path(i))
+            .collect::<Result<_, _>>()?;
+        let owned: Vec<Vec<u32>> = paths.iter().map(|p| p.to_vec()).collect();
+        let mut trie = TokenTrie::new(&owned).map_err(RankError::Invalid)?;
+        let vocab = s.vocab_size();
+        let budget = self.cfg.max_generated_tokens.min(s.capacity() - s.len());
+        let mut out = Vec::with_capacity(k);
+        let mut fed = Vec::new();
+        'items: while out.len() < k && trie.remaining() > 0 {
+            let mut node = trie.root();
+            let mut score = 0.0f32;
+            let mut item_tokens = 0usize;
+            loop {
+                Self::check_deadline(req, "decode")?;
+                // The best allowed token under the current logits.
+                let (tok, next) = trie
+                    .allowed(node)
+                    .max_by(|a, b| logits[a.0 as usize].total_cmp(&logits[b.0 as usize]).then(b.0.cmp(&a.0)))
+                    .expect("a live node has a live child");
+                score += log_softmax_at(&logits, tok);
+                node = next;
+                fed.clear();
+                fed.push(tok);
+                // Tokens the trie forces come along in the same forward pass.
+                while let Some((t, n)) = trie.forced(node) {
+                    fed.push(t);
+                    node = n;
+                }
+                if timings.generated_tokens + fed.len() > budget {
+                    // Out of room: stop here; the rest follow in retriever order.
+                    break 'items;
+                }
+                let done = trie.complete(node);
+                let rows = s.feed(&fed, Logits::All)?;
+                if timings.generated_tokens == 0 {
+                    timings.first_token_s = t_prefill.elapsed().as_secs_f64();
+                }
+                timings.generated_tokens += fed.len();
+                item_tokens += fed.len();
+                for (i, &t) in fed.iter().enumerate().skip(1) {
+                    score += log_softmax_at(&rows[(i - 1) * vocab..i * vocab], t);
+                }
+                logits.clear();
+                logits.extend_from_slice(&rows[(fed.len() - 1) * vocab..]);
+                if let Some(slot) = done {
+                    trie.take(slot, &paths[slot as usize]);
+                    out.push(Ranked {
+                        item: req.candidates[slot as usize],
+                        score,
+                        candidate_rank: slot,
+                        by_llm: true,
+                    });
+                    debug_assert_eq!(item_tokens, paths[slot as usize].len());
+                    continue 'items;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `log softmax(row)[t]`.
+fn log_softmax_at(row: &[f32], t: u32) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    row[t as usize] - m - sum.ln() as f32
+}

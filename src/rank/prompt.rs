@@ -1,0 +1,187 @@
+//! Ranking prompts: PALR's Recommend_Retrieval instruction (history titles,
+//! candidate titles, "pick from the candidates") for generate mode, and a labelled
+//! multiple-choice variant for score mode (LlamaRec, Yue et al. 2023).
+//!
+//! A prompt is built as token ids in two parts: a **shared prefix** (the chat
+//! template's opening, the system message and the instruction up to the history),
+//! the same for every request and so computed once in the KV cache, and the
+//! request's **suffix** (history, candidates, closing instruction, the template's
+//! hand-over to the assistant). The prefix ends at a line break so that the split
+//! does not change how the text tokenizes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{ChatTemplate, Message};
+use crate::tokenizer::Tokenizer;
+
+use super::{RankError, RankMode};
+
+/// Prompt settings (the `[ranking.prompt]` table of the server config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptConfig {
+    /// System message. Empty: the chat template's own default.
+    pub system: String,
+    /// Generate-mode instruction. Placeholders: `{history}` (one title per line,
+    /// oldest first), `{candidates}` (one title per line), `{k}`. `{history}` must come
+    /// first and start a line.
+    pub generate_template: String,
+    /// Score-mode instruction; `{candidates}` are written `A. Title`, one per line.
+    pub score_template: String,
+    /// Labels of score-mode candidates, one character each; each must be a single token.
+    /// Their number caps the candidates score mode can rank.
+    pub score_labels: String,
+    /// Wrap the instruction in the model's chat template (instruct models). Off: raw text.
+    pub use_chat_template: bool,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        PromptConfig {
+            system: "You are a movie recommender. You only recommend movies from the candidate list you are \
+                     given, writing their titles exactly as listed."
+                .into(),
+            generate_template: "The user has watched these movies, from the oldest to the most recent:\n\
+                                {history}\n\n\
+                                Candidate movies:\n{candidates}\n\n\
+                                Recommend the {k} candidate movies the user is most likely to watch next, \
+                                best first. Write one title per line, exactly as in the candidate list."
+                .into(),
+            score_template: "The user has watched these movies, from the oldest to the most recent:\n\
+                             {history}\n\n\
+                             Candidate movies:\n{candidates}\n\n\
+                             Which candidate movie is the user most likely to watch next? Answer with its \
+                             letter only."
+                .into(),
+            score_labels: "ABCDEFGHIJKLMNOPQRSTUVWXYZ".into(),
+            use_chat_template: true,
+        }
+    }
+}
+
+/// One mode's fixed parts.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Tokens of the shared prefix.
+    prefix: Vec<u32>,
+    /// Instruction text after `{history}` (still holding `{candidates}` and `{k}`).
+    after_history: String,
+    /// Chat-template text after the user's message (hand-over to the assistant).
+    chat_tail: String,
+}
+
+/// Builds prompts as token ids.
+#[derive(Debug, Clone)]
+pub struct PromptBuilder {
+    generate: Layout,
+    score: Layout,
+    /// Score-mode labels and their token ids.
+    labels: Vec<(char, u32)>,
+}
+
+const MARKER: &str = "\u{1}PALR-CONTENT\u{1}";
+
+impl PromptBuilder {
+    pub fn new(cfg: &PromptConfig, tok: &Tokenizer, chat: Option<&ChatTemplate>) -> Result<Self, RankError> {
+        let bad = |m: String| RankError::Config(m);
+        let (chat_head, chat_tail) = if cfg.use_chat_template {
+            let chat = chat.ok_or_else(|| {
+                bad("ranking.prompt.use_chat_template is on but the model has no chat template; turn it off".into())
+            })?;
+            let mut messages = Vec::new();
+            if !cfg.system.is_empty() {
+                messages.push(Message::new("system", &cfg.system));
+            }
+            messages.push(Message::new("user", MARKER));
+            let rendered = chat.render(&messages, true).map_err(|e| bad(e.to_string()))?;
+            let at = rendered
+                .find(MARKER)
+                .ok_or_else(|| bad("the chat template drops the user's message".into()))?;
+            (rendered[..at].to_string(), rendered[at + MARKER.len()..].to_string())
+        } else {
+            let head = if cfg.system.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n\n", cfg.system)
+            };
+            (head, "\n".to_string())
+        };
+        let layout = |name: &str, template: &str| -> Result<Layout, RankError> {
+            let at = template
+                .find("{history}")
+                .ok_or_else(|| bad(format!("ranking.prompt.{name} has no {{history}} placeholder")))?;
+            let c = template
+                .find("{candidates}")
+                .ok_or_else(|| bad(format!("ranking.prompt.{name} has no {{candidates}} placeholder")))?;
+            if c < at {
+                return Err(bad(format!("ranking.prompt.{name}: {{history}} must come before {{candidates}}")));
+            }
+            let head = &template[..at];
+            if !(head.is_empty() || head.ends_with('\n')) {
+                return Err(bad(format!("ranking.prompt.{name}: {{history}} must start a line")));
+            }
+            let prefix = tok
+                .encode(&format!("{chat_head}{head}"), false)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(Layout {
+                prefix,
+                after_history: template[at + "{history}".len()..].to_string(),
+                chat_tail: chat_tail.clone(),
+            })
+        };
+        let mut labels = Vec::new();
+        for ch in cfg.score_labels.chars() {
+            let ids = tok.encode(&ch.to_string(), false).map_err(|e| bad(e.to_string()))?;
+            match ids.as_slice() {
+                [id] if !labels.iter().any(|(_, t)| t == id) => labels.push((ch, *id)),
+                [_] => return Err(bad(format!("score label {ch:?} repeats another label's token"))),
+                _ => return Err(bad(format!("score label {ch:?} is {} tokens; labels must be single tokens", ids.len()))),
+            }
+        }
+        if labels.is_empty() {
+            return Err(bad("ranking.prompt.score_labels is empty".into()));
+        }
+        Ok(PromptBuilder {
+            generate: layout("generate_template", &cfg.generate_template)?,
+            score: layout("score_template", &cfg.score_template)?,
+            labels,
+        })
+    }
+
+    fn layout(&self, mode: RankMode) -> &Layout {
+        match mode {
+            RankMode::Score => &self.score,
+            _ => &self.generate,
+        }
+    }
+
+    /// The shared prefix's tokens for `mode`.
+    pub fn prefix(&self, mode: RankMode) -> &[u32] {
+        &self.layout(mode).prefix
+    }
+
+    /// Score-mode labels (character, token id); candidate `i` gets label `i`.
+    pub fn labels(&self) -> &[(char, u32)] {
+        &self.labels
+    }
+
+    /// The request's text after the shared prefix.
+    pub fn suffix_text(&self, mode: RankMode, history: &[&str], candidates: &[&str], k: usize) -> String {
+        let l = self.layout(mode);
+        let history = history.join("\n");
+        let candidates = match mode {
+            RankMode::Score => candidates
+                .iter()
+                .zip(&self.labels)
+                .map(|(t, (ch, _))| format!("{ch}. {t}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => candidates.join("\n"),
+        };
+        // Placeholders are filled in the template before titles go in, so a title that
+        // happens to contain "{k}" is left alone.
+        let rest = l.after_history.replace("{k}", &k.to_string());
+        let (before, after) = rest.split_once("{candidates}").unwrap_or((&rest, ""));
+        format!("{history}{before}{candidates}{after}{}", l.chat_tail)
+    }
+}
