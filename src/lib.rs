@@ -11,3 +11,5 @@ pub mod proto {
     /// Encoded file descriptor set, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("palr_descriptor");
 }
+
+pub mod data;
