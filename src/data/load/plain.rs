@@ -88,8 +88,13 @@ fn for_each_record(
                 path,
                 line,
                 format!(
-                    "expected {n_fields} comma-separated fields as in the header, found {}",
-                    rec.len()
+                    "expected {n_fields} comma-separated fields as in the header, found {}{}",
+                    rec.len(),
+                    if rec.iter().any(|f| f.contains('\n')) {
+                        " (a field spans lines: is a quote left open?)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

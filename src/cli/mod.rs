@@ -1,0 +1,3 @@
+//! Command-line glue (clap definitions and `anyhow` reporting) over the library.
+
+pub mod data;
