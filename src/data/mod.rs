@@ -5,8 +5,8 @@
 //!   prompts, attributes.
 //! - [`Interactions`]: per-user, time-ordered item sequences as flat arrays (offsets + items),
 //!   the layout retriever plugins receive over the C ABI.
-//! - [`Dataset::load`]: RecBole atomic files, raw MovieLens 100k/1M, plain CSV/JSONL
-//!   (see [`load`](self::Format) for the layouts); format detected from a directory's files.
+//! - [`Dataset::load`]: RecBole atomic files, raw MovieLens 100k/1M, plain CSV/JSONL (see
+//!   [`Format`]); the format is detected from a directory's files.
 //! - [`Split`]: the leave-one-out protocol of PALR (Yang et al. 2023, "PALR: Personalization
 //!   Aware LLMs for Recommendation", Sec. 4), the single source of truth for evaluation and
 //!   fine-tuning data.
@@ -53,7 +53,29 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 fn env_dir(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
+    dir_or_default(std::env::var_os(var), default)
+}
+
+fn dir_or_default(value: Option<std::ffi::OsString>, default: &str) -> PathBuf {
+    value
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(default), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_override_wins_unless_empty() {
+        assert_eq!(dir_or_default(None, "data"), PathBuf::from("data"));
+        assert_eq!(
+            dir_or_default(Some("".into()), "data"),
+            PathBuf::from("data")
+        );
+        assert_eq!(
+            dir_or_default(Some("/srv/d".into()), "data"),
+            PathBuf::from("/srv/d")
+        );
+    }
 }

@@ -23,13 +23,19 @@ use super::catalog::{Catalog, CatalogBuilder, Item, PushError};
 use super::error::{DataError, Location, Result};
 use super::interactions::{Interactions, InteractionsBuilder};
 
-/// A data set's on-disk format.
+/// A data set's on-disk format: which files a directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// RecBole atomic files `<name>.item` + `<name>.inter` (tab separated, `field:type` header).
     RecBole,
+    /// GroupLens `u.item` (pipe separated, latin-1, genre flags) + `u.data` (tab separated).
     MovieLens100k,
+    /// GroupLens `movies.dat` + `ratings.dat` (`::` separated, latin-1).
     MovieLens1m,
+    /// `items.csv` (`item_id,title[,...]`) + `interactions.csv`
+    /// (`user_id,item_id,timestamp[,rating]`), quoted fields allowed, UTF-8.
     Csv,
+    /// `items.jsonl` + `interactions.jsonl`: one JSON object per line, keys as the CSV columns.
     Jsonl,
 }
 
