@@ -182,7 +182,7 @@ mod tests {
         // (string order would make it "9").
         let (cat, inter) = build(
             &[("u", "10", 5), ("u", "9", 5), ("u", "1", 1)],
-            &["1", "9", "10"],
+            &["10", "1", "9"], // file order differs from id order
         );
         let s = Split::leave_one_out(&inter);
         assert_eq!(cat.id(s.test(0).unwrap().target), Some("10"));
