@@ -1,5 +1,7 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
 
+pub mod data;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -15,6 +17,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Data sets: fetch and inspect.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -28,6 +33,7 @@ pub enum BenchCmd {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Data(cmd) => data::run(cmd),
         Command::Bench(BenchCmd::Engine(args)) => {
             let report = crate::bench::run_engine(&args)?;
             if args.json {
