@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
 
 pub mod gguf;
+pub mod tokenizer;
 
 pub mod proto {
     //! Generated protobuf/gRPC types of `proto/palr/v1` (only `service` converts them).

@@ -19,6 +19,8 @@
 //! - [`import`]: GGUF -> HF directory (`config.json`, `model.safetensors`, tokenizer files).
 //! - [`fetch`]: download, verify and import the default model (SmolLM2-135M-Instruct).
 
+pub mod hf_tokenizer;
+pub mod import;
 pub mod reader;
 pub mod types;
 pub mod value;
