@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
+# The default model (SmolLM2-135M-Instruct): downloaded, verified and imported once, then skipped.
+./target/release/palr model fetch
 cargo test --release --workspace

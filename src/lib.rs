@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
 
+pub mod cli;
 pub mod gguf;
 pub mod tokenizer;
 

@@ -1,3 +1,5 @@
+use clap::Parser;
+
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    palr::cli::run(palr::cli::Cli::parse())
 }

@@ -564,3 +564,59 @@ fn out_of_range_special_ids_are_dropped_with_a_warning() {
     // Not ChatML: eos is the metadata's (<|endoftext|> here).
     assert_eq!(cfg["eos_token_id"], 0);
 }
+
+#[test]
+fn cli_import_and_tokenize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Tiny::new().write(tmp.path());
+    let out = tmp.path().join("hf");
+    let bin = env!("CARGO_BIN_EXE_palr");
+    let run =
+        |args: &[&std::ffi::OsStr]| std::process::Command::new(bin).args(args).output().unwrap();
+    let o = run(&[
+        "model".as_ref(),
+        "import-gguf".as_ref(),
+        src.as_os_str(),
+        out.as_os_str(),
+        "--dtype".as_ref(),
+        "bf16".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "eos override is reported"
+    );
+    assert_eq!(read_json(&out.join("config.json"))["dtype"], "bfloat16");
+    let o = run(&[
+        "tokenize".as_ref(),
+        "--model".as_ref(),
+        out.as_os_str(),
+        "--text".as_ref(),
+        "<|im_start|> the".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[1,261]");
+    // Errors are reported, not panics.
+    let o = run(&[
+        "model".as_ref(),
+        "import-gguf".as_ref(),
+        tmp.path().join("nope.gguf").as_os_str(),
+        out.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nope.gguf") && !err.contains("panicked"),
+        "{err}"
+    );
+    let o = run(&[
+        "model".as_ref(),
+        "import-gguf".as_ref(),
+        src.as_os_str(),
+        out.as_os_str(),
+        "--dtype".as_ref(),
+        "f16".as_ref(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("f32 or bf16"));
+}

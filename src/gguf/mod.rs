@@ -19,6 +19,7 @@
 //! - [`import`]: GGUF -> HF directory (`config.json`, `model.safetensors`, tokenizer files).
 //! - [`fetch`]: download, verify and import the default model (SmolLM2-135M-Instruct).
 
+pub mod fetch;
 pub mod hf_tokenizer;
 pub mod import;
 pub mod reader;
@@ -26,6 +27,7 @@ pub mod types;
 pub mod value;
 pub mod writer;
 
+pub use fetch::{DEFAULT_MODEL_NAME, default_model_dir, require_default_model_dir};
 pub use reader::{GgufFile, TensorInfo};
 pub use types::GgmlType;
 pub use value::{Value, ValueType};
