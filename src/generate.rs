@@ -121,7 +121,10 @@ pub fn generate(
         }
         next = sampler.sample(session.feed(&[next], Logits::Last)?);
     };
-    if matches!(finish, FinishReason::Eos | FinishReason::Length | FinishReason::ContextFull) {
+    if matches!(
+        finish,
+        FinishReason::Eos | FinishReason::Length | FinishReason::ContextFull
+    ) {
         text.push_str(&decoder.finish());
     }
     if text.len() > emitted {

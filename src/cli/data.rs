@@ -3,10 +3,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use crate::data::{
     self, Dataset, FetchOptions, FetchOutcome, Format, LoadOptions, Split, UnknownItems,
 };
+use anyhow::Context;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCmd {

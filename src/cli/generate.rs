@@ -34,7 +34,8 @@ impl ModelArgs {
             threads: self.threads,
             ..LoadOptions::default()
         };
-        let model = engine::load(&self.model, &opts).with_context(|| format!("loading {}", self.model.display()))?;
+        let model = engine::load(&self.model, &opts)
+            .with_context(|| format!("loading {}", self.model.display()))?;
         let tok = load_tokenizer(&self.model)?;
         Ok((model, tok))
     }
@@ -84,8 +85,12 @@ pub struct GenerateArgs {
 pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let (model, tok) = args.model.load()?;
     let text = if args.chat {
-        let template = ChatTemplate::from_model_dir(&args.model.model)?
-            .with_context(|| format!("{} has no chat template; drop --chat", args.model.model.display()))?;
+        let template = ChatTemplate::from_model_dir(&args.model.model)?.with_context(|| {
+            format!(
+                "{} has no chat template; drop --chat",
+                args.model.model.display()
+            )
+        })?;
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message::new("system", system));
@@ -163,7 +168,10 @@ pub fn run_logits(args: &LogitsArgs) -> anyhow::Result<()> {
         tokens.push(bos);
     }
     tokens.extend(tok.encode(&args.prompt, false)?);
-    anyhow::ensure!(!tokens.is_empty(), "the prompt tokenizes to nothing; give some text");
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "the prompt tokenizes to nothing; give some text"
+    );
     let mut session = model.new_session(tokens.len())?;
     let logits = session.feed(&tokens, Logits::Last)?;
     let mut order: Vec<usize> = (0..logits.len()).collect();

@@ -9,7 +9,11 @@ pub mod tokenize;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "palr", version, about = "PALR-style LLM recommendation ranking")]
+#[command(
+    name = "palr",
+    version,
+    about = "PALR-style LLM recommendation ranking"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -211,7 +211,7 @@ impl LlamaConfig {
         }
         let n_heads = hf.num_attention_heads;
         let n_kv_heads = hf.num_key_value_heads.unwrap_or(n_heads);
-        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return bad(format!(
                 "num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv_heads})"
             ));
@@ -219,7 +219,7 @@ impl LlamaConfig {
         let head_dim = match hf.head_dim {
             Some(d) => d,
             None => {
-                if hf.hidden_size % n_heads != 0 {
+                if !hf.hidden_size.is_multiple_of(n_heads) {
                     return bad(format!(
                         "hidden_size ({}) is not divisible by num_attention_heads ({n_heads}) and no head_dim is given",
                         hf.hidden_size

@@ -48,7 +48,9 @@ impl std::str::FromStr for RankMode {
         match s {
             "score" => Ok(Self::Score),
             "generate" => Ok(Self::Generate),
-            other => Err(format!("unknown rank mode {other:?}; use score or generate")),
+            other => Err(format!(
+                "unknown rank mode {other:?}; use score or generate"
+            )),
         }
     }
 }
@@ -185,7 +187,9 @@ impl Ranker {
             )));
         }
         if cfg.max_history == 0 || cfg.max_prompt_tokens == 0 {
-            return Err(RankError::Config("max_history and max_prompt_tokens must be positive".into()));
+            return Err(RankError::Config(
+                "max_history and max_prompt_tokens must be positive".into(),
+            ));
         }
         Ok(Ranker {
             model,
@@ -221,10 +225,18 @@ impl Ranker {
 
     /// The tokens the model writes for `item` in generate mode: its title and the line end.
     fn answer_path(&self, item: u32) -> Result<Arc<[u32]>, RankError> {
-        if let Some(p) = self.answer_tokens.read().unwrap_or_else(|e| e.into_inner()).get(&item) {
+        if let Some(p) = self
+            .answer_tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&item)
+        {
             return Ok(p.clone());
         }
-        let path: Arc<[u32]> = self.tok.encode(&format!("{}\n", self.title(item)), false)?.into();
+        let path: Arc<[u32]> = self
+            .tok
+            .encode(&format!("{}\n", self.title(item)), false)?
+            .into();
         self.answer_tokens
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -272,7 +284,10 @@ impl Ranker {
         let mut seen = std::collections::HashSet::with_capacity(req.candidates.len());
         for &c in req.candidates {
             if !seen.insert(c) {
-                return bad(format!("candidate {:?} is listed twice", self.catalog.id(c).unwrap_or("?")));
+                return bad(format!(
+                    "candidate {:?} is listed twice",
+                    self.catalog.id(c).unwrap_or("?")
+                ));
             }
         }
         if let Some(&h) = req.history.iter().find(|h| seen.contains(h)) {
@@ -306,7 +321,9 @@ impl Ranker {
             RankMode::Score => k,
             RankMode::Generate => k.min(self.cfg.max_generated_items),
         };
-        let suffix_text = self.prompts.suffix_text(req.mode, &hist_refs, &cand_refs, llm_k);
+        let suffix_text = self
+            .prompts
+            .suffix_text(req.mode, &hist_refs, &cand_refs, llm_k);
         let suffix = self.tok.encode(&suffix_text, false)?;
         let prefix_len = self.prompts.prefix(req.mode).len();
         timings.prompt_tokens = prefix_len + suffix.len();
@@ -428,7 +445,11 @@ impl Ranker {
             })
             .collect();
         // Best first; ties keep the caller's order.
-        items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.candidate_rank.cmp(&b.candidate_rank)));
+        items.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.candidate_rank.cmp(&b.candidate_rank))
+        });
         items.truncate(k);
         items
     }
@@ -463,7 +484,11 @@ impl Ranker {
                 // The best allowed token under the current logits.
                 let (tok, next) = trie
                     .allowed(node)
-                    .max_by(|a, b| logits[a.0 as usize].total_cmp(&logits[b.0 as usize]).then(b.0.cmp(&a.0)))
+                    .max_by(|a, b| {
+                        logits[a.0 as usize]
+                            .total_cmp(&logits[b.0 as usize])
+                            .then(b.0.cmp(&a.0))
+                    })
                     .expect("a live node has a live child");
                 score += log_softmax_at(&logits, tok);
                 node = next;

@@ -82,7 +82,11 @@ pub struct PromptBuilder {
 const MARKER: &str = "\u{1}PALR-CONTENT\u{1}";
 
 impl PromptBuilder {
-    pub fn new(cfg: &PromptConfig, tok: &Tokenizer, chat: Option<&ChatTemplate>) -> Result<Self, RankError> {
+    pub fn new(
+        cfg: &PromptConfig,
+        tok: &Tokenizer,
+        chat: Option<&ChatTemplate>,
+    ) -> Result<Self, RankError> {
         let bad = |m: String| RankError::Config(m);
         let (chat_head, chat_tail) = if cfg.use_chat_template {
             let chat = chat.ok_or_else(|| {
@@ -93,11 +97,16 @@ impl PromptBuilder {
                 messages.push(Message::new("system", &cfg.system));
             }
             messages.push(Message::new("user", MARKER));
-            let rendered = chat.render(&messages, true).map_err(|e| bad(e.to_string()))?;
+            let rendered = chat
+                .render(&messages, true)
+                .map_err(|e| bad(e.to_string()))?;
             let at = rendered
                 .find(MARKER)
                 .ok_or_else(|| bad("the chat template drops the user's message".into()))?;
-            (rendered[..at].to_string(), rendered[at + MARKER.len()..].to_string())
+            (
+                rendered[..at].to_string(),
+                rendered[at + MARKER.len()..].to_string(),
+            )
         } else {
             let head = if cfg.system.is_empty() {
                 String::new()
@@ -107,18 +116,26 @@ impl PromptBuilder {
             (head, "\n".to_string())
         };
         let layout = |name: &str, template: &str| -> Result<Layout, RankError> {
-            let at = template
-                .find("{history}")
-                .ok_or_else(|| bad(format!("ranking.prompt.{name} has no {{history}} placeholder")))?;
-            let c = template
-                .find("{candidates}")
-                .ok_or_else(|| bad(format!("ranking.prompt.{name} has no {{candidates}} placeholder")))?;
+            let at = template.find("{history}").ok_or_else(|| {
+                bad(format!(
+                    "ranking.prompt.{name} has no {{history}} placeholder"
+                ))
+            })?;
+            let c = template.find("{candidates}").ok_or_else(|| {
+                bad(format!(
+                    "ranking.prompt.{name} has no {{candidates}} placeholder"
+                ))
+            })?;
             if c < at {
-                return Err(bad(format!("ranking.prompt.{name}: {{history}} must come before {{candidates}}")));
+                return Err(bad(format!(
+                    "ranking.prompt.{name}: {{history}} must come before {{candidates}}"
+                )));
             }
             let head = &template[..at];
             if !(head.is_empty() || head.ends_with('\n')) {
-                return Err(bad(format!("ranking.prompt.{name}: {{history}} must start a line")));
+                return Err(bad(format!(
+                    "ranking.prompt.{name}: {{history}} must start a line"
+                )));
             }
             let prefix = tok
                 .encode(&format!("{chat_head}{head}"), false)
@@ -131,11 +148,22 @@ impl PromptBuilder {
         };
         let mut labels = Vec::new();
         for ch in cfg.score_labels.chars() {
-            let ids = tok.encode(&ch.to_string(), false).map_err(|e| bad(e.to_string()))?;
+            let ids = tok
+                .encode(&ch.to_string(), false)
+                .map_err(|e| bad(e.to_string()))?;
             match ids.as_slice() {
                 [id] if !labels.iter().any(|(_, t)| t == id) => labels.push((ch, *id)),
-                [_] => return Err(bad(format!("score label {ch:?} repeats another label's token"))),
-                _ => return Err(bad(format!("score label {ch:?} is {} tokens; labels must be single tokens", ids.len()))),
+                [_] => {
+                    return Err(bad(format!(
+                        "score label {ch:?} repeats another label's token"
+                    )));
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "score label {ch:?} is {} tokens; labels must be single tokens",
+                        ids.len()
+                    )));
+                }
             }
         }
         if labels.is_empty() {
@@ -166,7 +194,13 @@ impl PromptBuilder {
     }
 
     /// The request's text after the shared prefix.
-    pub fn suffix_text(&self, mode: RankMode, history: &[&str], candidates: &[&str], k: usize) -> String {
+    pub fn suffix_text(
+        &self,
+        mode: RankMode,
+        history: &[&str],
+        candidates: &[&str],
+        k: usize,
+    ) -> String {
         let l = self.layout(mode);
         let history = history.join("\n");
         let candidates = match mode {

@@ -117,7 +117,10 @@ impl TokenTrie {
         self.nodes[0].live -= 1;
         for &tok in path {
             let n = &self.nodes[node];
-            let i = n.children.binary_search_by_key(&tok, |c| c.0).expect("path of a slot");
+            let i = n
+                .children
+                .binary_search_by_key(&tok, |c| c.0)
+                .expect("path of a slot");
             node = n.children[i].1 as usize;
             self.nodes[node].live -= 1;
         }
@@ -132,7 +135,12 @@ mod tests {
     #[test]
     fn shared_prefixes_forced_steps_and_removal() {
         // Slots 0 and 1 share [1, 2, 3]; slot 2 is a duplicate of slot 0.
-        let paths = vec![vec![1, 2, 3, 4, 9], vec![1, 2, 3, 5, 9], vec![1, 2, 3, 4, 9], vec![7, 9]];
+        let paths = vec![
+            vec![1, 2, 3, 4, 9],
+            vec![1, 2, 3, 5, 9],
+            vec![1, 2, 3, 4, 9],
+            vec![7, 9],
+        ];
         let mut t = TokenTrie::new(&paths).unwrap();
         assert_eq!(t.remaining(), 4);
         let root = t.root();

@@ -171,6 +171,22 @@ pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
     }
 }
 
+/// Constants of the exponential: clamp range, ln 2 split in two for an exact
+/// reduction, and the minimax polynomial of e^r on |r| <= ln2/2 (Cephes `expf`).
+#[allow(clippy::excessive_precision, dead_code)]
+mod exp_poly {
+    pub const EXP_HI: f32 = 88.3762626647949;
+    pub const EXP_LO: f32 = -87.33654;
+    pub const LN2_HI: f32 = 0.693359375;
+    pub const LN2_LO: f32 = -2.12194440e-4;
+    pub const P0: f32 = 1.9875691500e-4;
+    pub const P1: f32 = 1.3981999507e-3;
+    pub const P2: f32 = 8.3334519073e-3;
+    pub const P3: f32 = 4.1665795894e-2;
+    pub const P4: f32 = 1.6666665459e-1;
+    pub const P5: f32 = 5.0000001201e-1;
+}
+
 mod portable {
     use super::ROWS;
 
@@ -366,21 +382,21 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub fn exp(x: __m512) -> __m512 {
         let x = _mm512_max_ps(
-            _mm512_min_ps(x, _mm512_set1_ps(88.3762626647949)),
-            _mm512_set1_ps(-87.33654),
+            _mm512_min_ps(x, _mm512_set1_ps(exp_poly::EXP_HI)),
+            _mm512_set1_ps(exp_poly::EXP_LO),
         );
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
         // r = x - n*ln2, in two steps for accuracy.
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4), r);
-        let mut p = _mm512_set1_ps(1.9875691500e-4);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(exp_poly::LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(exp_poly::LN2_LO), r);
+        let mut p = _mm512_set1_ps(exp_poly::P0);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly::P1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly::P2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly::P3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly::P4));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly::P5));
         let r2 = _mm512_mul_ps(r, r);
         p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
         _mm512_scalef_ps(p, n)
@@ -552,20 +568,20 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     fn exp(x: __m256) -> __m256 {
         let x = _mm256_max_ps(
-            _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949)),
-            _mm256_set1_ps(-87.33654),
+            _mm256_min_ps(x, _mm256_set1_ps(exp_poly::EXP_HI)),
+            _mm256_set1_ps(exp_poly::EXP_LO),
         );
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4), r);
-        let mut p = _mm256_set1_ps(1.9875691500e-4);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(exp_poly::LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(exp_poly::LN2_LO), r);
+        let mut p = _mm256_set1_ps(exp_poly::P0);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly::P1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly::P2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly::P3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly::P4));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly::P5));
         let r2 = _mm256_mul_ps(r, r);
         p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
         // 2^n: n + 127 into the exponent field (n is within [-126, 128) after the clamp).

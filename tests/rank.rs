@@ -1,0 +1,403 @@
+//! The LLM ranker: constrained generate mode can only name candidates, never twice;
+//! score mode ranks every candidate in one pass; the shared-prefix KV reuse gives
+//! the same numbers as a plain prompt; bad requests are clear errors.
+
+mod common;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use palr::chat::ChatTemplate;
+use palr::data::{Catalog, Item};
+use palr::engine::{self, EngineError, LanguageModel, LoadOptions, Logits, Session};
+use palr::model::LlamaConfig;
+use palr::rank::{RankError, RankMode, RankRequest, Ranker, RankerConfig};
+use palr::tokenizer::Tokenizer;
+
+/// A model whose logits are pseudo-random (seeded per session), for adversarial checks
+/// of the constraint: whatever the model prefers, the output must be valid.
+struct RandomModel {
+    cfg: LlamaConfig,
+    seed: std::sync::atomic::AtomicU64,
+}
+
+struct RandomSession {
+    vocab: usize,
+    len: usize,
+    cap: usize,
+    rng: u64,
+    out: Vec<f32>,
+}
+
+impl LanguageModel for RandomModel {
+    fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+    fn describe(&self) -> String {
+        "random".into()
+    }
+    fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>, EngineError> {
+        let seed = self.seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Box::new(RandomSession {
+            vocab: self.cfg.vocab_size,
+            len: 0,
+            cap: capacity,
+            rng: seed.wrapping_mul(0x9E3779B97F4A7C15) | 1,
+            out: Vec::new(),
+        }))
+    }
+}
+
+impl Session for RandomSession {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn capacity(&self) -> usize {
+        self.cap
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn truncate(&mut self, len: usize) -> Result<(), EngineError> {
+        self.len = len;
+        Ok(())
+    }
+    fn feed(&mut self, tokens: &[u32], want: Logits) -> Result<&[f32], EngineError> {
+        if self.len + tokens.len() > self.cap {
+            return Err(EngineError::ContextFull {
+                needed: self.len + tokens.len(),
+                capacity: self.cap,
+            });
+        }
+        self.len += tokens.len();
+        let rows = match want {
+            Logits::None => 0,
+            Logits::Last => 1,
+            Logits::All => tokens.len(),
+        };
+        self.out.clear();
+        for _ in 0..rows * self.vocab {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.out.push((self.rng % 10_000) as f32 / 500.0);
+        }
+        Ok(&self.out)
+    }
+    fn copy_prefix_from(&mut self, _other: &dyn Session, len: usize) -> Result<(), EngineError> {
+        self.len = len;
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    Arc::new(Tokenizer::from_file(model_dir().join("tokenizer.json")).unwrap())
+}
+
+fn chat() -> ChatTemplate {
+    ChatTemplate::from_model_dir(&model_dir()).unwrap().unwrap()
+}
+
+/// Titles that share long prefixes, exact duplicates, and one that is a prefix of another.
+fn tricky_catalog() -> Arc<Catalog> {
+    let mut items = Vec::new();
+    let titles = [
+        "Star Wars (1977)",
+        "Star Wars: Episode I - The Phantom Menace (1999)",
+        "Star Wars: Episode II - Attack of the Clones (2002)",
+        "Star Wars: Episode III - Revenge of the Sith (2005)",
+        "Star Wars: Episode IV - A New Hope (1977)",
+        "Star Wars: Episode IV - A New Hope (1977) Special Edition",
+        "Star Wars: Episode V - The Empire Strikes Back (1980)",
+        "Chasing Amy (1997)",
+        "Chasing Amy (1997)",
+        "Heat",
+        "Heat (1995)",
+        "Heat (1995) II",
+        "Se7en (1995)",
+        "Amélie (2001)",
+        "千と千尋の神隠し (2001)",
+        "Toy Story (1995)",
+        "Toy Story 2 (1999)",
+        "Toy Story 3 (2010)",
+        "Godfather: Part II, The (1974)",
+        "Godfather, The (1972)",
+        "Godfather: Part III, The (1990)",
+        "History A",
+        "History B",
+        "History C",
+    ];
+    for (i, t) in titles.iter().enumerate() {
+        items.push(Item::new(format!("m{i}"), t));
+    }
+    Arc::new(Catalog::from_items(items).unwrap())
+}
+
+fn random_ranker(catalog: Arc<Catalog>) -> Ranker {
+    let tok = tokenizer();
+    let mut cfg = LlamaConfig::from_dir(&model_dir()).unwrap();
+    cfg.vocab_size = tok.vocab_size();
+    let model = Arc::new(RandomModel {
+        cfg,
+        seed: 1.into(),
+    });
+    Ranker::new(model, tok, Some(&chat()), catalog, RankerConfig::default()).unwrap()
+}
+
+#[test]
+fn constrained_generation_only_names_candidates_once() {
+    let catalog = tricky_catalog();
+    let ranker = random_ranker(catalog.clone());
+    let history = [21u32, 22, 23];
+    let candidates: Vec<u32> = (0..21).collect();
+    for trial in 0..40 {
+        let k = 1 + trial % 21;
+        let out = ranker
+            .rank(&RankRequest {
+                history: &history,
+                candidates: &candidates,
+                k,
+                mode: RankMode::Generate,
+                deadline: None,
+            })
+            .unwrap();
+        assert_eq!(out.items.len(), k, "trial {trial}: k items");
+        let mut seen = std::collections::HashSet::new();
+        let llm_k = k.min(RankerConfig::default().max_generated_items);
+        for (pos, r) in out.items.iter().enumerate() {
+            assert!(
+                candidates.contains(&r.item),
+                "trial {trial}: {} is not a candidate",
+                r.item
+            );
+            assert!(seen.insert(r.item), "trial {trial}: {} named twice", r.item);
+            assert_eq!(candidates[r.candidate_rank as usize], r.item);
+            // The LLM writes up to max_generated_items; the rest follow in retriever order.
+            assert_eq!(r.by_llm, pos < llm_k, "trial {trial}: position {pos}");
+            if r.by_llm {
+                assert!(
+                    r.score.is_finite() && r.score <= 0.0,
+                    "log-probabilities are <= 0"
+                );
+            }
+        }
+        assert!(out.timings.generated_tokens > 0);
+        let tail: Vec<u32> = out.items[llm_k..]
+            .iter()
+            .map(|r| r.candidate_rank)
+            .collect();
+        assert!(
+            tail.windows(2).all(|w| w[0] < w[1]),
+            "tail keeps retriever order"
+        );
+    }
+}
+
+#[test]
+fn score_mode_ranks_all_candidates_best_first() {
+    let ranker = random_ranker(tricky_catalog());
+    let candidates: Vec<u32> = (0..20).collect();
+    let out = ranker
+        .rank(&RankRequest {
+            history: &[21, 22],
+            candidates: &candidates,
+            k: 20,
+            mode: RankMode::Score,
+            deadline: None,
+        })
+        .unwrap();
+    assert_eq!(out.items.len(), 20);
+    assert!(out.items.windows(2).all(|w| w[0].score >= w[1].score));
+    let total: f64 = out.items.iter().map(|r| (r.score as f64).exp()).sum();
+    assert!(
+        (total - 1.0).abs() < 1e-4,
+        "label distribution sums to {total}"
+    );
+    let mut items: Vec<u32> = out.items.iter().map(|r| r.item).collect();
+    items.sort();
+    assert_eq!(items, candidates);
+}
+
+#[test]
+fn bad_requests_say_what_to_fix() {
+    let ranker = random_ranker(tricky_catalog());
+    let req = |history: &'static [u32], candidates: &'static [u32], k, mode| RankRequest {
+        history,
+        candidates,
+        k,
+        mode,
+        deadline: None,
+    };
+    let cases: Vec<(RankRequest<'_>, &str)> = vec![
+        (req(&[], &[1, 2], 2, RankMode::Generate), "history is empty"),
+        (req(&[0], &[], 2, RankMode::Generate), "no candidates"),
+        (req(&[0], &[1, 2], 0, RankMode::Generate), "k must be"),
+        (
+            req(&[0], &[1, 99], 2, RankMode::Generate),
+            "outside the catalog",
+        ),
+        (req(&[0], &[1, 1], 2, RankMode::Generate), "twice"),
+        (
+            req(&[0], &[1, 0], 2, RankMode::Score),
+            "already in the history",
+        ),
+    ];
+    for (r, want) in cases {
+        let err = ranker.rank(&r).unwrap_err();
+        assert!(matches!(err, RankError::Invalid(_)), "{err:?}");
+        assert!(
+            err.to_string().contains(want),
+            "{err} should mention {want:?}"
+        );
+    }
+    // More candidates than score-mode labels.
+    let big = Arc::new(
+        Catalog::from_items(
+            (0..40)
+                .map(|i| Item::new(format!("x{i}"), &format!("Film {i}")))
+                .collect(),
+        )
+        .unwrap(),
+    );
+    let ranker = random_ranker(big);
+    let cands: Vec<u32> = (1..40).collect();
+    let err = ranker
+        .rank(&RankRequest {
+            history: &[0],
+            candidates: &cands,
+            k: 5,
+            mode: RankMode::Score,
+            deadline: None,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 26"), "{err}");
+    // A prompt over the limit.
+    let tok = tokenizer();
+    let cfg = RankerConfig {
+        max_prompt_tokens: 60,
+        ..RankerConfig::default()
+    };
+    let model = engine::load(&model_dir(), &LoadOptions::default()).unwrap();
+    let ranker = Ranker::new(model, tok, Some(&chat()), tricky_catalog(), cfg).unwrap();
+    let err = ranker
+        .rank(&RankRequest {
+            history: &[0, 1, 2],
+            candidates: &[3, 4, 5, 6],
+            k: 2,
+            mode: RankMode::Generate,
+            deadline: None,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("over the limit of 60"), "{err}");
+}
+
+#[test]
+fn deadline_stops_work() {
+    let ranker = random_ranker(tricky_catalog());
+    let err = ranker
+        .rank(&RankRequest {
+            history: &[21],
+            candidates: &[1, 2, 3],
+            k: 3,
+            mode: RankMode::Generate,
+            deadline: Some(Instant::now() - Duration::from_millis(1)),
+        })
+        .unwrap_err();
+    assert!(matches!(err, RankError::DeadlineExceeded(_)), "{err:?}");
+}
+
+/// Real model, real MovieLens titles: both modes give valid rankings, and the
+/// prefix-cached score mode equals a plain full-prompt computation.
+#[test]
+fn real_model_ranks_and_prefix_cache_is_exact() {
+    let dir = model_dir();
+    let model = engine::load(&dir, &LoadOptions::default()).unwrap();
+    let tok = tokenizer();
+    let catalog = tricky_catalog();
+    let ranker = Ranker::new(
+        model.clone(),
+        tok.clone(),
+        Some(&chat()),
+        catalog.clone(),
+        RankerConfig::default(),
+    )
+    .unwrap();
+    let history = [15u32, 0, 12];
+    let candidates: Vec<u32> = vec![16, 17, 1, 4, 5, 6, 7, 8, 9, 10, 11, 13, 19, 20];
+    let generated = ranker
+        .rank(&RankRequest {
+            history: &history,
+            candidates: &candidates,
+            k: 6,
+            mode: RankMode::Generate,
+            deadline: None,
+        })
+        .unwrap();
+    assert_eq!(generated.items.len(), 6);
+    let mut seen = std::collections::HashSet::new();
+    assert!(
+        generated
+            .items
+            .iter()
+            .all(|r| candidates.contains(&r.item) && seen.insert(r.item))
+    );
+    assert!(
+        generated.timings.cached_prompt_tokens > 0
+            && generated.timings.prompt_tokens > generated.timings.cached_prompt_tokens
+    );
+
+    let run_score = || {
+        ranker
+            .rank(&RankRequest {
+                history: &history,
+                candidates: &candidates,
+                k: candidates.len(),
+                mode: RankMode::Score,
+                deadline: None,
+            })
+            .unwrap()
+    };
+    let a = run_score();
+    let b = run_score(); // second run: pooled session, cached prefix
+    assert_eq!(a.items, b.items, "repeatable");
+
+    // The same prompt fed in one piece to a fresh session.
+    let prompt_cfg = RankerConfig::default().prompt;
+    let builder = palr::rank::PromptBuilder::new(&prompt_cfg, &tok, Some(&chat())).unwrap();
+    let hist: Vec<&str> = history.iter().map(|&i| catalog.title(i).unwrap()).collect();
+    let cands: Vec<&str> = candidates
+        .iter()
+        .map(|&i| catalog.title(i).unwrap())
+        .collect();
+    let mut ids = builder.prefix(RankMode::Score).to_vec();
+    ids.extend(
+        tok.encode(
+            &builder.suffix_text(RankMode::Score, &hist, &cands, candidates.len()),
+            false,
+        )
+        .unwrap(),
+    );
+    let mut s = model.new_session(ids.len()).unwrap();
+    let logits = s.feed(&ids, Logits::Last).unwrap();
+    let labels = &builder.labels()[..candidates.len()];
+    let raw: Vec<f64> = labels
+        .iter()
+        .map(|&(_, t)| logits[t as usize] as f64)
+        .collect();
+    let m = raw.iter().cloned().fold(f64::MIN, f64::max);
+    let lse = m + raw.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    for r in &a.items {
+        let want = raw[r.candidate_rank as usize] - lse;
+        assert!(
+            (r.score as f64 - want).abs() < 1e-3,
+            "item {}: {} vs {want}",
+            r.item,
+            r.score
+        );
+    }
+}
