@@ -401,3 +401,41 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
         );
     }
 }
+
+#[test]
+fn prompt_is_the_chat_rendering_of_the_user_message() {
+    let tok = tokenizer();
+    let chat = chat();
+    let cfg = RankerConfig::default().prompt;
+    let b = palr::rank::PromptBuilder::new(&cfg, &tok, Some(&chat)).unwrap();
+    let hist = ["Toy Story (1995)", "Heat (1995)"];
+    let cands = ["Se7en (1995)", "Amélie (2001)", "Chasing Amy (1997)"];
+    for mode in [RankMode::Generate, RankMode::Score] {
+        let user = b.user_message(mode, &hist, &cands, 2);
+        let want = chat
+            .render(
+                &[
+                    palr::chat::Message::new("system", &cfg.system),
+                    palr::chat::Message::new("user", &user),
+                ],
+                true,
+            )
+            .unwrap();
+        let prefix = tok.decode(b.prefix(mode), false).unwrap();
+        let got = format!("{prefix}{}", b.suffix_text(mode, &hist, &cands, 2));
+        assert_eq!(got, want, "{mode:?}");
+        assert!(got.ends_with("<|im_start|>assistant\n"));
+        assert!(user.contains("Toy Story (1995)\nHeat (1995)\n"));
+        match mode {
+            RankMode::Score => {
+                assert!(user.contains("A. Se7en (1995)\nB. Amélie (2001)\nC. Chasing Amy (1997)"))
+            }
+            RankMode::Generate => assert!(user.contains("Recommend the 2 candidate")),
+        }
+    }
+    assert_eq!(b.answer(RankMode::Score, &[], 1).as_deref(), Some("B"));
+    assert_eq!(
+        b.answer(RankMode::Generate, &["X", "Y"], 0).as_deref(),
+        Some("X\nY\n")
+    );
+}

@@ -62,6 +62,8 @@ impl Default for PromptConfig {
 /// One mode's fixed parts.
 #[derive(Debug, Clone)]
 struct Layout {
+    /// Instruction text before `{history}`.
+    before_history: String,
     /// Tokens of the shared prefix.
     prefix: Vec<u32>,
     /// Instruction text after `{history}` (still holding `{candidates}` and `{k}`).
@@ -141,6 +143,7 @@ impl PromptBuilder {
                 .encode(&format!("{chat_head}{head}"), false)
                 .map_err(|e| bad(e.to_string()))?;
             Ok(Layout {
+                before_history: head.to_string(),
                 prefix,
                 after_history: template[at + "{history}".len()..].to_string(),
                 chat_tail: chat_tail.clone(),
@@ -193,7 +196,40 @@ impl PromptBuilder {
         &self.labels
     }
 
-    /// The request's text after the shared prefix.
+    /// The user's message alone (the instruction with history and candidates filled
+    /// in, no chat template): what fine-tuning data puts in the user turn, so training
+    /// and serving see the same text.
+    pub fn user_message(
+        &self,
+        mode: RankMode,
+        history: &[&str],
+        candidates: &[&str],
+        k: usize,
+    ) -> String {
+        let l = self.layout(mode);
+        format!(
+            "{}{}",
+            l.before_history,
+            self.fill(l, mode, history, candidates, k)
+        )
+    }
+
+    /// What the assistant answers: generate mode, the titles one per line; score
+    /// mode, the label of the candidate at `best_position`.
+    pub fn answer(
+        &self,
+        mode: RankMode,
+        ranked_titles: &[&str],
+        best_position: usize,
+    ) -> Option<String> {
+        match mode {
+            RankMode::Score => self.labels.get(best_position).map(|(ch, _)| ch.to_string()),
+            RankMode::Generate => Some(ranked_titles.iter().map(|t| format!("{t}\n")).collect()),
+        }
+    }
+
+    /// The request's text after the shared prefix, ending with the chat template's
+    /// hand-over to the assistant.
     pub fn suffix_text(
         &self,
         mode: RankMode,
@@ -202,6 +238,22 @@ impl PromptBuilder {
         k: usize,
     ) -> String {
         let l = self.layout(mode);
+        format!(
+            "{}{}",
+            self.fill(l, mode, history, candidates, k),
+            l.chat_tail
+        )
+    }
+
+    /// The instruction from `{history}` on, placeholders filled.
+    fn fill(
+        &self,
+        l: &Layout,
+        mode: RankMode,
+        history: &[&str],
+        candidates: &[&str],
+        k: usize,
+    ) -> String {
         let history = history.join("\n");
         let candidates = match mode {
             RankMode::Score => candidates
@@ -216,6 +268,6 @@ impl PromptBuilder {
         // happens to contain "{k}" is left alone.
         let rest = l.after_history.replace("{k}", &k.to_string());
         let (before, after) = rest.split_once("{candidates}").unwrap_or((&rest, ""));
-        format!("{history}{before}{candidates}{after}{}", l.chat_tail)
+        format!("{history}{before}{candidates}{after}")
     }
 }
