@@ -163,6 +163,7 @@ fn constrained_generation_only_names_candidates_once() {
                 candidates: &candidates,
                 k,
                 mode: RankMode::Generate,
+                adapter: None,
                 deadline: None,
             })
             .unwrap();
@@ -208,6 +209,7 @@ fn score_mode_ranks_all_candidates_best_first() {
             candidates: &candidates,
             k: 20,
             mode: RankMode::Score,
+            adapter: None,
             deadline: None,
         })
         .unwrap();
@@ -231,6 +233,7 @@ fn bad_requests_say_what_to_fix() {
         candidates,
         k,
         mode,
+        adapter: None,
         deadline: None,
     };
     let cases: Vec<(RankRequest<'_>, &str)> = vec![
@@ -272,6 +275,7 @@ fn bad_requests_say_what_to_fix() {
             candidates: &cands,
             k: 5,
             mode: RankMode::Score,
+            adapter: None,
             deadline: None,
         })
         .unwrap_err();
@@ -290,6 +294,7 @@ fn bad_requests_say_what_to_fix() {
             candidates: &[3, 4, 5, 6],
             k: 2,
             mode: RankMode::Generate,
+            adapter: None,
             deadline: None,
         })
         .unwrap_err();
@@ -305,18 +310,28 @@ fn deadline_stops_work() {
             candidates: &[1, 2, 3],
             k: 3,
             mode: RankMode::Generate,
+            adapter: None,
             deadline: Some(Instant::now() - Duration::from_millis(1)),
         })
         .unwrap_err();
     assert!(matches!(err, RankError::DeadlineExceeded(_)), "{err:?}");
 }
 
-/// Real model, real MovieLens titles: both modes give valid rankings, and the
-/// prefix-cached score mode equals a plain full-prompt computation.
+/// Real model (with the LoRA fixture loaded unmerged): both modes give valid rankings,
+/// and the prefix-cached score mode equals a plain full-prompt computation, with and
+/// without the adapter (the prefix cache is per adapter).
 #[test]
 fn real_model_ranks_and_prefix_cache_is_exact() {
     let dir = model_dir();
-    let model = engine::load(&dir, &LoadOptions::default()).unwrap();
+    let opts = LoadOptions {
+        adapters: vec![engine::AdapterSpec {
+            name: "fx".into(),
+            dir: repo().join("tests/fixtures/lora-peft"),
+            merge: false,
+        }],
+        ..LoadOptions::default()
+    };
+    let model = engine::load(&dir, &opts).unwrap();
     let tok = tokenizer();
     let catalog = tricky_catalog();
     let ranker = Ranker::new(
@@ -335,6 +350,7 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
             candidates: &candidates,
             k: 6,
             mode: RankMode::Generate,
+            adapter: None,
             deadline: None,
         })
         .unwrap();
@@ -351,22 +367,6 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
             && generated.timings.prompt_tokens > generated.timings.cached_prompt_tokens
     );
 
-    let run_score = || {
-        ranker
-            .rank(&RankRequest {
-                history: &history,
-                candidates: &candidates,
-                k: candidates.len(),
-                mode: RankMode::Score,
-                deadline: None,
-            })
-            .unwrap()
-    };
-    let a = run_score();
-    let b = run_score(); // second run: pooled session, cached prefix
-    assert_eq!(a.items, b.items, "repeatable");
-
-    // The same prompt fed in one piece to a fresh session.
     let prompt_cfg = RankerConfig::default().prompt;
     let builder = palr::rank::PromptBuilder::new(&prompt_cfg, &tok, Some(&chat())).unwrap();
     let hist: Vec<&str> = history.iter().map(|&i| catalog.title(i).unwrap()).collect();
@@ -382,24 +382,66 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
         )
         .unwrap(),
     );
-    let mut s = model.new_session(ids.len()).unwrap();
-    let logits = s.feed(&ids, Logits::Last).unwrap();
-    let labels = &builder.labels()[..candidates.len()];
-    let raw: Vec<f64> = labels
-        .iter()
-        .map(|&(_, t)| logits[t as usize] as f64)
-        .collect();
-    let m = raw.iter().cloned().fold(f64::MIN, f64::max);
-    let lse = m + raw.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-    for r in &a.items {
-        let want = raw[r.candidate_rank as usize] - lse;
-        assert!(
-            (r.score as f64 - want).abs() < 1e-3,
-            "item {}: {} vs {want}",
-            r.item,
-            r.score
+    let mut per_adapter = Vec::new();
+    for adapter in [None, Some("fx"), None, Some("fx")] {
+        let run = || {
+            ranker
+                .rank(&RankRequest {
+                    history: &history,
+                    candidates: &candidates,
+                    k: candidates.len(),
+                    mode: RankMode::Score,
+                    adapter,
+                    deadline: None,
+                })
+                .unwrap()
+        };
+        let a = run();
+        assert_eq!(
+            a.items,
+            run().items,
+            "repeatable (pooled session, cached prefix)"
         );
+        // The same prompt fed in one piece to a fresh session.
+        let mut s = model.clone().new_session(ids.len()).unwrap();
+        s.set_adapter(adapter).unwrap();
+        let logits = s.feed(&ids, Logits::Last).unwrap();
+        let labels = &builder.labels()[..candidates.len()];
+        let raw: Vec<f64> = labels
+            .iter()
+            .map(|&(_, t)| logits[t as usize] as f64)
+            .collect();
+        let m = raw.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + raw.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        for r in &a.items {
+            let want = raw[r.candidate_rank as usize] - lse;
+            assert!(
+                (r.score as f64 - want).abs() < 1e-3,
+                "{adapter:?} item {}: {} vs {want}",
+                r.item,
+                r.score
+            );
+        }
+        per_adapter.push(a.items);
     }
+    assert_ne!(
+        per_adapter[0], per_adapter[1],
+        "the adapter changes the ranking scores"
+    );
+    let err = ranker
+        .rank(&RankRequest {
+            history: &history,
+            candidates: &candidates,
+            k: 3,
+            mode: RankMode::Score,
+            adapter: Some("missing"),
+            deadline: None,
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown adapter \"missing\""),
+        "{err}"
+    );
 }
 
 #[test]

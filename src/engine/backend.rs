@@ -76,6 +76,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
         bias: Option<&Self::Buf>,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// `out[r, :] += scale · x[r, :] · wᵀ` (the LoRA update of an unmerged adapter).
+    fn linear_acc(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Mat,
+        scale: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// A weight matrix `(rows, cols)` from host values (e.g. a LoRA-merged weight).
+    fn mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self::Mat>;
     /// Fills `table` with `(rows, head_dim/2, [cos, sin])` for positions `start..start+rows`.
     fn rope_table(
         &self,

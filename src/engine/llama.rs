@@ -14,37 +14,129 @@
 //! checkpoint. The KV cache and scratch buffers live apart, in [`State`], and are
 //! allocated once per session: a forward pass allocates nothing.
 
+use rayon::prelude::*;
+
+use crate::model::lora::{Adapter, MODULES};
 use crate::model::{Checkpoint, LlamaConfig};
 
 use super::Result;
 use super::backend::{Backend, Heads, KvLayer};
 
+/// An unmerged LoRA update of a linear layer: `y += scale · (x·Aᵀ)·Bᵀ`.
+pub struct Lora<B: Backend> {
+    pub a: B::Mat, // (r, in_features)
+    pub b: B::Mat, // (out_features, r)
+    pub scale: f32,
+}
+
 /// A linear layer `y = x·Wᵀ (+ b)`; `w` is `(out_features, in_features)`.
 pub struct Linear<B: Backend> {
     pub w: B::Mat,
     pub bias: Option<B::Buf>,
+    /// One slot per unmerged adapter (None where that adapter leaves the layer alone).
+    pub lora: Vec<Option<Lora<B>>>,
+}
+
+/// Adapters to apply while loading: `merged` is folded into the weights, `unmerged`
+/// are kept apart and chosen per session.
+#[derive(Clone, Copy, Default)]
+pub struct Adapters<'a> {
+    pub merged: Option<&'a Adapter>,
+    pub unmerged: &'a [Adapter],
+}
+
+/// `w (out, inp) += scale · b (out, r) · a (r, inp)`, as PEFT's merge does.
+fn merge_lora(w: &mut [f32], a: &[f32], b: &[f32], inp: usize, r: usize, scale: f32) {
+    w.par_chunks_mut(inp).enumerate().for_each(|(o, row)| {
+        let bo = &b[o * r..(o + 1) * r];
+        for (j, wj) in row.iter_mut().enumerate() {
+            let d: f32 = bo
+                .iter()
+                .enumerate()
+                .map(|(rr, bv)| bv * a[rr * inp + j])
+                .sum();
+            *wj += scale * d;
+        }
+    });
 }
 
 impl<B: Backend> Linear<B> {
+    #[allow(clippy::too_many_arguments)]
     fn load(
         b: &B,
         ck: &Checkpoint,
-        name: &str,
+        layer: usize,
+        module: &str,
         out: usize,
         inp: usize,
         bias: bool,
+        adapters: Adapters<'_>,
     ) -> Result<Self> {
-        let w = b.load_mat(&ck.get_shaped(&format!("{name}.weight"), &[out, inp])?)?;
+        let m = MODULES
+            .iter()
+            .position(|x| *x == module)
+            .expect("a LLaMA projection");
+        // MODULES lists the attention projections first, then the MLP's.
+        let group = if m < 4 { "self_attn" } else { "mlp" };
+        let name = format!("model.layers.{layer}.{group}.{module}");
+        let t = ck.get_shaped(&format!("{name}.weight"), &[out, inp])?;
+        let merged = match adapters.merged {
+            Some(ad) => ad.pair(layer, m, out, inp)?,
+            None => None,
+        };
+        let w = match merged {
+            Some(p) => {
+                let mut wf = t.to_f32();
+                merge_lora(
+                    &mut wf,
+                    &p.a.to_f32(),
+                    &p.b.to_f32(),
+                    inp,
+                    p.a.shape[0],
+                    p.scale,
+                );
+                b.mat_from_f32(out, inp, wf)?
+            }
+            None => b.load_mat(&t)?,
+        };
         let bias = if bias {
             Some(b.upload(&ck.get_shaped(&format!("{name}.bias"), &[out])?.to_f32())?)
         } else {
             None
         };
-        Ok(Linear { w, bias })
+        let mut lora = Vec::with_capacity(adapters.unmerged.len());
+        for ad in adapters.unmerged {
+            lora.push(match ad.pair(layer, m, out, inp)? {
+                Some(p) => Some(Lora {
+                    a: b.load_mat(&p.a)?,
+                    b: b.load_mat(&p.b)?,
+                    scale: p.scale,
+                }),
+                None => None,
+            });
+        }
+        Ok(Linear { w, bias, lora })
     }
 
-    fn forward(&self, b: &B, x: &B::Buf, rows: usize, out: &mut B::Buf) -> Result<()> {
-        b.linear(x, rows, &self.w, self.bias.as_ref(), out)
+    /// `out = x·Wᵀ (+ b)`, plus the active adapter's update; `tmp` holds `(rows, r)`.
+    fn forward(
+        &self,
+        b: &B,
+        x: &B::Buf,
+        rows: usize,
+        out: &mut B::Buf,
+        adapter: Option<usize>,
+        tmp: &mut B::Buf,
+    ) -> Result<()> {
+        b.linear(x, rows, &self.w, self.bias.as_ref(), out)?;
+        if let Some(l) = adapter
+            .and_then(|i| self.lora.get(i))
+            .and_then(Option::as_ref)
+        {
+            b.linear(x, rows, &l.a, None, tmp)?;
+            b.linear_acc(tmp, rows, &l.b, l.scale, out)?;
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +168,7 @@ pub struct Llama<B: Backend> {
     pub norm: B::Buf,            // (dim)
     pub lm_head: Option<B::Mat>, // (vocab, dim); None when tied to `embed`
     inv_freq: Vec<f64>,          // (head_dim / 2)
+    max_lora_rank: usize,        // largest r of the unmerged adapters (0 without)
 }
 
 /// Which logits a forward pass produces.
@@ -107,14 +200,22 @@ pub struct State<B: Backend> {
     gate: B::Buf,            // (max_rows, hidden_dim)
     up: B::Buf,              // (max_rows, hidden_dim)
     rope: B::Buf,            // (max_rows, head_dim / 2, 2)
-    last: B::Buf,            // (1, dim)
+    lora: B::Buf,            // (max_rows, max LoRA rank)
+    /// Unmerged adapter applied to this session's tokens.
+    pub adapter: Option<usize>,
+    last: B::Buf,       // (1, dim)
     pub logits: B::Buf, // (max_rows, vocab) when all-position logits were asked for, else (1, vocab)
     logits_rows: usize,
 }
 
 impl<B: Backend> Llama<B> {
-    /// Loads every weight named by `cfg` from `ck` onto `backend`.
-    pub fn load(cfg: LlamaConfig, ck: &Checkpoint, backend: B) -> Result<Self> {
+    /// Loads every weight named by `cfg` from `ck` onto `backend`, with `adapters`.
+    pub fn load(
+        cfg: LlamaConfig,
+        ck: &Checkpoint,
+        backend: B,
+        adapters: Adapters<'_>,
+    ) -> Result<Self> {
         let (d, hd) = (cfg.dim, cfg.hidden_dim);
         let b = &backend;
         let embed =
@@ -123,21 +224,20 @@ impl<B: Backend> Llama<B> {
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = format!("model.layers.{i}");
-            let lin =
-                |n: &str, out, inp, bias| Linear::load(b, ck, &format!("{p}.{n}"), out, inp, bias);
+            let lin = |n: &str, out, inp, bias| Linear::load(b, ck, i, n, out, inp, bias, adapters);
             blocks.push(Block {
                 attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
                 attn: Attention {
-                    q: lin("self_attn.q_proj", cfg.q_dim(), d, cfg.qkv_bias)?,
-                    k: lin("self_attn.k_proj", cfg.kv_dim(), d, cfg.qkv_bias)?,
-                    v: lin("self_attn.v_proj", cfg.kv_dim(), d, cfg.qkv_bias)?,
-                    o: lin("self_attn.o_proj", d, cfg.q_dim(), cfg.o_bias)?,
+                    q: lin("q_proj", cfg.q_dim(), d, cfg.qkv_bias)?,
+                    k: lin("k_proj", cfg.kv_dim(), d, cfg.qkv_bias)?,
+                    v: lin("v_proj", cfg.kv_dim(), d, cfg.qkv_bias)?,
+                    o: lin("o_proj", d, cfg.q_dim(), cfg.o_bias)?,
                 },
                 mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate: lin("mlp.gate_proj", hd, d, cfg.mlp_bias)?,
-                    up: lin("mlp.up_proj", hd, d, cfg.mlp_bias)?,
-                    down: lin("mlp.down_proj", d, hd, cfg.mlp_bias)?,
+                    gate: lin("gate_proj", hd, d, cfg.mlp_bias)?,
+                    up: lin("up_proj", hd, d, cfg.mlp_bias)?,
+                    down: lin("down_proj", d, hd, cfg.mlp_bias)?,
                 },
             });
         }
@@ -149,7 +249,14 @@ impl<B: Backend> Llama<B> {
             Some(b.load_mat(&ck.get_shaped("lm_head.weight", &[cfg.vocab_size, d])?)?)
         };
         let inv_freq = cfg.rope_inv_freq();
+        let max_lora_rank = adapters
+            .unmerged
+            .iter()
+            .map(Adapter::max_rank)
+            .max()
+            .unwrap_or(0);
         Ok(Llama {
+            max_lora_rank,
             cfg,
             backend,
             embed,
@@ -195,6 +302,8 @@ impl<B: Backend> Llama<B> {
             gate: b.alloc(max_rows * c.hidden_dim)?,
             up: b.alloc(max_rows * c.hidden_dim)?,
             rope: b.alloc(max_rows * c.head_dim)?,
+            lora: b.alloc(max_rows * self.max_lora_rank.max(1))?,
+            adapter: None,
             last: b.alloc(c.dim)?,
             logits: b.alloc(c.vocab_size)?,
             logits_rows: 1,
@@ -210,27 +319,42 @@ impl<B: Backend> Llama<B> {
         debug_assert!(rows <= st.max_rows);
         let heads = self.heads();
         let (dim, hidden) = (c.dim, c.hidden_dim);
+        let ad = st.adapter;
 
         b.embed(&self.embed, tokens, &mut st.x)?; // x: (rows, dim)
         b.rope_table(&self.inv_freq, start, rows, &mut st.rope)?;
         for (blk, kv) in self.blocks.iter().zip(st.kv.iter_mut()) {
             // Attention.
             b.rms_norm(&st.x, &blk.attn_norm, rows, dim, c.norm_eps, &mut st.h)?;
-            blk.attn.q.forward(b, &st.h, rows, &mut st.q)?;
-            blk.attn.k.forward(b, &st.h, rows, &mut st.k)?;
-            blk.attn.v.forward(b, &st.h, rows, &mut st.v)?;
+            blk.attn
+                .q
+                .forward(b, &st.h, rows, &mut st.q, ad, &mut st.lora)?;
+            blk.attn
+                .k
+                .forward(b, &st.h, rows, &mut st.k, ad, &mut st.lora)?;
+            blk.attn
+                .v
+                .forward(b, &st.h, rows, &mut st.v, ad, &mut st.lora)?;
             b.rope(&mut st.q, rows, c.n_heads, c.head_dim, &st.rope)?;
             b.rope(&mut st.k, rows, c.n_kv_heads, c.head_dim, &st.rope)?;
             b.kv_store(&st.k, &st.v, rows, start, heads, st.capacity, kv)?;
             b.attention(&st.q, kv, rows, start, heads, st.capacity, &mut st.att)?;
-            blk.attn.o.forward(b, &st.att, rows, &mut st.h)?;
+            blk.attn
+                .o
+                .forward(b, &st.att, rows, &mut st.h, ad, &mut st.lora)?;
             b.add_assign(&mut st.x, &st.h, rows * dim)?;
             // SwiGLU MLP.
             b.rms_norm(&st.x, &blk.mlp_norm, rows, dim, c.norm_eps, &mut st.h)?;
-            blk.mlp.gate.forward(b, &st.h, rows, &mut st.gate)?;
-            blk.mlp.up.forward(b, &st.h, rows, &mut st.up)?;
+            blk.mlp
+                .gate
+                .forward(b, &st.h, rows, &mut st.gate, ad, &mut st.lora)?;
+            blk.mlp
+                .up
+                .forward(b, &st.h, rows, &mut st.up, ad, &mut st.lora)?;
             b.silu_mul(&mut st.gate, &st.up, rows * hidden)?;
-            blk.mlp.down.forward(b, &st.gate, rows, &mut st.h)?;
+            blk.mlp
+                .down
+                .forward(b, &st.gate, rows, &mut st.h, ad, &mut st.lora)?;
             b.add_assign(&mut st.x, &st.h, rows * dim)?;
         }
         st.len = start + rows;

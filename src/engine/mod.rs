@@ -13,11 +13,24 @@ use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::model::lora::Adapter;
 use crate::model::{Checkpoint, LlamaConfig, ModelError};
 
 pub use backend::Backend;
 pub use cpu::{CpuBackend, WeightDtype};
-pub use llama::{Llama, Logits};
+pub use llama::{Adapters, Llama, Logits};
+
+/// A LoRA adapter to load with the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSpec {
+    /// The name requests pick it by.
+    pub name: String,
+    /// PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    pub dir: std::path::PathBuf,
+    /// Fold it into the base weights at load (no run-time cost; then the base model
+    /// itself is not served). At most one adapter may be merged.
+    pub merge: bool,
+}
 
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +47,8 @@ pub enum EngineError {
     ContextFull { needed: usize, capacity: usize },
     #[error("{0}")]
     Invalid(String),
+    #[error("unknown adapter {name:?}; loaded: {loaded:?}")]
+    UnknownAdapter { name: String, loaded: Vec<String> },
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -55,6 +70,8 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Most tokens one forward pass processes; longer prompts are fed in chunks.
     pub max_batch_rows: usize,
+    /// LoRA adapters.
+    pub adapters: Vec<AdapterSpec>,
 }
 
 impl Default for LoadOptions {
@@ -64,6 +81,7 @@ impl Default for LoadOptions {
             dtype: WeightDtype::F32,
             threads: 0,
             max_batch_rows: 512,
+            adapters: Vec::new(),
         }
     }
 }
@@ -75,6 +93,14 @@ pub trait LanguageModel: Send + Sync {
     fn describe(&self) -> String;
     /// A new empty sequence whose cache holds `capacity` positions.
     fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>>;
+    /// Names of the adapters sessions may pick (unmerged), in load order.
+    fn adapters(&self) -> &[String] {
+        &[]
+    }
+    /// The adapter folded into the weights, if any.
+    fn merged_adapter(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// One sequence being run: its KV cache and its scratch buffers.
@@ -96,6 +122,22 @@ pub trait Session: Send {
     /// Replaces this session's contents with the first `len` positions of `other`
     /// (a session of the same model), so a shared prefix is computed once.
     fn copy_prefix_from(&mut self, other: &dyn Session, len: usize) -> Result<()>;
+    /// Applies the named unmerged adapter (or none) to the tokens fed from now on.
+    /// The session must be empty: a cache is only valid for one adapter. Naming the
+    /// merged adapter is the same as naming none.
+    fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        match name {
+            None => Ok(()),
+            Some(n) => Err(EngineError::UnknownAdapter {
+                name: n.to_string(),
+                loaded: Vec::new(),
+            }),
+        }
+    }
+    /// The unmerged adapter in use.
+    fn adapter(&self) -> Option<&str> {
+        None
+    }
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -103,12 +145,41 @@ pub trait Session: Send {
 pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
     let cfg = LlamaConfig::from_dir(dir)?;
     let ck = Checkpoint::open(dir)?;
+    let mut merged = None;
+    let mut unmerged = Vec::new();
+    for (i, spec) in opts.adapters.iter().enumerate() {
+        if spec.name.is_empty() || opts.adapters[..i].iter().any(|s| s.name == spec.name) {
+            return Err(EngineError::Invalid(format!(
+                "adapter names must be unique and non-empty: {:?}",
+                spec.name
+            )));
+        }
+        let ad = Adapter::open(&spec.name, &spec.dir, &cfg)?;
+        if spec.merge {
+            if merged.is_some() {
+                return Err(EngineError::Invalid(
+                    "at most one adapter can be merged into the weights".into(),
+                ));
+            }
+            merged = Some(ad);
+        } else {
+            unmerged.push(ad);
+        }
+    }
+    let adapters = Adapters {
+        merged: merged.as_ref(),
+        unmerged: &unmerged,
+    };
+    let names = unmerged.iter().map(|a| a.name.clone()).collect();
+    let merged_name = merged.as_ref().map(|a| a.name.clone());
     match opts.device {
         Device::Cpu => {
             let backend = CpuBackend::new(opts.threads, opts.dtype)?;
             Ok(Arc::new(Model {
-                llama: Llama::load(cfg, &ck, backend)?,
+                llama: Llama::load(cfg, &ck, backend, adapters)?,
                 max_rows: opts.max_batch_rows.max(1),
+                adapters: names,
+                merged: merged_name,
             }))
         }
     }
@@ -118,11 +189,19 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
 pub struct Model<B: Backend> {
     pub llama: Llama<B>,
     max_rows: usize,
+    adapters: Vec<String>,
+    merged: Option<String>,
 }
 
 impl<B: Backend> Model<B> {
+    /// A model without adapters.
     pub fn new(llama: Llama<B>, max_rows: usize) -> Self {
-        Model { llama, max_rows }
+        Model {
+            llama,
+            max_rows,
+            adapters: Vec::new(),
+            merged: None,
+        }
     }
 }
 
@@ -133,6 +212,14 @@ impl<B: Backend> LanguageModel for Model<B> {
 
     fn describe(&self) -> String {
         self.llama.backend.describe()
+    }
+
+    fn adapters(&self) -> &[String] {
+        &self.adapters
+    }
+
+    fn merged_adapter(&self) -> Option<&str> {
+        self.merged.as_deref()
     }
 
     fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>> {
@@ -257,6 +344,30 @@ impl<B: Backend> Session for ModelSession<B> {
         }
         self.state.len = len;
         Ok(())
+    }
+
+    fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        if self.state.len > 0 {
+            return Err(EngineError::Invalid(
+                "set_adapter needs an empty session (truncate it to 0 first)".into(),
+            ));
+        }
+        let m = &self.model;
+        self.state.adapter = match name {
+            None => None,
+            Some(n) if m.merged.as_deref() == Some(n) => None,
+            Some(n) => Some(m.adapters.iter().position(|a| a == n).ok_or_else(|| {
+                EngineError::UnknownAdapter {
+                    name: n.to_string(),
+                    loaded: m.adapters.iter().chain(&m.merged).cloned().collect(),
+                }
+            })?),
+        };
+        Ok(())
+    }
+
+    fn adapter(&self) -> Option<&str> {
+        self.state.adapter.map(|i| self.model.adapters[i].as_str())
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -2,6 +2,7 @@
 //! Knows nothing of backends or of serving.
 
 pub mod config;
+pub mod lora;
 pub mod weights;
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub enum ModelError {
     Checkpoint(String),
     #[error("checkpoint {dir}: missing tensor {name:?}")]
     MissingTensor { name: String, dir: PathBuf },
+    #[error("adapter {0}")]
+    Adapter(String),
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
         name: String,

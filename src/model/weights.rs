@@ -106,6 +106,11 @@ impl Checkpoint {
             )));
         };
 
+        Self::open_files(dir, &shard_names)
+    }
+
+    /// Opens the named safetensors files of `dir` as one checkpoint.
+    pub fn open_files(dir: &Path, shard_names: &[String]) -> Result<Self> {
         let mut files = Vec::new();
         let mut tensors = HashMap::new();
         for (file_idx, name) in shard_names.iter().enumerate() {

@@ -35,7 +35,7 @@ pub use prompt::{PromptBuilder, PromptConfig};
 pub use trie::TokenTrie;
 
 /// How the LLM orders candidates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RankMode {
     Score,
@@ -122,6 +122,8 @@ pub struct RankRequest<'a> {
     /// Items to return.
     pub k: usize,
     pub mode: RankMode,
+    /// LoRA adapter to rank with (None: the model as loaded).
+    pub adapter: Option<&'a str>,
     /// Work stops with [`RankError::DeadlineExceeded`] once this passes.
     pub deadline: Option<Instant>,
 }
@@ -156,6 +158,9 @@ pub struct RankOutput {
     pub timings: RankTimings,
 }
 
+/// A shared prefix is per rank mode and adapter.
+type PrefixKey = (RankMode, Option<String>);
+
 /// Ranks candidates with one model.
 pub struct Ranker {
     model: Arc<dyn LanguageModel>,
@@ -163,8 +168,8 @@ pub struct Ranker {
     catalog: Arc<Catalog>,
     cfg: RankerConfig,
     prompts: PromptBuilder,
-    /// The shared prefix's session, per mode (computed on first use).
-    prefixes: [Mutex<Option<Box<dyn Session>>>; 2],
+    /// The shared prefix's session per (mode, adapter), computed on first use.
+    prefixes: Mutex<HashMap<PrefixKey, Arc<Mutex<Option<Box<dyn Session>>>>>>,
     pool: Mutex<Vec<Box<dyn Session>>>,
     /// Each item's title as written in the answer, tokenized (filled on first use).
     answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
@@ -197,7 +202,7 @@ impl Ranker {
             catalog,
             cfg,
             prompts,
-            prefixes: [Mutex::new(None), Mutex::new(None)],
+            prefixes: Mutex::new(HashMap::new()),
             pool: Mutex::new(Vec::new()),
             answer_tokens: RwLock::new(HashMap::new()),
         })
@@ -336,7 +341,10 @@ impl Ranker {
         timings.prompt_s = t0.elapsed().as_secs_f64();
 
         let mut session = self.take_session()?;
-        let result = self.run(&mut *session, req, &suffix, llm_k, &mut timings);
+        let result = match session.set_adapter(req.adapter) {
+            Ok(()) => self.run(&mut *session, req, &suffix, llm_k, &mut timings),
+            Err(e) => Err(e.into()),
+        };
         self.return_session(session);
         let llm = result?;
 
@@ -370,21 +378,27 @@ impl Ranker {
         }
     }
 
-    /// Copies the mode's shared prefix into `s` (running it first if needed).
+    /// Copies the shared prefix of `s`'s mode and adapter into `s` (running it first
+    /// if no request has yet).
     fn load_prefix(&self, s: &mut dyn Session, mode: RankMode) -> Result<usize, RankError> {
         let prefix = self.prompts.prefix(mode);
         if prefix.is_empty() {
             return Ok(0);
         }
-        let slot = &self.prefixes[mode as usize];
-        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            let mut p = self.model.clone().new_session(prefix.len())?;
-            p.feed(prefix, Logits::None)?;
-            *guard = Some(p);
+        let key = (mode, s.adapter().map(str::to_string));
+        let slot = {
+            let mut map = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        // Only requests with the same (mode, adapter) wait on each other here.
+        let mut p = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            let mut fresh = self.model.clone().new_session(prefix.len())?;
+            fresh.set_adapter(key.1.as_deref())?;
+            fresh.feed(prefix, Logits::None)?;
+            *p = Some(fresh);
         }
-        let p = guard.as_deref().expect("prefix session");
-        s.copy_prefix_from(p, prefix.len())?;
+        s.copy_prefix_from(p.as_deref().expect("filled above"), prefix.len())?;
         Ok(prefix.len())
     }
 

@@ -153,8 +153,9 @@ impl CpuBackend {
         self.dtype
     }
 
-    /// `out (m, n) = x (m, k) · wᵀ` with the matrix-vector kernels, parallel over weight rows.
-    fn gemv(&self, x: &[f32], m: usize, w: &CpuMat, out: &mut [f32]) {
+    /// `out (m, n) = x (m, k) · wᵀ` (or `out += acc · x · wᵀ` with `acc = Some(..)`) with
+    /// the matrix-vector kernels, parallel over weight rows.
+    fn gemv(&self, x: &[f32], m: usize, w: &CpuMat, out: &mut [f32], acc: Option<f32>) {
         let (n, k) = (w.rows, w.cols);
         let out_ptr = SendPtr(out.as_mut_ptr());
         // Enough tasks to balance the threads, each a multiple of the 4-row kernel.
@@ -180,7 +181,13 @@ impl CpuBackend {
                     for (j, v) in vals.iter().take(take).enumerate() {
                         // SAFETY: (r, o + j) is inside `out` (m * n elements) and each task
                         // writes only the columns lo..hi, so no two tasks write one element.
-                        unsafe { *out_ptr.get().add(r * n + o + j) = *v };
+                        unsafe {
+                            let p = out_ptr.get().add(r * n + o + j);
+                            *p = match acc {
+                                None => *v,
+                                Some(s) => *p + s * v,
+                            };
+                        }
                     }
                 }
                 o += take;
@@ -190,6 +197,62 @@ impl CpuBackend {
             run(0);
         } else {
             (0..tasks).into_par_iter().for_each(run);
+        }
+    }
+
+    /// `out (rows, n) = x (rows, k) · wᵀ`, or `out += acc · x · wᵀ`.
+    fn matmul(&self, x: &[f32], rows: usize, w: &CpuMat, out: &mut [f32], acc: Option<f32>) {
+        let (n, k) = (w.rows, w.cols);
+        let x = &x[..rows * k];
+        let out = &mut out[..rows * n];
+        if rows <= GEMV_MAX_ROWS {
+            return self.gemv(x, rows, w, out, acc);
+        }
+        let run = |wf: &[f32], out: &mut [f32]| {
+            let (read_dst, beta) = match acc {
+                None => (false, 1.0),
+                Some(s) => (true, s),
+            };
+            // SAFETY: dst is (rows, n) row-major, lhs (rows, k) row-major, rhs = wᵀ,
+            // i.e. element (kk, j) at wf[j * k + kk]: column stride k, row stride 1.
+            // All three slices hold exactly those extents.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    read_dst,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    wf.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    beta,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(self.threads),
+                )
+            }
+        };
+        match &w.data {
+            MatData::F32(d) => run(d, out),
+            MatData::Bf16(d) => WIDEN.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < n * k {
+                    buf.resize(n * k, 0.0);
+                }
+                let wide = &mut buf[..n * k];
+                wide.par_chunks_mut(1 << 16)
+                    .zip(d.par_chunks(1 << 16))
+                    .for_each(|(dst, src)| simd::bf16_to_f32(src, dst));
+                run(wide, out)
+            }),
         }
     }
 }
@@ -354,61 +417,35 @@ impl Backend for CpuBackend {
         bias: Option<&Vec<f32>>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let (n, k) = (w.rows, w.cols);
-        let x = &x[..rows * k];
-        let out_s = &mut out[..rows * n];
-        if rows <= GEMV_MAX_ROWS {
-            self.gemv(x, rows, w, out_s);
-        } else {
-            let run = |wf: &[f32], out_s: &mut [f32]| {
-                // SAFETY: dst is (rows, n) row-major, lhs (rows, k) row-major, rhs = wᵀ,
-                // i.e. element (kk, j) at wf[j * k + kk]: column stride k, row stride 1.
-                // All three slices hold exactly those extents.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        n,
-                        k,
-                        out_s.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        wf.as_ptr(),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::Rayon(self.threads),
-                    )
-                }
-            };
-            match &w.data {
-                MatData::F32(d) => run(d, out_s),
-                MatData::Bf16(d) => WIDEN.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    if buf.len() < n * k {
-                        buf.resize(n * k, 0.0);
-                    }
-                    let wide = &mut buf[..n * k];
-                    wide.par_chunks_mut(1 << 16)
-                        .zip(d.par_chunks(1 << 16))
-                        .for_each(|(dst, src)| simd::bf16_to_f32(src, dst));
-                    run(wide, out_s)
-                }),
-            }
-        }
+        self.matmul(x, rows, w, out, None);
         if let Some(b) = bias {
-            for row in out_s.chunks_mut(n) {
+            for row in out[..rows * w.rows].chunks_mut(w.rows) {
                 row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
             }
         }
         Ok(())
+    }
+
+    fn linear_acc(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &CpuMat,
+        scale: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.matmul(x, rows, w, out, Some(scale));
+        Ok(())
+    }
+
+    fn mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<CpuMat> {
+        if data.len() != rows * cols {
+            return Err(EngineError::Backend(format!(
+                "matrix of {rows}x{cols} given {} elements",
+                data.len()
+            )));
+        }
+        Ok(CpuMat::from_f32(rows, cols, data, self.dtype))
     }
 
     fn rope_table(
