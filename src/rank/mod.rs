@@ -160,6 +160,8 @@ pub struct RankOutput {
 
 /// A shared prefix is per rank mode and adapter.
 type PrefixKey = (RankMode, Option<String>);
+/// A lazily computed prefix session, locked while it is filled or copied from.
+type PrefixSlot = Arc<Mutex<Option<Box<dyn Session>>>>;
 
 /// Ranks candidates with one model.
 pub struct Ranker {
@@ -169,7 +171,7 @@ pub struct Ranker {
     cfg: RankerConfig,
     prompts: PromptBuilder,
     /// The shared prefix's session per (mode, adapter), computed on first use.
-    prefixes: Mutex<HashMap<PrefixKey, Arc<Mutex<Option<Box<dyn Session>>>>>>,
+    prefixes: Mutex<HashMap<PrefixKey, PrefixSlot>>,
     pool: Mutex<Vec<Box<dyn Session>>>,
     /// Each item's title as written in the answer, tokenized (filled on first use).
     answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
