@@ -1,7 +1,7 @@
 //! Top-k metrics of one held-out target per user (leave-one-out, full ranking).
 //!
-//! With a single relevant item at 1-based rank `r` in the ranked list (the definitions of
-//! e.g. Kang & McAuley 2018, SASRec, Sec. IV-C, for one target):
+//! With a single relevant item at 1-based rank `r` in the ranked list (the usual definitions
+//! of sequential recommendation, e.g. SASRec, Kang & McAuley 2018, for one target):
 //! - HR@k (hit rate) = 1 if `r <= k`, else 0;
 //! - NDCG@k = `1 / log2(r + 1)` if `r <= k`, else 0 (the ideal DCG of one relevant item is 1);
 //! - MRR = `1 / r`, 0 when the target is not in the list (the list is the retriever's depth,

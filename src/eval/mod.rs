@@ -469,6 +469,11 @@ pub fn evaluate(
             "--candidates must be at least 1 for LLM methods".into(),
         ));
     }
+    if opts.users == Some(0) {
+        return Err(EvalError::Config(
+            "--users must be at least 1 (leave it out to evaluate every user)".into(),
+        ));
+    }
     if let Some(s) = backend.training_stage()
         && s != opts.stage
     {
@@ -786,5 +791,28 @@ mod tests {
         };
         let e = evaluate(&wrong, &split, &cat, &inter, &opts, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("built for the valid split"), "{e}");
+        let zero = EvalOptions {
+            users: Some(0),
+            ..opts.clone()
+        };
+        let e = evaluate(&backend, &split, &cat, &inter, &zero, &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("--users must be at least 1"), "{e}");
+        let no_candidates = EvalOptions {
+            candidates: 0,
+            ..opts
+        };
+        let e = evaluate(
+            &backend,
+            &split,
+            &cat,
+            &inter,
+            &no_candidates,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--candidates must be at least 1"),
+            "{e}"
+        );
     }
 }
