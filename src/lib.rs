@@ -7,12 +7,14 @@ pub mod chat;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod rank;
 pub mod retrieval;
 pub mod sampling;
+pub mod sft;
 pub mod tokenizer;
 
 pub mod proto {

@@ -2,8 +2,10 @@
 //! The only place (with `main.rs`) that uses `anyhow`.
 
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod sft;
 pub mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,10 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Offline evaluation (leave-one-out, full ranking) of retrievers and retriever + LLM.
+    Eval(Box<eval::EvalArgs>),
+    /// Instruction-tuning data (PALR tasks) from the training histories, as chat JSONL.
+    SftData(Box<sft::SftArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +58,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Model(cmd) => model::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Eval(args) => eval::run(&args),
+        Command::SftData(args) => sft::run(&args),
         Command::Bench(BenchCmd::Engine(args)) => {
             let report = crate::bench::run_engine(&args)?;
             if args.json {
