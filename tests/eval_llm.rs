@@ -141,6 +141,7 @@ fn llm_methods_rerank_only_the_candidates() {
             candidates: &retrieved[..CANDIDATES],
             k: CANDIDATES,
             mode: RankMode::Score,
+            adapter: None,
             deadline: None,
         })
         .unwrap();
@@ -150,4 +151,35 @@ fn llm_methods_rerank_only_the_candidates() {
         metrics::rank_of(&list, ex.target),
         first.ranks["markov+score"]
     );
+}
+
+/// `palr eval` with a LoRA adapter loaded in process (the PEFT fixture): the adapted
+/// method runs and is reported under its own name.
+#[test]
+fn eval_cli_runs_an_adapter_method() {
+    let fixture = common::repo().join("tests/fixtures/lora-peft");
+    let report =
+        std::env::temp_dir().join(format!("palr-eval-adapter-{}.json", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palr"))
+        .args([
+            "eval",
+            "--methods",
+            "markov+score,markov+score@fx",
+            "--users",
+            "2",
+            "--no-progress",
+        ])
+        .args(["--adapter", &format!("fx={}", fixture.display())])
+        .args(["--candidates", "5", "--out", report.to_str().unwrap()])
+        .args(["--model", model_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("markov+score@fx"), "{text}");
+    let _ = std::fs::remove_file(report);
 }

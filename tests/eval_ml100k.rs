@@ -258,7 +258,7 @@ fn cli_writes_json_and_markdown() {
             "--adapter",
             "lora=/tmp/x",
         ],
-        "LoRA adapters are not supported yet",
+        "adapter_config.json",
     );
     bad(&["--retriever-config", "knn={}"], "no retriever called knn");
     bad(&["--data", "/nonexistent/dir"], "not a directory");

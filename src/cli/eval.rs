@@ -1,7 +1,7 @@
 //! `palr eval`: offline evaluation of retrievers and retriever + LLM methods (thin glue over
 //! `palr::eval`), in process or against a running server.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,14 +238,6 @@ pub struct EvalArgs {
 
 /// The ranker of a LoRA adapter: the one place that changes when the engine can load
 /// adapters (load the model with the adapter, build a `Ranker` over it as for the base).
-fn adapter_ranker(name: &str, dir: &Path) -> anyhow::Result<Ranker> {
-    bail!(
-        "LoRA adapters are not supported yet (adapter {name} in {}): the engine cannot load \
-         them; evaluate the base model's methods (without @{name})",
-        dir.display()
-    )
-}
-
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let ds = args.data.load()?;
     let split = Split::leave_one_out(&ds.interactions);
@@ -301,10 +293,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             let mut backend =
                 LocalBackend::load(&split, &ds.interactions, &ds.catalog, stage, &specs)?;
             if opts.methods.iter().any(|m| m.mode.is_some()) {
-                backend = backend.with_ranker(None, Arc::new(base_ranker(args, catalog)?));
-                for (name, dir) in &adapters {
-                    backend = backend.with_ranker(Some(name), Arc::new(adapter_ranker(name, dir)?));
-                }
+                // One model with every adapter loaded unmerged: requests pick theirs.
+                backend =
+                    backend.with_ranker(None, Arc::new(base_ranker(args, catalog, &adapters)?));
             }
             eval::evaluate(
                 &backend,
@@ -329,11 +320,23 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn base_ranker(args: &EvalArgs, catalog: Arc<Catalog>) -> anyhow::Result<Ranker> {
+fn base_ranker(
+    args: &EvalArgs,
+    catalog: Arc<Catalog>,
+    adapters: &[(String, PathBuf)],
+) -> anyhow::Result<Ranker> {
     let dir = args.ranker.model_dir();
     let opts = engine::LoadOptions {
         dtype: args.dtype,
         threads: args.threads,
+        adapters: adapters
+            .iter()
+            .map(|(name, dir)| engine::AdapterSpec {
+                name: name.clone(),
+                dir: dir.clone(),
+                merge: false,
+            })
+            .collect(),
         ..engine::LoadOptions::default()
     };
     let model = engine::load(&dir, &opts).with_context(|| {

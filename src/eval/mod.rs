@@ -354,14 +354,23 @@ impl Backend for LocalBackend {
                 )));
             }
             let Some(mode) = m.mode else { continue };
-            let ranker = self.rankers.get(&m.adapter).ok_or_else(|| {
-                EvalError::Config(match &m.adapter {
-                    None => format!("method {m} needs the LLM, but no model is loaded"),
-                    Some(a) => {
-                        format!("method {m}: adapter {a:?} is not loaded; pass --adapter {a}=DIR")
-                    }
+            // A ranker of the adapter's own, or the base ranker whose model has it loaded.
+            let ranker = self
+                .rankers
+                .get(&m.adapter)
+                .or_else(|| {
+                    let base = self.rankers.get(&None)?;
+                    let a = m.adapter.as_deref()?;
+                    base.has_adapter(a).then_some(base)
                 })
-            })?;
+                .ok_or_else(|| {
+                    EvalError::Config(match &m.adapter {
+                        None => format!("method {m} needs the LLM, but no model is loaded"),
+                        Some(a) => format!(
+                            "method {m}: adapter {a:?} is not loaded; pass --adapter {a}=DIR"
+                        ),
+                    })
+                })?;
             if mode == RankMode::Score && candidates > ranker.max_score_candidates() {
                 return Err(EvalError::Config(format!(
                     "method {m}: score mode ranks at most {} candidates (one per label), \
@@ -389,15 +398,18 @@ impl Backend for LocalBackend {
         history: &[u32],
         candidates: &[u32],
     ) -> Result<LlmRanking> {
+        // A ranker of its own for this adapter, else the base ranker's model picks it.
         let ranker = self
             .rankers
             .get(&adapter.map(str::to_owned))
+            .or_else(|| self.rankers.get(&None))
             .ok_or_else(|| EvalError::Config(format!("no ranker for adapter {adapter:?}")))?;
         let out = ranker.rank(&RankRequest {
             history,
             candidates,
             k: candidates.len(),
             mode,
+            adapter,
             deadline: None,
         })?;
         Ok(LlmRanking {

@@ -214,6 +214,16 @@ impl Ranker {
         &self.cfg
     }
 
+    /// Whether requests may name adapter `name` (loaded unmerged, or merged into the weights).
+    pub fn has_adapter(&self, name: &str) -> bool {
+        self.model.adapters().iter().any(|a| a == name) || self.model.merged_adapter() == Some(name)
+    }
+
+    /// The model the ranker runs.
+    pub fn model(&self) -> &Arc<dyn LanguageModel> {
+        &self.model
+    }
+
     /// Most candidates score mode can label.
     pub fn max_score_candidates(&self) -> usize {
         self.prompts.labels().len()
