@@ -36,6 +36,10 @@ pub struct SftArgs {
     /// Share of negatives from the hard-negative retriever, 0..=1 [default: 0.5]
     #[arg(long)]
     pub hard_negatives: Option<f64>,
+    /// Candidate lists: `shuffled` (targets + negatives) or `retriever` (the hard-negative
+    /// retriever's list in its order, as served; positions it misses are skipped).
+    #[arg(long, value_parser = parse_order)]
+    pub candidate_order: Option<crate::sft::CandidateOrder>,
     /// Retriever plugin library proposing hard negatives ("none" = popularity-sampled only).
     #[arg(long, default_value = "palr_retriever_itemknn")]
     pub hard_negative_retriever: String,
@@ -66,6 +70,9 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.negatives {
         cfg.negatives = n;
+    }
+    if let Some(o) = args.candidate_order {
+        cfg.candidate_order = o;
     }
     if let Some(f) = args.hard_negatives {
         cfg.hard_negative_share = f;
@@ -130,4 +137,12 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
         per_task.join(", ")
     );
     Ok(())
+}
+
+fn parse_order(s: &str) -> Result<crate::sft::CandidateOrder, String> {
+    match s {
+        "shuffled" => Ok(crate::sft::CandidateOrder::Shuffled),
+        "retriever" => Ok(crate::sft::CandidateOrder::Retriever),
+        other => Err(format!("unknown candidate order {other:?}; use shuffled or retriever")),
+    }
 }

@@ -152,6 +152,21 @@ pub struct SftConfig {
     pub max_examples_per_user: usize,
     /// Fewest history items an example has.
     pub min_history: usize,
+    /// How candidate lists of the retrieval tasks are made: `shuffled` (targets plus
+    /// negatives in random order) or `retriever` (the hard-negative retriever's top
+    /// `negatives + 1` items for the history, in its order, as the ranker sees them at
+    /// serving time; positions whose target the retriever does not propose are skipped,
+    /// and `max_examples_per_user` then counts kept examples).
+    pub candidate_order: CandidateOrder,
+}
+
+/// See [`SftConfig::candidate_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateOrder {
+    #[default]
+    Shuffled,
+    Retriever,
 }
 
 impl Default for SftConfig {
@@ -168,6 +183,7 @@ impl Default for SftConfig {
             hard_negative_share: 0.5,
             max_examples_per_user: 20,
             min_history: 1,
+            candidate_order: CandidateOrder::Shuffled,
         }
     }
 }
@@ -329,6 +345,25 @@ impl<'a> SftBuilder<'a> {
         for &task in tasks {
             let mut rng =
                 StdRng::seed_from_u64(mix(seed ^ mix(u as u64) ^ mix(0x5F7 + task as u64)));
+            let in_retriever_order = self.cfg.candidate_order == CandidateOrder::Retriever
+                && task != Task::Recommend;
+            if in_retriever_order {
+                // Every position the retriever covers, then a seeded sample of them.
+                let mut kept = Vec::new();
+                for t in self.cfg.min_history..seq.len() {
+                    if let Some(ex) = self.example(task, u, &seq, t, &user_items, &mut rng)? {
+                        kept.push(ex);
+                    }
+                }
+                let max = self.cfg.max_examples_per_user;
+                if max > 0 && kept.len() > max {
+                    let mut pick: Vec<usize> = rand::seq::index::sample(&mut rng, kept.len(), max).into_vec();
+                    pick.sort_unstable();
+                    kept = pick.into_iter().map(|i| kept[i].clone()).collect();
+                }
+                out.extend(kept);
+                continue;
+            }
             let positions = self.positions(&seq, &mut rng);
             for t in positions {
                 if let Some(ex) = self.example(task, u, &seq, t, &user_items, &mut rng)? {
@@ -401,9 +436,20 @@ impl<'a> SftBuilder<'a> {
                 (Vec::new(), m)
             }
             Task::RecommendRetrieval | Task::RecommendRetrievalScore => {
-                let mut candidates = targets.clone();
-                candidates.extend(self.negatives(seq, t, &targets, user_items, rng)?);
-                candidates.shuffle(rng);
+                let candidates = match self.cfg.candidate_order {
+                    CandidateOrder::Shuffled => {
+                        let mut c = targets.clone();
+                        c.extend(self.negatives(seq, t, &targets, user_items, rng)?);
+                        c.shuffle(rng);
+                        c
+                    }
+                    CandidateOrder::Retriever => {
+                        match self.retrieved_candidates(seq, t, &targets, user_items)? {
+                            Some(c) => c,
+                            None => return Ok(None),
+                        }
+                    }
+                };
                 let titles = self.titles(&candidates);
                 let refs: Vec<&str> = titles.iter().map(String::as_str).collect();
                 let (mode, k, answer) = if task == Task::RecommendRetrieval {
@@ -435,6 +481,35 @@ impl<'a> SftBuilder<'a> {
             candidates,
             messages,
         }))
+    }
+
+    /// The retriever's candidate list for the history `seq[..t]` as the ranker would get it:
+    /// its top `negatives + 1` items, minus items the user interacts with other than the
+    /// targets (later training items, held-out items), in the retriever's order. `None`
+    /// when a target is not among them.
+    fn retrieved_candidates(
+        &self,
+        seq: &[u32],
+        t: usize,
+        targets: &[u32],
+        user_items: &HashSet<u32>,
+    ) -> Result<Option<Vec<u32>>> {
+        let hard = self.hard.as_ref().ok_or_else(|| {
+            SftError::Config("candidate_order = \"retriever\" needs a hard-negative retriever".into())
+        })?;
+        let want = self.cfg.negatives + 1;
+        let mut history: Vec<u32> = seq[..t].to_vec();
+        history.sort_unstable();
+        history.dedup();
+        // Ask for extra: the user's own later items are dropped afterwards.
+        let got = hard.retrieve(&seq[..t], want + 32, &history)?;
+        let list: Vec<u32> = got
+            .into_iter()
+            .map(|(i, _)| i)
+            .filter(|i| targets.contains(i) || !user_items.contains(i))
+            .take(want)
+            .collect();
+        Ok(targets.iter().all(|t| list.contains(t)).then_some(list))
     }
 
     /// Negatives for one candidate list: hard ones from the retriever, the rest by popularity.
