@@ -13,6 +13,7 @@ pub mod model;
 pub mod rank;
 pub mod retrieval;
 pub mod sampling;
+pub mod service;
 pub mod tokenizer;
 
 pub mod proto {
