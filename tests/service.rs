@@ -72,9 +72,31 @@ struct Shared {
     core: Arc<Recommender>,
 }
 
+/// Log lines (JSON) of this test binary, captured for `logs_have_one_span_per_request`.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("palr=info")
+            .with_writer(|| LogWriter)
+            .try_init();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -678,6 +700,76 @@ fn oversize_prompt_is_refused_with_the_rankers_message() {
     });
 }
 
+/// What a raw gRPC call got back: the grpc-status code and the decoded grpc-message.
+#[derive(Debug)]
+struct RawReply {
+    code: Code,
+    message: String,
+}
+
+/// One unary call over a bare HTTP/2 connection, with `grpc-timeout: timeout` and no
+/// client-side deadline (tonic's own client would race the server with its local timer).
+async fn raw_unary(path: &str, msg: &impl prost::Message, timeout: &str) -> RawReply {
+    use http_body_util::{BodyExt, Full};
+    let addr = shared().server.grpc_addr;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let payload = msg.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(hyper::body::Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned()
+        .unwrap_or_default();
+    let get = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let code = get("grpc-status")
+        .expect("a grpc-status")
+        .parse::<i32>()
+        .unwrap();
+    let raw = get("grpc-message").unwrap_or_default();
+    // grpc-message is percent-encoded.
+    let mut message = Vec::new();
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            message.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            message.push(b[i]);
+            i += 1;
+        }
+    }
+    RawReply {
+        code: Code::from_i32(code),
+        message: String::from_utf8(message).unwrap(),
+    }
+}
+
 #[test]
 fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
     let _llm = llm_lock();
@@ -687,19 +779,18 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
                 + series(t, r#"palr_rank_deadline_stops_total{stage="decode"}"#)
         };
         let before = stops(&scrape(metrics_addr()).await);
-        let mut c = client().await;
         // Generate mode over 20 candidates with a 20-item history: far more than 100 ms.
-        let mut req = tonic::Request::new(recommend(
+        let slow = recommend(
             ids(&(1..=20).collect::<Vec<_>>()),
             20,
             20,
             pb::RankMode::Generate,
-        ));
-        req.set_timeout(Duration::from_millis(100));
+        );
         let t = Instant::now();
-        let r = c.recommend(req).await;
+        let r = raw_unary("/palr.v1.Recommender/Recommend", &slow, "100m").await;
         let took = t.elapsed();
-        assert_status(r, Code::DeadlineExceeded, &["deadline exceeded"]);
+        assert_eq!(r.code, Code::DeadlineExceeded, "{r:?}");
+        assert!(r.message.contains("deadline exceeded during"), "{r:?}");
         assert!(
             took < Duration::from_millis(1000),
             "answered after {took:?}"
@@ -717,8 +808,38 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Short deadlines, in parallel: some expire before the handler runs, some in the
+        // queue, some in the ranker. Always DEADLINE_EXCEEDED (or in time), never CANCELLED.
+        let calls = [
+            "1n", "1u", "1m", "2m", "3m", "5m", "8m", "13m", "21m", "34m",
+        ]
+        .map(|t| {
+            tokio::spawn(async move {
+                let req = recommend(history(), 5, 20, pb::RankMode::Score);
+                (
+                    t,
+                    raw_unary("/palr.v1.Recommender/Recommend", &req, t).await,
+                )
+            })
+        });
+        for call in calls {
+            let (t, r) = call.await.unwrap();
+            assert!(
+                matches!(r.code, Code::DeadlineExceeded | Code::Ok),
+                "grpc-timeout {t}: {r:?}"
+            );
+        }
+        // A bad grpc-timeout value is ignored (no deadline), as tonic and grpc-go do.
+        let r = raw_unary(
+            "/palr.v1.Recommender/Recommend",
+            &recommend(history(), 2, 4, pb::RankMode::Retriever),
+            "soon",
+        )
+        .await;
+        assert_eq!(r.code, Code::Ok, "{r:?}");
         // And the next request is served normally.
-        let ok = c
+        let ok = client()
+            .await
             .recommend(recommend(history(), 3, 6, pb::RankMode::Score))
             .await
             .unwrap()
@@ -870,7 +991,7 @@ fn busy_queue_and_graceful_shutdown_drain() {
     let mut cfg = test_config();
     cfg.server.max_queue = 1;
     cfg.server.warmup = false;
-    cfg.server.shutdown_grace_ms = 400;
+    cfg.server.shutdown_grace_ms = 1000;
     cfg.retrieval.retrievers.truncate(3);
     let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
     rt.block_on(async {
@@ -940,7 +1061,7 @@ fn busy_queue_and_graceful_shutdown_drain() {
             if s.status == ServingStatus::NotServing as i32 {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_millis(300), "still {s:?}");
+            assert!(t.elapsed() < Duration::from_millis(900), "still {s:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Both accepted requests are answered.
@@ -952,4 +1073,36 @@ fn busy_queue_and_graceful_shutdown_drain() {
         // Nothing listens any more.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     });
+}
+
+#[test]
+fn logs_have_one_span_per_request() {
+    block_on(async {
+        let mut c = client().await;
+        let mut req = recommend(history(), 2, 4, pb::RankMode::Retriever);
+        req.user_id = "log-check-user".into();
+        c.recommend(req).await.unwrap();
+        let mut bad = recommend(ids(&[424_242]), 2, 4, pb::RankMode::Retriever);
+        bad.user_id = "log-check-user".into();
+        c.recommend(bad).await.unwrap_err();
+    });
+    let text = String::from_utf8(LOGS.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["span"]["user_id"] == "log-check-user")
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, status) in lines.iter().zip(["OK", "INVALID_ARGUMENT"]) {
+        let span = &line["span"];
+        assert_eq!(span["rpc"], "Recommend");
+        assert_eq!(span["status"], status, "{line}");
+        assert!(span["latency_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    }
+    assert!(
+        lines[1]["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("424242")
+    );
 }

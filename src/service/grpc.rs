@@ -1,15 +1,15 @@
 //! The `palr.v1.Recommender` gRPC service: protobuf in, [`Recommender`] calls, protobuf out.
 //! The only place where request and response messages are converted.
 //!
-//! Every call gets one tracing span (`rpc`, `user_id`) and one log line when it finishes
-//! (status code, latency), and is counted in the request metrics.
+//! Every call gets one tracing span (`rpc`, `user_id`; `status` and `latency_ms` recorded
+//! when it finishes) with one log line at the end, and is counted in the request metrics.
 //!
 //! Deadlines: the caller's `grpc-timeout` header (gRPC over HTTP/2, "Timeout") becomes an
-//! [`Instant`], measured from when the request's headers reached the service (the
-//! [`stamp`] interceptor). tonic's transport also enforces that header, but answers
-//! CANCELLED when it fires, so the service answers DEADLINE_EXCEEDED itself
-//! [`DEADLINE_MARGIN`] before that instant, and hands the same instant to the ranker so the
-//! work stops too.
+//! [`Instant`], measured from when the request reached the server ([`Stamp`]), less
+//! [`DEADLINE_MARGIN`] so the answer leaves in time. Every wait of the request honours it and
+//! the ranker gets it, so the work stops too, and the caller gets DEADLINE_EXCEEDED. (The
+//! server does not run on tonic's `transport::Server`, whose own timeout service would answer
+//! CANCELLED first, also for deadlines that expire before the handler runs; see `server`.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,14 +30,42 @@ use super::recommender::{
 /// How long before the caller's deadline the service gives up and answers.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
-/// When the request's headers reached the service (set by [`stamp`]).
+/// When the request reached the server (set by [`Stamp`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Received(pub Instant);
 
-/// Interceptor that records when a request arrived, before its body is decoded.
-pub fn stamp(mut req: Request<()>) -> Result<Request<()>, Status> {
-    req.extensions_mut().insert(Received(Instant::now()));
-    Ok(req)
+/// Wraps the gRPC routes: records when each request arrived, as a [`Received`] extension,
+/// before any routing or body decoding.
+#[derive(Debug, Clone)]
+pub struct Stamp<S> {
+    inner: S,
+}
+
+impl<S> Stamp<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Stamp<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(Received(Instant::now()));
+        self.inner.call(req)
+    }
 }
 
 /// Parses a `grpc-timeout` value: 1-8 ASCII digits and a unit (H, M, S, m, u, n).
@@ -188,7 +216,13 @@ impl RecommenderService {
         user_id: &str,
         fut: impl Future<Output = Result<T, ServiceError>>,
     ) -> Result<Response<T>, Status> {
-        let span = tracing::info_span!("rpc", rpc, user_id = log_user(user_id));
+        let span = tracing::info_span!(
+            "rpc",
+            rpc,
+            user_id = log_user(user_id),
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty
+        );
         let m = self.core.metrics().clone();
         async move {
             let t = Instant::now();
@@ -203,20 +237,15 @@ impl RecommenderService {
                 .observe(dt.as_secs_f64());
             m.requests.with_label_values(&[rpc, code_name(code)]).inc();
             let latency_ms = dt.as_secs_f64() * 1e3;
+            let span = tracing::Span::current();
+            span.record("status", code_name(code));
+            span.record("latency_ms", latency_ms);
             match &r {
-                Ok(_) => tracing::info!(status = "OK", latency_ms, "request finished"),
-                Err(s) if matches!(s.code(), Code::Internal | Code::Unknown) => tracing::error!(
-                    status = code_name(code),
-                    latency_ms,
-                    error = s.message(),
-                    "request failed"
-                ),
-                Err(s) => tracing::info!(
-                    status = code_name(code),
-                    latency_ms,
-                    error = s.message(),
-                    "request failed"
-                ),
+                Ok(_) => tracing::info!("request finished"),
+                Err(s) if matches!(s.code(), Code::Internal | Code::Unknown) => {
+                    tracing::error!(error = s.message(), "request failed")
+                }
+                Err(s) => tracing::info!(error = s.message(), "request failed"),
             }
             r.map(Response::new)
         }

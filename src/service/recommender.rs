@@ -901,6 +901,51 @@ fn training_view(ds: &Dataset, set: TrainingSet) -> std::result::Result<Training
 mod tests {
     use super::*;
 
+    use crate::data::{Catalog, Format, InteractionsBuilder, Item, SourceFiles};
+
+    fn dataset() -> Dataset {
+        let catalog = Catalog::from_items(
+            (0..5)
+                .map(|i| Item::new(format!("{}", i + 1), &format!("Movie {i}")))
+                .collect(),
+        )
+        .unwrap();
+        let mut b = InteractionsBuilder::new();
+        // User a: four items (two of them become valid/test targets); user b: two items
+        // (too few for targets, all training).
+        for (t, item) in [0u32, 1, 2, 3].into_iter().enumerate() {
+            b.push("a", item, 100 + t as i64, None);
+        }
+        b.push("b", 4, 7, None);
+        b.push("b", 0, 8, None);
+        let interactions = b.build(&catalog);
+        Dataset {
+            catalog,
+            interactions,
+            files: SourceFiles {
+                format: Format::Csv,
+                items: "items.csv".into(),
+                interactions: "inter.csv".into(),
+            },
+            skipped_unknown_items: 0,
+        }
+    }
+
+    #[test]
+    fn training_views_all_and_train_split() {
+        let ds = dataset();
+        let all = training_view(&ds, TrainingSet::All).unwrap();
+        assert_eq!(all.offsets(), &[0, 4, 6]);
+        assert_eq!(all.items(), &[0, 1, 2, 3, 4, 0]);
+        assert_eq!(all.timestamps().unwrap(), &[100, 101, 102, 103, 7, 8]);
+        let train = training_view(&ds, TrainingSet::TrainSplit).unwrap();
+        // User a keeps its first two items (3rd = valid, 4th = test); user b keeps both.
+        assert_eq!(train.offsets(), &[0, 2, 4]);
+        assert_eq!(train.items(), &[0, 1, 4, 0]);
+        assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
+        assert_eq!(train.n_items(), 5);
+    }
+
     #[test]
     fn long_ids_are_truncated_in_messages() {
         assert_eq!(truncated("42"), "42");

@@ -2,6 +2,12 @@
 //! reflection v1 and v1alpha) on one listener, Prometheus `/metrics` on another, and the
 //! graceful shutdown.
 //!
+//! gRPC is served by hyper's HTTP/2 server over tonic's `Routes` rather than by tonic's
+//! `transport::Server`: that server wraps every call in its own `grpc-timeout` service, which
+//! answers CANCELLED ("Timeout expired") whenever its timer wins the race with the handler —
+//! always for deadlines shorter than the time to read the request — while the gRPC spec's
+//! answer is DEADLINE_EXCEEDED. Here the handlers own the deadline (`grpc` module docs).
+//!
 //! Shutdown, when the `shutdown` future resolves (SIGTERM/SIGINT in `palr serve`):
 //! 1. health reports NOT_SERVING (for `""` and `palr.v1.Recommender`);
 //! 2. after `server.shutdown_grace_ms` the health statuses are cleared (which ends open
@@ -16,16 +22,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::proto::v1::recommender_server::RecommenderServer;
 
 use super::error::StartError;
-use super::grpc::{RecommenderService, stamp};
+use super::grpc::{RecommenderService, Stamp};
 use super::metrics::serve_metrics;
 use super::recommender::Recommender;
 
@@ -85,19 +93,17 @@ pub async fn serve(
         }))
     });
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
+    let routes = Routes::builder()
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecommenderServer::with_interceptor(
-            RecommenderService::new(core.clone()),
-            stamp,
-        ));
-    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
-    let serving = router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stop_rx.await;
-    });
+        .add_service(RecommenderServer::new(RecommenderService::new(
+            core.clone(),
+        )))
+        .clone()
+        .routes();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = accept_loop(grpc, Stamp::new(routes), stop_rx);
     tokio::pin!(serving);
     tracing::info!(
         grpc = %grpc_addr.map_or_else(String::new, |a| a.to_string()),
@@ -106,14 +112,11 @@ pub async fn serve(
     );
 
     tokio::pin!(shutdown);
-    let failed = |e: tonic::transport::Error| StartError::Serve(e.to_string());
     tokio::select! {
-        r = &mut serving => {
-            // The transport ended by itself: an error.
-            r.map_err(failed)?;
-            return Err(StartError::Serve("the gRPC server stopped unexpectedly".into()));
+        () = &mut serving => {
+            return Err(StartError::Serve("the gRPC accept loop stopped unexpectedly".into()));
         }
-        _ = &mut shutdown => {}
+        () = &mut shutdown => {}
     }
 
     tracing::info!(
@@ -127,23 +130,22 @@ pub async fn serve(
     }
     if cfg.shutdown_grace_ms > 0 {
         tokio::select! {
-            r = &mut serving => r.map_err(failed)?,
-            _ = tokio::time::sleep(Duration::from_millis(cfg.shutdown_grace_ms)) => {}
+            () = &mut serving => {}
+            () = tokio::time::sleep(Duration::from_millis(cfg.shutdown_grace_ms)) => {}
         }
     }
     // Ends health Watch streams (their senders go), so they do not hold the drain up.
     for name in ["", SERVICE_NAME] {
         health.clear_service_status(name).await;
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     tracing::info!(
         timeout_s = cfg.drain_timeout_s,
         "no longer accepting; draining in-flight requests"
     );
     let drain = Duration::from_secs(cfg.drain_timeout_s);
     let outcome = match tokio::time::timeout(drain, &mut serving).await {
-        Ok(r) => {
-            r.map_err(failed)?;
+        Ok(()) => {
             tracing::info!("drained; stopped");
             Drained::All
         }
@@ -160,6 +162,69 @@ pub async fn serve(
         let _ = t.await;
     }
     Ok(outcome)
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await (it is not Send).
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Accepts HTTP/2 (h2c) connections on `listener` and serves `svc` on each, until `stop`
+/// turns true; then closes the listener, asks every connection to finish (GOAWAY: streams
+/// already open complete, new ones are refused) and returns once all have closed.
+async fn accept_loop<S>(listener: TcpListener, svc: S, mut stop: watch::Receiver<bool>)
+where
+    S: tonic::codegen::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    // Each connection task holds a clone; `recv` returns None once all are gone.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()));
+        let mut stop = stop.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    // Closing the listener now refuses new connections at once.
+    drop(listener);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
 }
 
 /// A server running on the current tokio runtime (tests, embedding).
