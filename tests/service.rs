@@ -828,6 +828,10 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
                 matches!(r.code, Code::DeadlineExceeded | Code::Ok),
                 "grpc-timeout {t}: {r:?}"
             );
+            // Up to the 5 ms margin the deadline has passed on arrival: never served.
+            if ["1n", "1u", "1m", "2m", "3m", "5m"].contains(&t) {
+                assert_eq!(r.code, Code::DeadlineExceeded, "grpc-timeout {t}: {r:?}");
+            }
         }
         // A bad grpc-timeout value is ignored (no deadline), as tonic and grpc-go do.
         let r = raw_unary(
@@ -992,6 +996,8 @@ fn busy_queue_and_graceful_shutdown_drain() {
     cfg.server.max_queue = 1;
     cfg.server.warmup = false;
     cfg.server.shutdown_grace_ms = 1000;
+    // Shorter than the default, so a drain that hangs fails the test soon.
+    cfg.server.drain_timeout_s = 15;
     cfg.retrieval.retrievers.truncate(3);
     let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
     rt.block_on(async {
@@ -1046,7 +1052,21 @@ fn busy_queue_and_graceful_shutdown_drain() {
             .await
             .unwrap();
 
+        // A health Watch stream is open when the shutdown starts.
+        let mut watch = HealthClient::new(ch.clone())
+            .watch(HealthCheckRequest {
+                service: "palr.v1.Recommender".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+
         server.shutdown();
+        // The watcher hears NOT_SERVING, then its stream ends so it does not hold the drain.
+        let next = watch.message().await.unwrap().unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
         // During the grace period health says NOT_SERVING.
         let mut h = HealthClient::new(ch.clone());
         let t = Instant::now();
@@ -1069,6 +1089,10 @@ fn busy_queue_and_graceful_shutdown_drain() {
         assert_eq!(a.items.len(), 20);
         let b = b.await.unwrap().unwrap().into_inner();
         assert_eq!(b.items.len(), 3);
+        assert!(
+            watch.message().await.unwrap().is_none(),
+            "the health Watch stream ends"
+        );
         assert_eq!(server.wait().await.unwrap(), Drained::All);
         // Nothing listens any more.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());

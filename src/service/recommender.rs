@@ -212,6 +212,8 @@ async fn by<T>(
 ) -> Result<T> {
     match respond_by {
         None => Ok(fut.await),
+        // Already past: fail now (a timer for a past instant fires only at the next tick).
+        Some(d) if Instant::now() >= d => Err(ServiceError::DeadlineExceeded(stage)),
         Some(d) => tokio::select! {
             biased;
             v = fut => Ok(v),
