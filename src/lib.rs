@@ -14,6 +14,7 @@ pub mod model;
 pub mod rank;
 pub mod retrieval;
 pub mod sampling;
+pub mod service;
 pub mod sft;
 pub mod tokenizer;
 

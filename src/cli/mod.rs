@@ -5,6 +5,8 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod recommend;
+pub mod serve;
 pub mod sft;
 pub mod tokenize;
 
@@ -23,6 +25,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve recommendations over gRPC (health, reflection, /metrics); stops on SIGTERM/SIGINT.
+    Serve(serve::ServeArgs),
+    /// Ask a running server for recommendations (or --candidates to rank, --retrieve-only,
+    /// --list-retrievers, --model-info).
+    Recommend(recommend::RecommendArgs),
     /// Generate text with a model (greedy by default).
     Generate(generate::GenerateArgs),
     /// Print the last position's largest logits as JSON: {"tokens":[ids],"top":[[id,logit],...]}.
@@ -48,11 +55,15 @@ pub enum Command {
 pub enum BenchCmd {
     /// Prefill and decode throughput of the engine.
     Engine(crate::bench::EngineBenchArgs),
+    /// End-to-end Recommend latency of a running server (p50/p99, per-stage times).
+    Recommend(crate::service::bench::RecommendBenchArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(&args),
+        Command::Recommend(args) => recommend::run(&args),
         Command::Generate(args) => generate::run_generate(&args),
         Command::Logits(args) => generate::run_logits(&args),
         Command::Tokenize(args) => tokenize::run(args),
@@ -62,6 +73,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SftData(args) => sft::run(&args),
         Command::Bench(BenchCmd::Engine(args)) => {
             let report = crate::bench::run_engine(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print_table();
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Recommend(args)) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(crate::service::bench::run(&args))?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

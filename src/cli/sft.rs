@@ -143,6 +143,8 @@ fn parse_order(s: &str) -> Result<crate::sft::CandidateOrder, String> {
     match s {
         "shuffled" => Ok(crate::sft::CandidateOrder::Shuffled),
         "retriever" => Ok(crate::sft::CandidateOrder::Retriever),
-        other => Err(format!("unknown candidate order {other:?}; use shuffled or retriever")),
+        other => Err(format!(
+            "unknown candidate order {other:?}; use shuffled or retriever"
+        )),
     }
 }

@@ -345,8 +345,8 @@ impl<'a> SftBuilder<'a> {
         for &task in tasks {
             let mut rng =
                 StdRng::seed_from_u64(mix(seed ^ mix(u as u64) ^ mix(0x5F7 + task as u64)));
-            let in_retriever_order = self.cfg.candidate_order == CandidateOrder::Retriever
-                && task != Task::Recommend;
+            let in_retriever_order =
+                self.cfg.candidate_order == CandidateOrder::Retriever && task != Task::Recommend;
             if in_retriever_order {
                 // Every position the retriever covers, then a seeded sample of them.
                 let mut kept = Vec::new();
@@ -357,7 +357,8 @@ impl<'a> SftBuilder<'a> {
                 }
                 let max = self.cfg.max_examples_per_user;
                 if max > 0 && kept.len() > max {
-                    let mut pick: Vec<usize> = rand::seq::index::sample(&mut rng, kept.len(), max).into_vec();
+                    let mut pick: Vec<usize> =
+                        rand::seq::index::sample(&mut rng, kept.len(), max).into_vec();
                     pick.sort_unstable();
                     kept = pick.into_iter().map(|i| kept[i].clone()).collect();
                 }
@@ -495,7 +496,9 @@ impl<'a> SftBuilder<'a> {
         user_items: &HashSet<u32>,
     ) -> Result<Option<Vec<u32>>> {
         let hard = self.hard.as_ref().ok_or_else(|| {
-            SftError::Config("candidate_order = \"retriever\" needs a hard-negative retriever".into())
+            SftError::Config(
+                "candidate_order = \"retriever\" needs a hard-negative retriever".into(),
+            )
         })?;
         let want = self.cfg.negatives + 1;
         let mut history: Vec<u32> = seq[..t].to_vec();

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the service on a fresh machine (Debian with Rust and Python 3 + pip): builds the
+# workspace in release (server and retriever plugins), fetches the default model and
+# MovieLens-100k if they are missing, and serves with configs/palr.toml (gRPC on
+# 127.0.0.1:50051, metrics on 127.0.0.1:9090/metrics). Extra arguments go to `palr serve`
+# (e.g. --addr 0.0.0.0:50051). Stop with Ctrl-C: in-flight requests are drained first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace
+./target/release/palr model fetch
+./target/release/palr data fetch ml-100k
+exec ./target/release/palr serve --config configs/palr.toml "$@"

@@ -1,0 +1,105 @@
+//! `palr serve`: load the configuration, the data, the plugins and the model, and serve
+//! gRPC until SIGTERM/SIGINT (then drain and exit 0).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::service::config::LogFormat;
+use crate::service::server::{bind, termination_signal};
+use crate::service::{Metrics, Overrides, Recommender, ServerConfig, serve};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration (commented example with every default: configs/palr.toml).
+    /// Without it: the built-in defaults, then PALR_<TABLE>__<KEY> variables, then flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address, IP:PORT [server.addr].
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// /metrics listen address, IP:PORT; "" = off [server.metrics_addr].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Model directory [model.dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Data set directory [data.dir].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// text or json [server.log_format]; the level comes from RUST_LOG (default info).
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+    /// Engine threads, 0 = one per core [model.threads].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Ranking jobs at once [server.max_concurrent_rank].
+    #[arg(long)]
+    pub max_concurrent_rank: Option<usize>,
+    /// Requests that may wait for the ranker [server.max_queue].
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Default retriever [retrieval.default].
+    #[arg(long)]
+    pub retriever: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            addr: self.addr.clone(),
+            metrics_addr: self.metrics_addr.clone(),
+            model_dir: self.model.clone(),
+            data_dir: self.data.clone(),
+            log_format: self.log_format,
+            threads: self.threads,
+            max_concurrent_rank: self.max_concurrent_rank,
+            max_queue: self.max_queue,
+            default_retriever: self.retriever.clone(),
+        }
+    }
+}
+
+/// Installs the global log subscriber (stderr; RUST_LOG or `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let cfg = ServerConfig::load(args.config.as_deref(), env, &args.overrides())?;
+    init_tracing(cfg.server.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palr-rt")
+        .build()
+        .context("starting the async runtime")?;
+    let drained = rt.block_on(async move {
+        // Bind first, so a taken port fails before the model loads.
+        let grpc = bind(cfg.server.grpc_addr()?).await?;
+        let metrics = match cfg.server.metrics_socket()? {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let core = tokio::task::spawn_blocking(move || Recommender::load(&cfg, Metrics::new()))
+            .await
+            .context("loading")??;
+        anyhow::Ok(serve(Arc::new(core), grpc, metrics, termination_signal()).await?)
+    })?;
+    // Abandoned requests (drain timeout) must not keep the process alive.
+    rt.shutdown_background();
+    tracing::info!(?drained, "exit");
+    Ok(())
+}

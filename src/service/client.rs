@@ -1,0 +1,304 @@
+//! A typed client of `palr.v1.Recommender`: the generated tonic client with the protobuf
+//! messages converted to the service's plain types, for `palr recommend` and `palr bench
+//! recommend`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::v1 as pb;
+use crate::proto::v1::recommender_client::RecommenderClient;
+
+use super::grpc::code_name;
+use super::recommender::{
+    Mode, RankParams, RecommendParams, Recommendation, Recommended, Retrieval, RetrieveParams,
+    Retrieved, Timings,
+};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection to the server.
+    #[error("cannot connect to {addr}: {message} (is `palr serve` running there?)")]
+    Connect { addr: String, message: String },
+    /// The server answered with an error status.
+    #[error("{}: {message}", code_name(*code))]
+    Status { code: tonic::Code, message: String },
+    /// The server's answer is not what this client understands.
+    #[error("unexpected response: {0}")]
+    Response(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Status {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+/// Result alias of the client.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// One loaded retriever, as ListRetrievers reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrieverSummary {
+    pub name: String,
+    pub plugin_name: String,
+    pub plugin_version: String,
+    pub description: String,
+    pub library_path: String,
+    pub abi_version: u32,
+    pub is_default: bool,
+    pub calls: u64,
+    pub failures: u64,
+}
+
+/// What GetModelInfo reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerInfo {
+    pub model_name: String,
+    pub architecture: String,
+    pub backend: String,
+    pub dtype: String,
+    pub num_layers: u32,
+    pub hidden_size: u32,
+    pub vocab_size: u32,
+    pub max_context: u32,
+    pub catalog_items: u32,
+    pub default_rank_mode: Option<Mode>,
+    pub default_retriever: String,
+    pub default_k: u32,
+    pub max_k: u32,
+    pub default_num_candidates: u32,
+    pub max_num_candidates: u32,
+    pub max_score_candidates: u32,
+    pub max_retrieve_candidates: u32,
+    pub max_history: u32,
+    pub history_items_used: u32,
+    pub prompt_history_items: u32,
+    pub max_prompt_tokens: u32,
+    pub max_exclude: u32,
+    pub adapters: Vec<String>,
+}
+
+fn mode_to_proto(m: Option<Mode>) -> i32 {
+    match m {
+        None => pb::RankMode::Unspecified as i32,
+        Some(Mode::Score) => pb::RankMode::Score as i32,
+        Some(Mode::Generate) => pb::RankMode::Generate as i32,
+        Some(Mode::Retriever) => pb::RankMode::Retriever as i32,
+    }
+}
+
+fn mode_from_proto(v: i32) -> Option<Mode> {
+    match pb::RankMode::try_from(v).ok()? {
+        pb::RankMode::Unspecified => None,
+        pb::RankMode::Score => Some(Mode::Score),
+        pb::RankMode::Generate => Some(Mode::Generate),
+        pb::RankMode::Retriever => Some(Mode::Retriever),
+    }
+}
+
+fn timings_from_proto(t: Option<pb::StageTimings>) -> Timings {
+    let t = t.unwrap_or_default();
+    Timings {
+        retrieve_s: t.retrieve_ms / 1e3,
+        queue_s: t.queue_ms / 1e3,
+        prompt_s: t.prompt_ms / 1e3,
+        prefill_s: t.prefill_ms / 1e3,
+        decode_s: t.decode_ms / 1e3,
+        first_token_s: t.first_token_ms / 1e3,
+        total_s: t.total_ms / 1e3,
+        prompt_tokens: t.prompt_tokens as usize,
+        cached_prompt_tokens: t.cached_prompt_tokens as usize,
+        generated_tokens: t.generated_tokens as usize,
+    }
+}
+
+fn recommendation_from_proto(r: pb::RecommendResponse) -> Result<Recommendation> {
+    let mode = mode_from_proto(r.rank_mode)
+        .ok_or_else(|| ClientError::Response(format!("rank_mode {} is not a mode", r.rank_mode)))?;
+    Ok(Recommendation {
+        items: r
+            .items
+            .into_iter()
+            .map(|i| Recommended {
+                id: i.item_id,
+                title: i.title,
+                score: i.score,
+                retriever_rank: i.retriever_rank,
+                by_llm: i.ranked_by_llm,
+            })
+            .collect(),
+        timings: timings_from_proto(r.timings),
+        retriever: r.retriever,
+        mode,
+        adapter: r.adapter,
+    })
+}
+
+/// A connection to a palr server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: RecommenderClient<Channel>,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects to `addr` (`http://HOST:PORT`; a bare `HOST:PORT` gets `http://`).
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let err = |message: String| ClientError::Connect {
+            addr: uri.clone(),
+            message,
+        };
+        let channel = Endpoint::from_shared(uri.clone())
+            .map_err(|e| err(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| {
+                use std::error::Error;
+                let mut message = e.to_string();
+                let mut src = e.source();
+                while let Some(s) = src {
+                    message = format!("{message}: {s}");
+                    src = s.source();
+                }
+                err(message)
+            })?;
+        Ok(Self {
+            inner: RecommenderClient::new(channel),
+            timeout: None,
+        })
+    }
+
+    /// Sends a deadline (`grpc-timeout`) with every call.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = self.timeout {
+            r.set_timeout(t);
+        }
+        r
+    }
+
+    /// Recommend: retrieve, then rank.
+    pub async fn recommend(
+        &mut self,
+        p: &RecommendParams,
+        user_id: &str,
+    ) -> Result<Recommendation> {
+        let req = self.request(pb::RecommendRequest {
+            history: p.history.clone(),
+            k: p.k,
+            retriever: p.retriever.clone(),
+            num_candidates: p.num_candidates,
+            adapter: p.adapter.clone(),
+            rank_mode: mode_to_proto(p.mode),
+            exclude: p.exclude.clone(),
+            user_id: user_id.to_owned(),
+        });
+        recommendation_from_proto(self.inner.recommend(req).await?.into_inner())
+    }
+
+    /// Rank the caller's candidates.
+    pub async fn rank(&mut self, p: &RankParams, user_id: &str) -> Result<Recommendation> {
+        let req = self.request(pb::RankRequest {
+            history: p.history.clone(),
+            candidates: p.candidates.clone(),
+            k: p.k,
+            adapter: p.adapter.clone(),
+            rank_mode: mode_to_proto(p.mode),
+            user_id: user_id.to_owned(),
+        });
+        recommendation_from_proto(self.inner.rank(req).await?.into_inner())
+    }
+
+    /// Retrieval only.
+    pub async fn retrieve(&mut self, p: &RetrieveParams) -> Result<Retrieval> {
+        let req = self.request(pb::RetrieveRequest {
+            history: p.history.clone(),
+            num_candidates: p.num_candidates,
+            retriever: p.retriever.clone(),
+            exclude: p.exclude.clone(),
+        });
+        let r = self.inner.retrieve(req).await?.into_inner();
+        Ok(Retrieval {
+            items: r
+                .items
+                .into_iter()
+                .map(|i| Retrieved {
+                    id: i.item_id,
+                    title: i.title,
+                    score: i.score,
+                })
+                .collect(),
+            retriever: r.retriever,
+            timings: timings_from_proto(r.timings),
+        })
+    }
+
+    /// The loaded retrievers.
+    pub async fn list_retrievers(&mut self) -> Result<Vec<RetrieverSummary>> {
+        let req = self.request(pb::ListRetrieversRequest {});
+        let r = self.inner.list_retrievers(req).await?.into_inner();
+        Ok(r.retrievers
+            .into_iter()
+            .map(|r| RetrieverSummary {
+                name: r.name,
+                plugin_name: r.plugin_name,
+                plugin_version: r.plugin_version,
+                description: r.description,
+                library_path: r.library_path,
+                abi_version: r.abi_version,
+                is_default: r.is_default,
+                calls: r.calls,
+                failures: r.failures,
+            })
+            .collect())
+    }
+
+    /// The model and the server's defaults and limits.
+    pub async fn model_info(&mut self) -> Result<ServerInfo> {
+        let req = self.request(pb::GetModelInfoRequest {});
+        let m = self.inner.get_model_info(req).await?.into_inner();
+        Ok(ServerInfo {
+            model_name: m.model_name,
+            architecture: m.architecture,
+            backend: m.backend,
+            dtype: m.dtype,
+            num_layers: m.num_layers,
+            hidden_size: m.hidden_size,
+            vocab_size: m.vocab_size,
+            max_context: m.max_context,
+            catalog_items: m.catalog_items,
+            default_rank_mode: mode_from_proto(m.default_rank_mode),
+            default_retriever: m.default_retriever,
+            default_k: m.default_k,
+            max_k: m.max_k,
+            default_num_candidates: m.default_num_candidates,
+            max_num_candidates: m.max_num_candidates,
+            max_score_candidates: m.max_score_candidates,
+            max_retrieve_candidates: m.max_retrieve_candidates,
+            max_history: m.max_history,
+            history_items_used: m.history_items_used,
+            prompt_history_items: m.prompt_history_items,
+            max_prompt_tokens: m.max_prompt_tokens,
+            max_exclude: m.max_exclude,
+            adapters: m.adapters,
+        })
+    }
+}

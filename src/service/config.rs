@@ -1,0 +1,763 @@
+//! The server's configuration: one TOML document (`palr serve --config FILE`), read with
+//! serde (`deny_unknown_fields` everywhere, so a typo is an error naming the key).
+//!
+//! Layers, each overriding the one before:
+//! 1. **defaults** — [`ServerConfig::default`], which runs the demo (SmolLM2-135M-Instruct on
+//!    MovieLens-100k with the popularity / itemknn / markov plugins); `configs/palr.toml` is
+//!    exactly these defaults, commented;
+//! 2. **the file** — tables merge key by key into the defaults; arrays (the retriever list)
+//!    replace the default array whole;
+//! 3. **environment variables** — `PALR_<TABLE>__<KEY>`: `PALR_` followed by the key's path,
+//!    upper-cased, with `__` (two underscores) between path parts, e.g.
+//!    `PALR_SERVER__ADDR=0.0.0.0:50051`, `PALR_LIMITS__MAX_K=20`,
+//!    `PALR_RANKING__PROMPT__USE_CHAT_TEMPLATE=false`. The value is read as a TOML value
+//!    (`20`, `true`, `"text"`, `[1, 2]`, `[{ name = "pop", path = "..." }]`); anything that
+//!    is not valid TOML is taken as a plain string. Only variables with `__` after the prefix
+//!    are configuration, so `PALR_MODEL_DIR`, `PALR_DATA_DIR` and other single-underscore
+//!    variables of other commands are never read here;
+//! 4. **command-line flags** ([`Overrides`]: `--addr`, `--metrics-addr`, `--model`, ...).
+//!
+//! Relative paths are relative to the working directory. [`ServerConfig::validate`] checks
+//! the bounds the service relies on; what depends on the loaded model (score labels, context
+//! length) is checked when the ranker is built.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rank::RankerConfig;
+use crate::retrieval::RetrieverSpec;
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "PALR_";
+/// Separator between path parts in a configuration environment variable.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Errors reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("config file {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// An environment variable cannot be applied.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// A value is out of its bounds; the message names the key and the bounds.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// The whole server configuration.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listening, logging, concurrency and shutdown.
+    pub server: ServerSection,
+    /// The LLM that ranks.
+    pub model: ModelSection,
+    /// The data set: item catalog (ids, titles) and the interactions retrievers learn from.
+    pub data: DataSection,
+    /// Retriever plugins.
+    pub retrieval: RetrievalSection,
+    /// Request defaults and bounds.
+    pub limits: Limits,
+    /// The LLM ranker: prompts, token limits, session pool (`palr::rank::RankerConfig`).
+    pub ranking: RankerConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?}; use text or json")),
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// gRPC listen address (`IP:PORT`; port 0 = any free port).
+    pub addr: String,
+    /// Prometheus `/metrics` listen address (`IP:PORT`); empty = no metrics endpoint.
+    pub metrics_addr: String,
+    /// `text` or `json` log lines. The level comes from `RUST_LOG` (default `info`).
+    pub log_format: LogFormat,
+    /// Ranking jobs (LLM passes) that run at once. Each runs on a blocking thread and uses
+    /// the engine's whole thread pool, so 1 is right for a CPU backend.
+    pub max_concurrent_rank: usize,
+    /// Requests that may wait for a ranking slot; more are refused with RESOURCE_EXHAUSTED
+    /// ("server busy, retry later"). 0 = never wait.
+    pub max_queue: usize,
+    /// Compute the ranker's shared prompt prefixes (both modes) before reporting SERVING.
+    pub warmup: bool,
+    /// On SIGTERM/SIGINT, report NOT_SERVING for this long before refusing new requests,
+    /// so load balancers stop sending (milliseconds).
+    pub shutdown_grace_ms: u64,
+    /// Then wait at most this long for in-flight requests to finish (seconds); requests
+    /// still running after it are abandoned and the server exits anyway.
+    pub drain_timeout_s: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:50051".into(),
+            metrics_addr: "127.0.0.1:9090".into(),
+            log_format: LogFormat::Text,
+            max_concurrent_rank: 1,
+            max_queue: 64,
+            warmup: true,
+            shutdown_grace_ms: 0,
+            drain_timeout_s: 30,
+        }
+    }
+}
+
+impl ServerSection {
+    /// The gRPC address, parsed.
+    pub fn grpc_addr(&self) -> Result<SocketAddr> {
+        parse_addr("server.addr", &self.addr)
+    }
+
+    /// The metrics address, parsed; `None` when metrics are off.
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>> {
+        if self.metrics_addr.is_empty() {
+            return Ok(None);
+        }
+        parse_addr("server.metrics_addr", &self.metrics_addr).map(Some)
+    }
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr> {
+    s.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{key} = {s:?} is not an IP:PORT address (e.g. \"127.0.0.1:50051\" or \"0.0.0.0:50051\")"
+        ))
+    })
+}
+
+/// Element type of the weights in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeConfig {
+    /// 32-bit floats (exact).
+    #[default]
+    F32,
+    /// bfloat16 (half the memory, slightly different scores).
+    Bf16,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory (`config.json`, safetensors, `tokenizer.json`);
+    /// `palr model fetch` puts the default model here.
+    pub dir: PathBuf,
+    /// `f32` or `bf16`.
+    pub dtype: DtypeConfig,
+    /// Engine worker threads; 0 = one per core.
+    pub threads: usize,
+    /// Most prompt tokens one forward pass processes (longer prompts are fed in chunks).
+    pub max_batch_rows: usize,
+    /// Adapter used when a request names none. Empty: the model as loaded (with the merged
+    /// adapter, if one is).
+    pub default_adapter: String,
+    /// LoRA adapters (PEFT format), `[[model.adapters]]`.
+    pub adapters: Vec<AdapterEntry>,
+}
+
+/// `[[model.adapters]]`: one LoRA adapter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterEntry {
+    /// The name requests pick it by (`adapter` field).
+    pub name: String,
+    /// PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    pub dir: PathBuf,
+    /// Fold it into the weights at load: no run-time cost, but then the base model is not
+    /// served and no other adapter may be merged. Default: kept apart, picked per request.
+    #[serde(default)]
+    pub merge: bool,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models/smollm2-135m-instruct"),
+            dtype: DtypeConfig::F32,
+            threads: 0,
+            max_batch_rows: 512,
+            default_adapter: String::new(),
+            adapters: Vec::new(),
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Data set directory (`palr data fetch ml-100k` puts MovieLens-100k here).
+    pub dir: PathBuf,
+    /// `recbole`, `ml-100k`, `ml-1m`, `csv` or `jsonl`; empty = detected from the files.
+    pub format: String,
+    /// Drop interactions whose item is not in the catalog instead of failing at start-up.
+    pub skip_unknown_items: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/ml-100k"),
+            format: String::new(),
+            skip_unknown_items: false,
+        }
+    }
+}
+
+/// Which interactions the retrievers learn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainingSet {
+    /// Every interaction of the data set (serving).
+    #[default]
+    All,
+    /// Only each user's leave-one-out training part (no validation or test item), so an
+    /// evaluation against this server does not leak its targets into the retrievers.
+    TrainSplit,
+}
+
+/// `[retrieval]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrievalSection {
+    /// Retriever used when a request names none.
+    pub default: String,
+    /// `all` or `train-split` (see [`TrainingSet`]).
+    pub training: TrainingSet,
+    /// Directories searched for bare library names, in order; empty = the `palr`
+    /// executable's directory (and its parent when that is `deps/`), i.e. the cargo target
+    /// directory the plugins were built into.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The plugins to load (`[[retrieval.retrievers]]`: `name`, `path`, and `config` (a
+    /// table) or `config_json` (text)); see `plugins/README.md`.
+    pub retrievers: Vec<RetrieverSpec>,
+}
+
+impl Default for RetrievalSection {
+    fn default() -> Self {
+        Self {
+            default: "markov".into(),
+            training: TrainingSet::All,
+            plugin_dirs: Vec::new(),
+            retrievers: vec![
+                RetrieverSpec::new("popularity", "palr_retriever_popularity", "{}"),
+                RetrieverSpec::new("itemknn", "palr_retriever_itemknn", "{}"),
+                RetrieverSpec::new("markov", "palr_retriever_markov", "{}"),
+            ],
+        }
+    }
+}
+
+/// The rank mode used when a request leaves it unspecified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeConfig {
+    /// One pass, the candidates' label probabilities.
+    #[default]
+    Score,
+    /// PALR's constrained generation of titles.
+    Generate,
+    /// No LLM: the retriever's order.
+    Retriever,
+}
+
+/// `[limits]`: defaults for unset request fields and the bounds of set ones.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Items returned when a request's `k` is 0 (capped at the number of candidates).
+    pub default_k: u32,
+    /// Largest `k` a request may ask for.
+    pub max_k: u32,
+    /// Candidates retrieved for the ranker when `num_candidates` is 0.
+    pub default_num_candidates: u32,
+    /// Largest `num_candidates` (Recommend) and candidate list (Rank). Score mode is further
+    /// capped by its labels (`ranking.prompt.score_labels`, 26 by default).
+    pub max_num_candidates: u32,
+    /// Largest `num_candidates` of a Retrieve call (no LLM, so it may be large).
+    pub max_retrieve_candidates: u32,
+    /// Most recent history items used for retrieval and ranking; older ones are only
+    /// excluded from the results. (The prompt holds `ranking.max_history` of them.)
+    pub max_history_items: u32,
+    /// Longest history accepted at all; longer is INVALID_ARGUMENT.
+    pub max_request_history: u32,
+    /// Most items a request's `exclude` may list.
+    pub max_exclude: u32,
+    /// `score`, `generate` or `retriever`: the mode of requests that leave it unspecified.
+    pub default_rank_mode: ModeConfig,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_k: 10,
+            max_k: 50,
+            default_num_candidates: 20,
+            max_num_candidates: 50,
+            max_retrieve_candidates: 1000,
+            max_history_items: 200,
+            max_request_history: 1000,
+            max_exclude: 1000,
+            default_rank_mode: ModeConfig::Score,
+        }
+    }
+}
+
+/// Command-line overrides, the last layer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub addr: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub model_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub threads: Option<usize>,
+    pub max_concurrent_rank: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub default_retriever: Option<String>,
+}
+
+impl ServerConfig {
+    /// Defaults, then `file` (if any), then the `PALR_*__*` variables among `env`, then
+    /// `overrides`; validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let file_err = |message: String| ConfigError::File {
+                    path: path.to_owned(),
+                    message,
+                };
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+                // Checked alone first, so a bad key is reported against the file.
+                Self::from_table(table.clone()).map_err(file_err)?;
+                table
+            }
+            None => toml::Table::new(),
+        };
+        let mut vars: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| is_config_var(k)).collect();
+        vars.sort();
+        for (var, value) in vars {
+            apply_env(&mut table, &var, &value)?;
+            // Checked one at a time, so a bad variable is named.
+            Self::from_table(table.clone()).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        let mut cfg = Self::from_table(table).map_err(ConfigError::Invalid)?;
+        cfg.apply(overrides);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML document alone (no layers), validated.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let cfg = Self::from_table(table).map_err(ConfigError::Invalid)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_table(table: toml::Table) -> std::result::Result<Self, String> {
+        Self::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, o: &Overrides) {
+        let s = &mut self.server;
+        if let Some(v) = &o.addr {
+            s.addr = v.clone();
+        }
+        if let Some(v) = &o.metrics_addr {
+            s.metrics_addr = v.clone();
+        }
+        if let Some(v) = o.log_format {
+            s.log_format = v;
+        }
+        if let Some(v) = o.max_concurrent_rank {
+            s.max_concurrent_rank = v;
+        }
+        if let Some(v) = o.max_queue {
+            s.max_queue = v;
+        }
+        if let Some(v) = &o.model_dir {
+            self.model.dir = v.clone();
+        }
+        if let Some(v) = o.threads {
+            self.model.threads = v;
+        }
+        if let Some(v) = &o.data_dir {
+            self.data.dir = v.clone();
+        }
+        if let Some(v) = &o.default_retriever {
+            self.retrieval.default = v.clone();
+        }
+    }
+
+    /// Checks the bounds the service relies on; the message names the key and the bound.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.server.grpc_addr()?;
+        self.server.metrics_socket()?;
+        if self.server.max_concurrent_rank == 0 {
+            return bad("server.max_concurrent_rank must be at least 1".into());
+        }
+        let l = &self.limits;
+        let range = |key: &str, v: u32, lo: u32, hi: u32, hi_key: &str| {
+            if v < lo || v > hi {
+                Err(ConfigError::Invalid(format!(
+                    "limits.{key} = {v} must be in {lo}..={hi} ({hi_key})"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        range(
+            "max_num_candidates",
+            l.max_num_candidates,
+            1,
+            l.max_retrieve_candidates,
+            "1..=limits.max_retrieve_candidates",
+        )?;
+        range(
+            "default_num_candidates",
+            l.default_num_candidates,
+            1,
+            l.max_num_candidates,
+            "1..=limits.max_num_candidates",
+        )?;
+        range(
+            "max_k",
+            l.max_k,
+            1,
+            l.max_num_candidates,
+            "1..=limits.max_num_candidates",
+        )?;
+        range("default_k", l.default_k, 1, l.max_k, "1..=limits.max_k")?;
+        range(
+            "max_history_items",
+            l.max_history_items,
+            1,
+            l.max_request_history,
+            "1..=limits.max_request_history",
+        )?;
+        if l.max_request_history == 0 {
+            return bad("limits.max_request_history must be at least 1".into());
+        }
+        if !matches!(
+            self.data.format.as_str(),
+            "" | "recbole" | "ml-100k" | "ml-1m" | "csv" | "jsonl"
+        ) {
+            return bad(format!(
+                "data.format = {:?}: use recbole, ml-100k, ml-1m, csv, jsonl, or \"\" to detect",
+                self.data.format
+            ));
+        }
+        let r = &self.retrieval;
+        if r.retrievers.is_empty() {
+            return bad(
+                "retrieval.retrievers is empty: configure at least one retriever plugin".into(),
+            );
+        }
+        if !r.retrievers.iter().any(|s| s.name == r.default) {
+            return bad(format!(
+                "retrieval.default = {:?} is not among retrieval.retrievers ({})",
+                r.default,
+                r.retrievers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `var` is a configuration variable (`PALR_` + something with `__`).
+pub fn is_config_var(var: &str) -> bool {
+    var.strip_prefix(ENV_PREFIX)
+        .is_some_and(|rest| rest.contains(ENV_SEPARATOR))
+}
+
+/// Sets the key that `var` names in `table` to `value` (read as TOML, else as a string).
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<()> {
+    let err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
+    let rest = var.strip_prefix(ENV_PREFIX).unwrap_or(var);
+    let path: Vec<String> = rest.split(ENV_SEPARATOR).map(str::to_lowercase).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(err(
+            "empty key part; write PALR_<TABLE>__<KEY> with exactly two underscores between parts"
+                .into(),
+        ));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (leaf, tables) = path.split_last().expect("split yields at least one part");
+    let mut at = table;
+    for (i, part) in tables.iter().enumerate() {
+        let entry = at
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(err(format!(
+                    "`{}` is not a table, so it has no key `{}`",
+                    tables[..=i].join("."),
+                    path[i + 1]
+                )));
+            }
+        };
+    }
+    at.insert(leaf.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn example_file_is_exactly_the_defaults() {
+        let path = repo_file("configs/palr.toml");
+        let from_file = ServerConfig::load(Some(&path), Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(from_file, ServerConfig::default());
+        ServerConfig::default().validate().unwrap();
+        // The file spells every default out: it is not just empty.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        for key in ["server", "model", "data", "retrieval", "limits", "ranking"] {
+            assert!(table.contains_key(key), "configs/palr.toml lacks [{key}]");
+        }
+        let ranking = table["ranking"].as_table().unwrap();
+        assert!(
+            ranking.contains_key("prompt"),
+            "configs/palr.toml lacks [ranking.prompt]"
+        );
+        assert_eq!(
+            table["retrieval"]["retrievers"].as_array().unwrap().len(),
+            3
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = ServerConfig::from_toml("[server]\nadress = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field `adress`"), "{e}");
+        let e = ServerConfig::from_toml("[limits]\nmax_k = \"ten\"").unwrap_err();
+        assert!(e.to_string().contains("max_k"), "{e}");
+        let e = ServerConfig::from_toml("[server]\naddr = \"localhost\"").unwrap_err();
+        assert!(e.to_string().contains("server.addr"), "{e}");
+        let e = ServerConfig::from_toml("[limits]\ndefault_k = 60").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limits.default_k = 60 must be in 1..=50"),
+            "{e}"
+        );
+        let e = ServerConfig::from_toml("[limits]\nmax_k = 60").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limits.max_k = 60 must be in 1..=50"),
+            "{e}"
+        );
+        let e = ServerConfig::from_toml("[retrieval]\ndefault = \"nope\"").unwrap_err();
+        assert!(e.to_string().contains("\"nope\" is not among"), "{e}");
+        assert!(e.to_string().contains("popularity, itemknn, markov"), "{e}");
+        let e = ServerConfig::from_toml("[retrieval]\nretrievers = []").unwrap_err();
+        assert!(e.to_string().contains("at least one retriever"), "{e}");
+        let e = ServerConfig::from_toml("[server]\nmax_concurrent_rank = 0").unwrap_err();
+        assert!(e.to_string().contains("max_concurrent_rank"), "{e}");
+        let e = ServerConfig::from_toml("[data]\nformat = \"parquet\"").unwrap_err();
+        assert!(e.to_string().contains("data.format"), "{e}");
+        let e = ServerConfig::from_toml("[ranking]\nmax_histroy = 3").unwrap_err();
+        assert!(e.to_string().contains("unknown field `max_histroy`"), "{e}");
+        let e = ServerConfig::from_toml("[retrieval]\ntraining = \"test\"").unwrap_err();
+        assert!(e.to_string().contains("train-split"), "{e}");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [server]
+            addr = "0.0.0.0:1"
+            max_queue = 3
+            [limits]
+            max_k = 30
+            [[retrieval.retrievers]]
+            name = "pop"
+            path = "palr_retriever_popularity"
+            config = { window_seconds = 60 }
+            [retrieval]
+            default = "pop"
+            "#,
+        )
+        .unwrap();
+        let vars = env(&[
+            ("PALR_SERVER__ADDR", "0.0.0.0:2"),
+            ("PALR_LIMITS__DEFAULT_K", "7"),
+            ("PALR_RANKING__PROMPT__USE_CHAT_TEMPLATE", "false"),
+            ("PALR_SERVER__METRICS_ADDR", ""),
+            // Not configuration: single underscores, or another prefix.
+            ("PALR_MODEL_DIR", "/elsewhere"),
+            ("HOME", "/root"),
+        ]);
+        let o = Overrides {
+            addr: Some("0.0.0.0:3".into()),
+            threads: Some(2),
+            ..Overrides::default()
+        };
+        let c = ServerConfig::load(Some(&file), vars.clone(), &o).unwrap();
+        assert_eq!(c.server.addr, "0.0.0.0:3", "flags beat the environment");
+        assert_eq!(c.server.max_queue, 3, "the file beats the defaults");
+        assert_eq!(
+            c.server.metrics_addr, "",
+            "an empty variable sets an empty string"
+        );
+        assert_eq!(c.limits.max_k, 30);
+        assert_eq!(c.limits.default_k, 7);
+        assert_eq!(
+            c.limits.max_num_candidates, 50,
+            "untouched keys keep defaults"
+        );
+        assert!(!c.ranking.prompt.use_chat_template);
+        assert_eq!(c.model.threads, 2);
+        assert_eq!(
+            c.model.dir,
+            ModelSection::default().dir,
+            "PALR_MODEL_DIR is not config"
+        );
+        assert_eq!(
+            c.retrieval.retrievers.len(),
+            1,
+            "arrays replace the default"
+        );
+        assert_eq!(
+            c.retrieval.retrievers[0].config_json,
+            r#"{"window_seconds":60}"#
+        );
+        let c = ServerConfig::load(Some(&file), vars, &Overrides::default()).unwrap();
+        assert_eq!(c.server.addr, "0.0.0.0:2", "the environment beats the file");
+    }
+
+    #[test]
+    fn env_values_are_toml_or_strings() {
+        let mut t = toml::Table::new();
+        apply_env(&mut t, "PALR_A__B", "12").unwrap();
+        apply_env(&mut t, "PALR_A__C", "127.0.0.1:80").unwrap();
+        apply_env(&mut t, "PALR_A__D", "\"12\"").unwrap();
+        apply_env(&mut t, "PALR_E__F__G", "[1, 2]").unwrap();
+        assert_eq!(t["a"]["b"].as_integer(), Some(12));
+        assert_eq!(t["a"]["c"].as_str(), Some("127.0.0.1:80"));
+        assert_eq!(t["a"]["d"].as_str(), Some("12"));
+        assert_eq!(t["e"]["f"]["g"].as_array().unwrap().len(), 2);
+        let e = apply_env(&mut t, "PALR_A__B__C", "1").unwrap_err();
+        assert!(e.to_string().contains("`a.b` is not a table"), "{e}");
+        let e = apply_env(&mut t, "PALR_A____B", "1").unwrap_err();
+        assert!(e.to_string().contains("empty key part"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_and_file_errors_name_their_source() {
+        let e = ServerConfig::load(
+            None,
+            env(&[("PALR_SERVER__ADRR", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Env { var, message } if var == "PALR_SERVER__ADRR" && message.contains("adrr")),
+            "{e}"
+        );
+        let e = ServerConfig::load(
+            None,
+            env(&[("PALR_LIMITS__MAX_K", "many")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PALR_LIMITS__MAX_K"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[model]\ndirr = 'x'\n").unwrap();
+        let e = ServerConfig::load(Some(&file), Vec::new(), &Overrides::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("bad.toml") && e.to_string().contains("dirr"),
+            "{e}"
+        );
+        let e = ServerConfig::load(
+            Some(&dir.path().join("missing.toml")),
+            Vec::new(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot read config file"), "{e}");
+    }
+}

@@ -1,0 +1,187 @@
+//! The service's errors and their one mapping to gRPC status codes.
+//!
+//! Each layer keeps its own error type; this module holds the only functions that turn them
+//! into [`tonic::Status`] ([`retrieval_status`], [`rank_status`], and `From<ServiceError>`),
+//! in the style of qdrant's storage-error-to-status mapping, so the codes are decided in one
+//! place. Messages go to the caller unchanged: every layer's messages already say what is
+//! wrong and what to change.
+
+use tonic::{Code, Status};
+
+use crate::rank::RankError;
+use crate::retrieval::{ErrorCode, PluginFailure, RetrievalError};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request cannot be served as sent (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// It names something this server does not have (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The ranker's wait queue is full (RESOURCE_EXHAUSTED).
+    #[error(
+        "server busy, retry later: {waiting} requests already wait for the ranker (server.max_queue)"
+    )]
+    Busy { waiting: usize },
+    /// The caller's deadline passed (DEADLINE_EXCEEDED); `0` is the stage it passed in.
+    #[error("deadline exceeded during {0}")]
+    DeadlineExceeded(&'static str),
+    /// A retriever failed (code by [`retrieval_status`]).
+    #[error(transparent)]
+    Retrieval(#[from] RetrievalError),
+    /// The ranker failed (code by [`rank_status`]).
+    #[error(transparent)]
+    Rank(#[from] RankError),
+    /// A server fault (INTERNAL).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias of the service.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The status code of a retrieval error. A plugin's own error is INTERNAL, like a panic or a
+/// contract violation: nothing says it is transient, so UNAVAILABLE (which invites blind
+/// retries) would mislead.
+pub fn retrieval_code(e: &RetrievalError) -> Code {
+    match e.code() {
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::Unavailable | ErrorCode::Internal => Code::Internal,
+    }
+}
+
+/// A retrieval error as a status.
+pub fn retrieval_status(e: &RetrievalError) -> Status {
+    Status::new(retrieval_code(e), e.to_string())
+}
+
+/// The status code of a ranking error.
+pub fn rank_code(e: &RankError) -> Code {
+    use crate::engine::EngineError;
+    match e {
+        RankError::Invalid(_) => Code::InvalidArgument,
+        RankError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RankError::Engine(EngineError::OutOfMemory(_)) => Code::ResourceExhausted,
+        RankError::Config(_) | RankError::Engine(_) | RankError::Tokenizer(_) => Code::Internal,
+    }
+}
+
+/// A ranking error as a status.
+pub fn rank_status(e: &RankError) -> Status {
+    Status::new(rank_code(e), e.to_string())
+}
+
+impl ServiceError {
+    /// The status code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::Busy { .. } => Code::ResourceExhausted,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Retrieval(e) => retrieval_code(e),
+            Self::Rank(e) => rank_code(e),
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The plugin failure kind for the `palr_plugin_errors_total` metric, if this is one.
+    pub fn plugin_failure(&self) -> Option<(&str, &'static str)> {
+        match self {
+            Self::Retrieval(RetrievalError::Retrieve { name, failure, .. }) => Some((
+                name,
+                match failure {
+                    PluginFailure::Error => "error",
+                    PluginFailure::Panic => "panic",
+                    PluginFailure::RejectedArguments => "rejected_arguments",
+                },
+            )),
+            Self::Retrieval(RetrievalError::Contract { name, .. }) => Some((name, "contract")),
+            _ => None,
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match &e {
+            ServiceError::Retrieval(r) => retrieval_status(r),
+            ServiceError::Rank(r) => rank_status(r),
+            other => Status::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+    #[error("data set {dir}: {source}")]
+    Data {
+        dir: String,
+        source: crate::data::DataError,
+    },
+    #[error("retrievers: {0}")]
+    Retrieval(#[from] RetrievalError),
+    #[error("model {dir}: {message} (run `palr model fetch` for the default model)")]
+    Model { dir: String, message: String },
+    #[error("ranker: {0}")]
+    Rank(#[from] RankError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let plugin = |failure| {
+            ServiceError::Retrieval(RetrievalError::Retrieve {
+                name: "broken".into(),
+                failure,
+                message: "no model for you".into(),
+            })
+        };
+        let s = Status::from(plugin(PluginFailure::Error));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(s.message().contains("no model for you") && s.message().contains("broken"));
+        assert_eq!(
+            plugin(PluginFailure::Panic).plugin_failure(),
+            Some(("broken", "panic"))
+        );
+        let nf = ServiceError::Retrieval(RetrievalError::NotFound {
+            name: "x".into(),
+            known: vec!["a".into(), "b".into()],
+        });
+        let s = Status::from(nf);
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("[a, b]"), "{}", s.message());
+        assert_eq!(
+            Status::from(ServiceError::Rank(RankError::Invalid("too long".into()))).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            Status::from(ServiceError::Rank(RankError::DeadlineExceeded("decode"))).code(),
+            Code::DeadlineExceeded
+        );
+        let busy = Status::from(ServiceError::Busy { waiting: 64 });
+        assert_eq!(busy.code(), Code::ResourceExhausted);
+        assert!(busy.message().starts_with("server busy, retry later"));
+        assert_eq!(
+            Status::from(ServiceError::DeadlineExceeded("queue")).code(),
+            Code::DeadlineExceeded
+        );
+    }
+}

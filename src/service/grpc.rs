@@ -1,0 +1,447 @@
+//! The `palr.v1.Recommender` gRPC service: protobuf in, [`Recommender`] calls, protobuf out.
+//! The only place where request and response messages are converted.
+//!
+//! Every call gets one tracing span (`rpc`, `user_id`; `status` and `latency_ms` recorded
+//! when it finishes) with one log line at the end, and is counted in the request metrics.
+//!
+//! Deadlines: the caller's `grpc-timeout` header (gRPC over HTTP/2, "Timeout") becomes an
+//! [`Instant`], measured from when the request reached the server ([`Stamp`]), less
+//! [`DEADLINE_MARGIN`] so the answer leaves in time. Every wait of the request honours it and
+//! the ranker gets it, so the work stops too, and the caller gets DEADLINE_EXCEEDED. (The
+//! server does not run on tonic's `transport::Server`, whose own timeout service would answer
+//! CANCELLED first, also for deadlines that expire before the handler runs; see `server`.)
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use crate::proto::v1 as pb;
+use crate::proto::v1::recommender_server::Recommender as RecommenderRpc;
+
+use super::error::ServiceError;
+use super::recommender::{
+    GaugeGuard, Mode, RankParams, RecommendParams, Recommendation, Recommender, RetrieveParams,
+    Timings,
+};
+
+/// How long before the caller's deadline the service gives up and answers.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+/// When the request reached the server (set by [`Stamp`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Received(pub Instant);
+
+/// Wraps the gRPC routes: records when each request arrived, as a [`Received`] extension,
+/// before any routing or body decoding.
+#[derive(Debug, Clone)]
+pub struct Stamp<S> {
+    inner: S,
+}
+
+impl<S> Stamp<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Stamp<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(Received(Instant::now()));
+        self.inner.call(req)
+    }
+}
+
+/// Parses a `grpc-timeout` value: 1-8 ASCII digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if !v.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The instant by which this request must be answered, if the caller set a deadline.
+fn respond_by<T>(req: &Request<T>) -> Option<Instant> {
+    let timeout = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)?;
+    let start = req
+        .extensions()
+        .get::<Received>()
+        .map_or_else(Instant::now, |r| r.0);
+    Some(
+        start
+            .checked_add(timeout.saturating_sub(DEADLINE_MARGIN))
+            .unwrap_or(start),
+    )
+}
+
+/// Canonical name of a status code (metric labels, logs).
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn mode_from_proto(v: i32) -> Result<Option<Mode>, ServiceError> {
+    match pb::RankMode::try_from(v) {
+        Ok(pb::RankMode::Unspecified) => Ok(None),
+        Ok(pb::RankMode::Score) => Ok(Some(Mode::Score)),
+        Ok(pb::RankMode::Generate) => Ok(Some(Mode::Generate)),
+        Ok(pb::RankMode::Retriever) => Ok(Some(Mode::Retriever)),
+        Err(_) => Err(ServiceError::InvalidArgument(format!(
+            "rank_mode = {v} is not a RankMode: use 0 (server default), 1 (score), 2 (generate) \
+             or 3 (retriever)"
+        ))),
+    }
+}
+
+fn mode_to_proto(m: Mode) -> pb::RankMode {
+    match m {
+        Mode::Score => pb::RankMode::Score,
+        Mode::Generate => pb::RankMode::Generate,
+        Mode::Retriever => pb::RankMode::Retriever,
+    }
+}
+
+fn ms(s: f64) -> f64 {
+    s * 1e3
+}
+
+fn timings_to_proto(t: &Timings) -> pb::StageTimings {
+    pb::StageTimings {
+        retrieve_ms: ms(t.retrieve_s),
+        prompt_ms: ms(t.prompt_s),
+        prefill_ms: ms(t.prefill_s),
+        decode_ms: ms(t.decode_s),
+        total_ms: ms(t.total_s),
+        first_token_ms: ms(t.first_token_s),
+        prompt_tokens: t.prompt_tokens as u32,
+        generated_tokens: t.generated_tokens as u32,
+        cached_prompt_tokens: t.cached_prompt_tokens as u32,
+        queue_ms: ms(t.queue_s),
+    }
+}
+
+fn recommendation_to_proto(r: Recommendation) -> pb::RecommendResponse {
+    pb::RecommendResponse {
+        timings: Some(timings_to_proto(&r.timings)),
+        items: r
+            .items
+            .into_iter()
+            .map(|i| pb::RankedItem {
+                item_id: i.id,
+                title: i.title,
+                score: i.score,
+                retriever_rank: i.retriever_rank,
+                ranked_by_llm: i.by_llm,
+            })
+            .collect(),
+        retriever: r.retriever,
+        rank_mode: mode_to_proto(r.mode) as i32,
+        adapter: r.adapter,
+    }
+}
+
+/// At most 128 characters of a caller's user id, for logs.
+fn log_user(id: &str) -> &str {
+    match id.char_indices().nth(128) {
+        Some((at, _)) => &id[..at],
+        None => id,
+    }
+}
+
+/// The gRPC face of a [`Recommender`].
+#[derive(Debug, Clone)]
+pub struct RecommenderService {
+    core: Arc<Recommender>,
+}
+
+impl RecommenderService {
+    pub fn new(core: Arc<Recommender>) -> Self {
+        Self { core }
+    }
+
+    /// Runs one call inside its span, with metrics and the finishing log line.
+    async fn observe<T>(
+        &self,
+        rpc: &'static str,
+        user_id: &str,
+        fut: impl Future<Output = Result<T, ServiceError>>,
+    ) -> Result<Response<T>, Status> {
+        let span = tracing::info_span!(
+            "rpc",
+            rpc,
+            user_id = log_user(user_id),
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty
+        );
+        let m = self.core.metrics().clone();
+        async move {
+            let t = Instant::now();
+            // A guard, so a call the client abandons (its future dropped) is uncounted too.
+            let inflight = GaugeGuard::new(&m.inflight.with_label_values(&[rpc]));
+            let r = fut.await.map_err(Status::from);
+            drop(inflight);
+            let dt = t.elapsed();
+            let code = r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+            m.request_duration
+                .with_label_values(&[rpc])
+                .observe(dt.as_secs_f64());
+            m.requests.with_label_values(&[rpc, code_name(code)]).inc();
+            let latency_ms = dt.as_secs_f64() * 1e3;
+            let span = tracing::Span::current();
+            span.record("status", code_name(code));
+            span.record("latency_ms", latency_ms);
+            match &r {
+                Ok(_) => tracing::info!("request finished"),
+                Err(s) if matches!(s.code(), Code::Internal | Code::Unknown) => {
+                    tracing::error!(error = s.message(), "request failed")
+                }
+                Err(s) => tracing::info!(error = s.message(), "request failed"),
+            }
+            r.map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl RecommenderRpc for RecommenderService {
+    async fn recommend(
+        &self,
+        request: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let by = respond_by(&request);
+        let r = request.into_inner();
+        let user = r.user_id.clone();
+        self.observe("Recommend", &user, async move {
+            let p = RecommendParams {
+                mode: mode_from_proto(r.rank_mode)?,
+                history: r.history,
+                k: r.k,
+                retriever: r.retriever,
+                num_candidates: r.num_candidates,
+                adapter: r.adapter,
+                exclude: r.exclude,
+            };
+            Ok(recommendation_to_proto(self.core.recommend(p, by).await?))
+        })
+        .await
+    }
+
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let by = respond_by(&request);
+        let r = request.into_inner();
+        let user = r.user_id.clone();
+        self.observe("Rank", &user, async move {
+            let p = RankParams {
+                mode: mode_from_proto(r.rank_mode)?,
+                history: r.history,
+                candidates: r.candidates,
+                k: r.k,
+                adapter: r.adapter,
+            };
+            Ok(recommendation_to_proto(self.core.rank(p, by).await?))
+        })
+        .await
+    }
+
+    async fn retrieve(
+        &self,
+        request: Request<pb::RetrieveRequest>,
+    ) -> Result<Response<pb::RetrieveResponse>, Status> {
+        let by = respond_by(&request);
+        let r = request.into_inner();
+        self.observe("Retrieve", "", async move {
+            let p = RetrieveParams {
+                history: r.history,
+                num_candidates: r.num_candidates,
+                retriever: r.retriever,
+                exclude: r.exclude,
+            };
+            let out = self.core.retrieve(p, by).await?;
+            Ok(pb::RetrieveResponse {
+                timings: Some(timings_to_proto(&out.timings)),
+                items: out
+                    .items
+                    .into_iter()
+                    .map(|i| pb::ScoredItem {
+                        item_id: i.id,
+                        title: i.title,
+                        score: i.score,
+                    })
+                    .collect(),
+                retriever: out.retriever,
+            })
+        })
+        .await
+    }
+
+    async fn list_retrievers(
+        &self,
+        _request: Request<pb::ListRetrieversRequest>,
+    ) -> Result<Response<pb::ListRetrieversResponse>, Status> {
+        self.observe("ListRetrievers", "", async {
+            let default = self.core.default_retriever();
+            Ok(pb::ListRetrieversResponse {
+                retrievers: self
+                    .core
+                    .retrievers()
+                    .into_iter()
+                    .map(|r| pb::RetrieverInfo {
+                        is_default: r.name == default,
+                        library_path: r.path.display().to_string(),
+                        description: r.description,
+                        abi_version: r.abi_version,
+                        plugin_name: r.plugin_name,
+                        plugin_version: r.plugin_version,
+                        calls: r.stats.calls,
+                        failures: r.stats.errors + r.stats.panics + r.stats.contract_violations,
+                        name: r.name,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_model_info(
+        &self,
+        _request: Request<pb::GetModelInfoRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        self.observe("GetModelInfo", "", async {
+            let s = self.core.model_summary();
+            let l = &self.core.config().limits;
+            Ok(pb::ModelInfo {
+                model_name: s.name,
+                architecture: s.architecture,
+                backend: s.backend,
+                dtype: s.dtype,
+                num_layers: s.num_layers as u32,
+                hidden_size: s.hidden_size as u32,
+                vocab_size: s.vocab_size as u32,
+                max_context: s.max_context as u32,
+                adapters: self.core.adapter_names(),
+                default_adapter: self.core.config().model.default_adapter.clone(),
+                default_rank_mode: mode_to_proto(self.core.default_mode()) as i32,
+                default_k: l.default_k,
+                max_k: l.max_k,
+                default_num_candidates: l.default_num_candidates,
+                max_num_candidates: l.max_num_candidates,
+                max_history: l.max_request_history,
+                catalog_items: s.catalog_items as u32,
+                max_prompt_tokens: s.max_prompt_tokens as u32,
+                history_items_used: l.max_history_items,
+                prompt_history_items: s.prompt_history_items as u32,
+                max_score_candidates: s.max_score_candidates as u32,
+                max_retrieve_candidates: l.max_retrieve_candidates,
+                default_retriever: self.core.default_retriever().to_owned(),
+                max_exclude: l.max_exclude,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", "1 S", "é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deadline_counts_from_arrival() {
+        let arrived = Instant::now() - Duration::from_millis(40);
+        let mut req = Request::new(());
+        req.extensions_mut().insert(Received(arrived));
+        req.metadata_mut()
+            .insert("grpc-timeout", "100m".parse().unwrap());
+        assert_eq!(
+            respond_by(&req),
+            Some(arrived + Duration::from_millis(100) - DEADLINE_MARGIN)
+        );
+        let plain = Request::new(());
+        assert_eq!(respond_by(&plain), None);
+    }
+
+    #[test]
+    fn rank_modes() {
+        assert_eq!(mode_from_proto(0).unwrap(), None);
+        assert_eq!(mode_from_proto(3).unwrap(), Some(Mode::Retriever));
+        let e = mode_from_proto(9).unwrap_err();
+        assert!(e.to_string().contains("rank_mode = 9"), "{e}");
+        assert_eq!(mode_to_proto(Mode::Generate), pb::RankMode::Generate);
+    }
+
+    #[test]
+    fn user_ids_are_capped_in_logs() {
+        assert_eq!(log_user("u1"), "u1");
+        assert_eq!(log_user(&"é".repeat(500)).chars().count(), 128);
+    }
+}

@@ -1,0 +1,371 @@
+//! Prometheus metrics of the server, in a registry of their own (nothing global), served as
+//! the text exposition format (Prometheus docs, "Exposition formats", text format 0.0.4) at
+//! `GET /metrics` on a port separate from gRPC.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+/// Latency buckets in seconds: 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The gRPC methods, as metric labels.
+pub const RPCS: [&str; 5] = [
+    "Recommend",
+    "Rank",
+    "Retrieve",
+    "ListRetrievers",
+    "GetModelInfo",
+];
+/// The request stages, as metric labels.
+pub const STAGES: [&str; 5] = ["queue", "retrieve", "prompt", "prefill", "decode"];
+
+/// Every metric the server exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `palr_request_duration_seconds{rpc}`: handler latency, every outcome.
+    pub request_duration: HistogramVec,
+    /// `palr_requests_total{rpc,code}`: finished requests by gRPC status code (OK included).
+    pub requests: IntCounterVec,
+    /// `palr_stage_duration_seconds{stage}`: queue, retrieve, prompt, prefill, decode.
+    pub stage_duration: HistogramVec,
+    /// `palr_time_to_first_token_seconds{mode}`: from prefill start to the first generated
+    /// token (generate) or to the scores (score).
+    pub first_token: HistogramVec,
+    /// `palr_prompt_tokens_total{mode}`.
+    pub prompt_tokens: IntCounterVec,
+    /// `palr_cached_prompt_tokens_total{mode}`: prompt tokens served from the prefix cache.
+    pub cached_prompt_tokens: IntCounterVec,
+    /// `palr_generated_tokens_total{mode}`.
+    pub generated_tokens: IntCounterVec,
+    /// `palr_retriever_calls_total{retriever}`.
+    pub retriever_calls: IntCounterVec,
+    /// `palr_plugin_errors_total{retriever,kind}`; kind: error, panic, rejected_arguments,
+    /// contract.
+    pub plugin_errors: IntCounterVec,
+    /// `palr_rank_deadline_stops_total{stage}`: ranking jobs the ranker itself stopped
+    /// because the caller's deadline passed (stage: prefill, decode).
+    pub rank_deadline_stops: IntCounterVec,
+    /// `palr_queue_depth`: requests waiting for a ranking slot.
+    pub queue_depth: IntGauge,
+    /// `palr_rank_running`: ranking jobs running on blocking threads.
+    pub rank_running: IntGauge,
+    /// `palr_inflight_requests{rpc}`: requests being handled.
+    pub inflight: IntGaugeVec,
+    /// `palr_build_info{version,model,backend}` = 1.
+    pub build_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+            r.register(Box::new(m.clone()))
+                .expect("metric names are unique");
+            m
+        }
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid histogram")
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+        };
+        let r = &registry;
+        let m = Self {
+            request_duration: reg(
+                r,
+                hist(
+                    "palr_request_duration_seconds",
+                    "gRPC handler latency by method",
+                    &["rpc"],
+                ),
+            ),
+            requests: reg(
+                r,
+                counter(
+                    "palr_requests_total",
+                    "Finished gRPC requests by method and status code",
+                    &["rpc", "code"],
+                ),
+            ),
+            stage_duration: reg(
+                r,
+                hist(
+                    "palr_stage_duration_seconds",
+                    "Time per request stage: queue, retrieve, prompt, prefill, decode",
+                    &["stage"],
+                ),
+            ),
+            first_token: reg(
+                r,
+                hist(
+                    "palr_time_to_first_token_seconds",
+                    "From prefill start to the first generated token (generate) or the scores (score)",
+                    &["mode"],
+                ),
+            ),
+            prompt_tokens: reg(
+                r,
+                counter(
+                    "palr_prompt_tokens_total",
+                    "Prompt tokens ranked",
+                    &["mode"],
+                ),
+            ),
+            cached_prompt_tokens: reg(
+                r,
+                counter(
+                    "palr_cached_prompt_tokens_total",
+                    "Prompt tokens served from the shared-prefix KV cache",
+                    &["mode"],
+                ),
+            ),
+            generated_tokens: reg(
+                r,
+                counter(
+                    "palr_generated_tokens_total",
+                    "Tokens generated in generate mode",
+                    &["mode"],
+                ),
+            ),
+            retriever_calls: reg(
+                r,
+                counter(
+                    "palr_retriever_calls_total",
+                    "Calls into retriever plugins",
+                    &["retriever"],
+                ),
+            ),
+            plugin_errors: reg(
+                r,
+                counter(
+                    "palr_plugin_errors_total",
+                    "Failed retriever plugin calls by kind (error, panic, rejected_arguments, contract)",
+                    &["retriever", "kind"],
+                ),
+            ),
+            rank_deadline_stops: reg(
+                r,
+                counter(
+                    "palr_rank_deadline_stops_total",
+                    "Ranking jobs stopped by the caller's deadline, by the stage they were in",
+                    &["stage"],
+                ),
+            ),
+            queue_depth: reg(
+                r,
+                IntGauge::new("palr_queue_depth", "Requests waiting for a ranking slot")
+                    .expect("valid gauge"),
+            ),
+            rank_running: reg(
+                r,
+                IntGauge::new("palr_rank_running", "Ranking jobs running").expect("valid gauge"),
+            ),
+            inflight: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("palr_inflight_requests", "gRPC requests being handled"),
+                    &["rpc"],
+                )
+                .expect("valid gauge"),
+            ),
+            build_info: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "palr_build_info",
+                        "palr version, model and backend (value 1)",
+                    ),
+                    &["version", "model", "backend"],
+                )
+                .expect("valid gauge"),
+            ),
+            registry,
+        };
+        // Known series start at zero, so dashboards and rate() see them before the first
+        // request (Prometheus "instrumentation" guidelines: avoid missing metrics).
+        for rpc in RPCS {
+            m.request_duration.with_label_values(&[rpc]);
+            m.requests.with_label_values(&[rpc, "OK"]);
+            m.inflight.with_label_values(&[rpc]);
+        }
+        for stage in STAGES {
+            m.stage_duration.with_label_values(&[stage]);
+        }
+        for mode in ["score", "generate"] {
+            m.first_token.with_label_values(&[mode]);
+            m.prompt_tokens.with_label_values(&[mode]);
+            m.cached_prompt_tokens.with_label_values(&[mode]);
+            m.generated_tokens.with_label_values(&[mode]);
+        }
+        m
+    }
+
+    /// Observes one stage's duration.
+    pub fn stage(&self, stage: &str, d: Duration) {
+        self.stage_duration
+            .with_label_values(&[stage])
+            .observe(d.as_secs_f64());
+    }
+
+    /// A histogram of one stage (for callers that observe seconds directly).
+    pub fn stage_histogram(&self, stage: &str) -> Histogram {
+        self.stage_duration.with_label_values(&[stage])
+    }
+
+    /// Everything, in the text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let svc = hyper::service::service_fn(move |req| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(error = %e, %peer, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// The address a metrics listener is bound to, for logs.
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format_with_labels() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["Recommend", "OK"]).inc();
+        m.plugin_errors
+            .with_label_values(&["broken", "error"])
+            .inc_by(2);
+        m.stage("prefill", Duration::from_millis(30));
+        m.queue_depth.set(3);
+        let text = m.render();
+        assert!(
+            text.contains("palr_requests_total{code=\"OK\",rpc=\"Recommend\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("palr_plugin_errors_total{kind=\"error\",retriever=\"broken\"} 2"));
+        assert!(
+            text.contains("palr_stage_duration_seconds_bucket{stage=\"prefill\",le=\"0.05\"} 1")
+        );
+        assert!(text.contains("palr_queue_depth 3"));
+        // Series of known label values exist before anything happened.
+        assert!(
+            text.contains("palr_request_duration_seconds_count{rpc=\"Rank\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("palr_generated_tokens_total{mode=\"generate\"} 0"));
+    }
+
+    #[test]
+    fn http_paths() {
+        let m = Metrics::new();
+        let get = |method: Method, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            respond(&req, &m).status()
+        };
+        assert_eq!(get(Method::GET, "/metrics"), StatusCode::OK);
+        assert_eq!(
+            get(Method::POST, "/metrics"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(get(Method::GET, "/"), StatusCode::NOT_FOUND);
+    }
+}

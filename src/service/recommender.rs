@@ -1,0 +1,1020 @@
+//! The serving core, transport-free: what the server loaded (catalog, retrievers, ranker)
+//! and the three request flows (recommend, rank, retrieve) on plain Rust types.
+//!
+//! Requests are checked here, before any work, with messages that name the offending id or
+//! value and the bounds. Retrieval runs on a blocking thread; ranking runs on a blocking
+//! thread after [`Admission`] grants a slot. Every wait honours the caller's deadline
+//! (`respond_by`): the request then fails with DEADLINE_EXCEEDED and the ranker, which gets
+//! the same instant, stops at its next check and frees its slot.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::chat::ChatTemplate;
+use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
+use crate::engine::{self, LanguageModel, WeightDtype};
+use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
+use crate::retrieval::{RetrieverInfo, RetrieverRegistry, TrainingView};
+use crate::tokenizer::Tokenizer;
+
+use super::admission::Admission;
+use super::config::{DtypeConfig, ModeConfig, ServerConfig, TrainingSet};
+use super::error::{Result, ServiceError, StartError};
+use super::metrics::Metrics;
+
+/// How candidates are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// LLM, one pass over labelled candidates.
+    Score,
+    /// LLM, constrained generation of titles (PALR).
+    Generate,
+    /// No LLM: the retriever's (or caller's) order.
+    Retriever,
+}
+
+impl Mode {
+    fn rank_mode(self) -> Option<RankMode> {
+        match self {
+            Self::Score => Some(RankMode::Score),
+            Self::Generate => Some(RankMode::Generate),
+            Self::Retriever => None,
+        }
+    }
+
+    /// Lower-case name (metric labels, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Score => "score",
+            Self::Generate => "generate",
+            Self::Retriever => "retriever",
+        }
+    }
+}
+
+impl From<ModeConfig> for Mode {
+    fn from(m: ModeConfig) -> Self {
+        match m {
+            ModeConfig::Score => Self::Score,
+            ModeConfig::Generate => Self::Generate,
+            ModeConfig::Retriever => Self::Retriever,
+        }
+    }
+}
+
+/// A Recommend call. Counts of 0, empty names and `mode: None` mean the server's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RecommendParams {
+    pub history: Vec<String>,
+    pub k: u32,
+    pub retriever: String,
+    pub num_candidates: u32,
+    pub adapter: String,
+    pub mode: Option<Mode>,
+    pub exclude: Vec<String>,
+}
+
+/// A Rank call (caller's candidates, best first in the caller's order).
+#[derive(Debug, Clone, Default)]
+pub struct RankParams {
+    pub history: Vec<String>,
+    pub candidates: Vec<String>,
+    pub k: u32,
+    pub adapter: String,
+    pub mode: Option<Mode>,
+}
+
+/// A Retrieve call.
+#[derive(Debug, Clone, Default)]
+pub struct RetrieveParams {
+    pub history: Vec<String>,
+    pub num_candidates: u32,
+    pub retriever: String,
+    pub exclude: Vec<String>,
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommended {
+    pub id: String,
+    pub title: String,
+    /// LLM score for LLM-ranked items, else the retriever's score (0 for Rank calls).
+    pub score: f32,
+    /// 1-based position in the candidate list.
+    pub retriever_rank: u32,
+    pub by_llm: bool,
+}
+
+/// Where a request's time went (seconds) and its token counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    pub retrieve_s: f64,
+    pub queue_s: f64,
+    pub prompt_s: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    pub first_token_s: f64,
+    pub total_s: f64,
+    pub prompt_tokens: usize,
+    pub cached_prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+/// A Recommend or Rank answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    pub items: Vec<Recommended>,
+    pub timings: Timings,
+    /// The retriever used (empty for Rank).
+    pub retriever: String,
+    pub mode: Mode,
+    /// The adapter the LLM ranked with (the merged one when the weights carry one; empty
+    /// for the base model or when the LLM did not run).
+    pub adapter: String,
+}
+
+/// One retrieved item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retrieved {
+    pub id: String,
+    pub title: String,
+    pub score: f32,
+}
+
+/// A Retrieve answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retrieval {
+    pub items: Vec<Retrieved>,
+    pub retriever: String,
+    pub timings: Timings,
+}
+
+/// What GetModelInfo reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSummary {
+    pub name: String,
+    pub architecture: String,
+    pub backend: String,
+    pub dtype: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub max_context: usize,
+    pub max_prompt_tokens: usize,
+    pub prompt_history_items: usize,
+    pub max_score_candidates: usize,
+    pub catalog_items: usize,
+}
+
+/// Everything a request needs, loaded once at start-up and shared by all requests.
+pub struct Recommender {
+    cfg: ServerConfig,
+    catalog: Arc<Catalog>,
+    registry: RetrieverRegistry,
+    model: Arc<dyn LanguageModel>,
+    ranker: Arc<Ranker>,
+    admission: Admission,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Recommender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recommender")
+            .field("catalog_items", &self.catalog.len())
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped.
+pub(crate) struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    pub(crate) fn new(g: &prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Runs `fut`, or fails with DEADLINE_EXCEEDED (naming `stage`) once `respond_by` passes.
+async fn by<T>(
+    respond_by: Option<Instant>,
+    stage: &'static str,
+    fut: impl Future<Output = T>,
+) -> Result<T> {
+    match respond_by {
+        None => Ok(fut.await),
+        // Already past: fail now (a timer for a past instant fires only at the next tick).
+        Some(d) if Instant::now() >= d => Err(ServiceError::DeadlineExceeded(stage)),
+        Some(d) => tokio::select! {
+            biased;
+            v = fut => Ok(v),
+            _ = tokio::time::sleep_until(d.into()) => Err(ServiceError::DeadlineExceeded(stage)),
+        },
+    }
+}
+
+fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
+    r.map_err(|e| ServiceError::Internal(format!("worker thread failed: {e}")))
+}
+
+impl Recommender {
+    /// Loads the data set, the retriever plugins, the model and the ranker (and warms the
+    /// ranker's prompt prefixes when `server.warmup` is on).
+    pub fn load(cfg: &ServerConfig, metrics: Metrics) -> std::result::Result<Self, StartError> {
+        cfg.validate()?;
+        let data_dir = cfg.data.dir.display().to_string();
+        let format = match cfg.data.format.as_str() {
+            "" => None,
+            f => Some(f.parse::<Format>().map_err(|source| StartError::Data {
+                dir: data_dir.clone(),
+                source,
+            })?),
+        };
+        let opts = LoadOptions {
+            format,
+            unknown_items: if cfg.data.skip_unknown_items {
+                UnknownItems::Skip
+            } else {
+                UnknownItems::Error
+            },
+        };
+        let ds = Dataset::load(&cfg.data.dir, &opts).map_err(|source| StartError::Data {
+            dir: data_dir.clone(),
+            source,
+        })?;
+        let view = training_view(&ds, cfg.retrieval.training)?;
+        tracing::info!(
+            items = ds.catalog.len(),
+            users = view.n_users(),
+            interactions = view.n_interactions(),
+            training = ?cfg.retrieval.training,
+            dir = %data_dir,
+            "data set loaded"
+        );
+        let catalog = Arc::new(ds.catalog);
+        let view = Arc::new(view);
+        let registry = if cfg.retrieval.plugin_dirs.is_empty() {
+            RetrieverRegistry::new(view)
+        } else {
+            RetrieverRegistry::with_search_dirs(view, cfg.retrieval.plugin_dirs.clone())
+        };
+        // The registry logs each load.
+        registry.load_all(&cfg.retrieval.retrievers)?;
+
+        let model_dir = &cfg.model.dir;
+        let model_err = |message: String| StartError::Model {
+            dir: model_dir.display().to_string(),
+            message,
+        };
+        let t = Instant::now();
+        let model = engine::load(
+            model_dir,
+            &engine::LoadOptions {
+                dtype: match cfg.model.dtype {
+                    DtypeConfig::F32 => WeightDtype::F32,
+                    DtypeConfig::Bf16 => WeightDtype::Bf16,
+                },
+                threads: cfg.model.threads,
+                max_batch_rows: cfg.model.max_batch_rows,
+                adapters: cfg
+                    .model
+                    .adapters
+                    .iter()
+                    .map(|a| engine::AdapterSpec {
+                        name: a.name.clone(),
+                        dir: a.dir.clone(),
+                        merge: a.merge,
+                    })
+                    .collect(),
+                ..engine::LoadOptions::default()
+            },
+        )
+        .map_err(|e| model_err(e.to_string()))?;
+        let tok = Tokenizer::from_file(model_dir.join("tokenizer.json"))
+            .map_err(|e| model_err(e.to_string()))?;
+        let chat = ChatTemplate::from_model_dir(model_dir).map_err(|e| model_err(e.to_string()))?;
+        let ranker = Ranker::new(
+            model.clone(),
+            Arc::new(tok),
+            chat.as_ref(),
+            catalog.clone(),
+            cfg.ranking.clone(),
+        )?;
+        tracing::info!(
+            model = %model.config().name,
+            backend = %model.describe(),
+            load_ms = t.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        let default_adapter = &cfg.model.default_adapter;
+        if !default_adapter.is_empty() && !ranker.has_adapter(default_adapter) {
+            return Err(StartError::Config(super::config::ConfigError::Invalid(
+                format!("model.default_adapter = {default_adapter:?} is not among model.adapters"),
+            )));
+        }
+        let max_score = ranker.max_score_candidates();
+        if cfg.limits.default_rank_mode == ModeConfig::Score
+            && cfg.limits.default_num_candidates as usize > max_score
+        {
+            return Err(StartError::Config(super::config::ConfigError::Invalid(
+                format!(
+                    "limits.default_num_candidates = {} but score mode (limits.default_rank_mode) ranks \
+                 at most {max_score} candidates (one per ranking.prompt.score_labels character)",
+                    cfg.limits.default_num_candidates
+                ),
+            )));
+        }
+        metrics
+            .build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &model.config().name,
+                &model.describe(),
+            ])
+            .set(1);
+        let me = Self {
+            admission: Admission::new(
+                cfg.server.max_concurrent_rank,
+                cfg.server.max_queue,
+                metrics.queue_depth.clone(),
+            ),
+            cfg: cfg.clone(),
+            catalog,
+            registry,
+            model,
+            ranker: Arc::new(ranker),
+            metrics,
+        };
+        if cfg.server.warmup {
+            me.warm_up()?;
+        }
+        Ok(me)
+    }
+
+    /// Runs each mode once on the first catalog items so the shared prompt prefixes are in
+    /// the KV cache before the first request.
+    fn warm_up(&self) -> std::result::Result<(), StartError> {
+        if self.catalog.len() < 3 {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let default = self.check_adapter("").ok().flatten();
+        for mode in [RankMode::Score, RankMode::Generate] {
+            self.ranker.rank(&RankRequest {
+                history: &[0],
+                candidates: &[1, 2],
+                k: 1,
+                mode,
+                adapter: default.as_deref(),
+                deadline: None,
+            })?;
+        }
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "ranker warmed up");
+        Ok(())
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The loaded retrievers, by name.
+    pub fn retrievers(&self) -> Vec<RetrieverInfo> {
+        self.registry.list()
+    }
+
+    /// The retriever used when a request names none.
+    pub fn default_retriever(&self) -> &str {
+        &self.cfg.retrieval.default
+    }
+
+    /// The mode used when a request leaves it unspecified.
+    pub fn default_mode(&self) -> Mode {
+        self.cfg.limits.default_rank_mode.into()
+    }
+
+    /// The model and the ranker's limits.
+    pub fn model_summary(&self) -> ModelSummary {
+        let c = self.model.config();
+        ModelSummary {
+            name: c.name.clone(),
+            architecture: c.architecture.clone(),
+            backend: self.model.describe(),
+            dtype: match self.cfg.model.dtype {
+                DtypeConfig::F32 => "f32",
+                DtypeConfig::Bf16 => "bf16",
+            }
+            .to_owned(),
+            num_layers: c.n_layers,
+            hidden_size: c.dim,
+            vocab_size: c.vocab_size,
+            max_context: c.max_position_embeddings,
+            max_prompt_tokens: self.ranker.config().max_prompt_tokens,
+            prompt_history_items: self.ranker.config().max_history,
+            max_score_candidates: self.ranker.max_score_candidates(),
+            catalog_items: self.catalog.len(),
+        }
+    }
+
+    fn title(&self, i: u32) -> String {
+        self.catalog.title(i).unwrap_or_default().to_owned()
+    }
+
+    fn id(&self, i: u32) -> String {
+        self.catalog.id(i).unwrap_or_default().to_owned()
+    }
+
+    /// The adapter a request runs with (`None`: the model as loaded), or NOT_FOUND.
+    fn check_adapter(&self, adapter: &str) -> Result<Option<String>> {
+        let name = if adapter.is_empty() {
+            self.cfg.model.default_adapter.as_str()
+        } else {
+            adapter
+        };
+        if name.is_empty() {
+            return Ok(None);
+        }
+        if self.ranker.has_adapter(name) {
+            return Ok(Some(name.to_owned()));
+        }
+        let loaded = self.adapter_names();
+        Err(ServiceError::NotFound(if loaded.is_empty() {
+            format!(
+                "unknown adapter {name:?}: this server has no adapters loaded; leave adapter empty for the base model"
+            )
+        } else {
+            format!("unknown adapter {name:?}; loaded: {}", loaded.join(", "))
+        }))
+    }
+
+    /// What a response reports as its adapter.
+    fn adapter_used(&self, mode: Mode, adapter: &Option<String>) -> String {
+        if mode.rank_mode().is_none() {
+            return String::new();
+        }
+        adapter
+            .clone()
+            .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// Names requests may use in `adapter` (unmerged and merged).
+    pub fn adapter_names(&self) -> Vec<String> {
+        let m = self.ranker.model();
+        m.adapters()
+            .iter()
+            .cloned()
+            .chain(m.merged_adapter().map(str::to_owned))
+            .collect()
+    }
+
+    /// Catalog indices of `ids`, or an error naming the first unknown id and where it is.
+    fn resolve(&self, field: &str, ids: &[String]) -> Result<Vec<u32>> {
+        ids.iter()
+            .enumerate()
+            .map(|(pos, id)| {
+                self.catalog.index_of(id).ok_or_else(|| {
+                    ServiceError::InvalidArgument(format!(
+                        "{field}[{pos}] = {:?} is not an item id of this catalog ({} items); send ids \
+                         as the data set writes them",
+                        truncated(id),
+                        self.catalog.len()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    fn resolve_history(&self, history: &[String]) -> Result<Vec<u32>> {
+        let l = &self.cfg.limits;
+        if history.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "history is empty: send at least one item id the user interacted with, oldest first"
+                    .into(),
+            ));
+        }
+        if history.len() > l.max_request_history as usize {
+            return Err(ServiceError::InvalidArgument(format!(
+                "history has {} items, over the limit of {}: send the most recent {} (only the \
+                 last {} are used anyway)",
+                history.len(),
+                l.max_request_history,
+                l.max_request_history,
+                l.max_history_items
+            )));
+        }
+        self.resolve("history", history)
+    }
+
+    fn resolve_exclude(&self, exclude: &[String]) -> Result<Vec<u32>> {
+        let max = self.cfg.limits.max_exclude as usize;
+        if exclude.len() > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "exclude has {} items, over the limit of {max}",
+                exclude.len()
+            )));
+        }
+        self.resolve("exclude", exclude)
+    }
+
+    fn mode(&self, m: Option<Mode>) -> Mode {
+        m.unwrap_or_else(|| self.default_mode())
+    }
+
+    /// `num_candidates` after defaults, checked against `max` (and the score labels).
+    fn num_candidates(&self, n: u32, max: u32, mode: Mode) -> Result<usize> {
+        let l = &self.cfg.limits;
+        let max_score = self.ranker.max_score_candidates();
+        if n == 0 {
+            let d = l.default_num_candidates as usize;
+            return Ok(if mode == Mode::Score {
+                d.min(max_score)
+            } else {
+                d
+            });
+        }
+        if n > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "num_candidates = {n} is out of bounds: use 1..={max} (0 = the default, {})",
+                l.default_num_candidates
+            )));
+        }
+        self.check_score_cap(n as usize, mode)?;
+        Ok(n as usize)
+    }
+
+    fn check_score_cap(&self, n: usize, mode: Mode) -> Result<()> {
+        let max_score = self.ranker.max_score_candidates();
+        if mode == Mode::Score && n > max_score {
+            return Err(ServiceError::InvalidArgument(format!(
+                "score mode ranks at most {max_score} candidates (one label each), got {n}: send \
+                 fewer candidates or use generate mode"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `k` after defaults, checked against `max_k` and the `available` candidates.
+    fn k(&self, k: u32, available: usize, what: &str) -> Result<usize> {
+        let l = &self.cfg.limits;
+        if k == 0 {
+            return Ok((l.default_k as usize).min(available));
+        }
+        if k > l.max_k {
+            return Err(ServiceError::InvalidArgument(format!(
+                "k = {k} is out of bounds: use 1..={} (0 = the default, {})",
+                l.max_k, l.default_k
+            )));
+        }
+        if k as usize > available {
+            return Err(ServiceError::InvalidArgument(format!(
+                "k = {k} exceeds {what} = {available}: ask for at most as many items as candidates"
+            )));
+        }
+        Ok(k as usize)
+    }
+
+    /// Splits a history into the part used (the most recent `max_history_items`) and the
+    /// older part (excluded from results only).
+    fn recent<'h>(&self, history: &'h [u32]) -> (&'h [u32], &'h [u32]) {
+        let keep = self.cfg.limits.max_history_items as usize;
+        let cut = history.len().saturating_sub(keep);
+        (&history[cut..], &history[..cut])
+    }
+
+    /// Retrieval on a blocking thread, with metrics.
+    async fn run_retrieve(
+        &self,
+        name: &str,
+        history: Vec<u32>,
+        n: usize,
+        exclude: Vec<u32>,
+        respond_by: Option<Instant>,
+    ) -> Result<(Vec<(u32, f32)>, Duration)> {
+        let retriever = self.registry.get(name)?;
+        self.metrics
+            .retriever_calls
+            .with_label_values(&[name])
+            .inc();
+        let t = Instant::now();
+        let job = tokio::task::spawn_blocking(move || retriever.retrieve(&history, n, &exclude));
+        let out = joined(by(respond_by, "retrieval", job).await?)?.map_err(ServiceError::from);
+        let dt = t.elapsed();
+        self.metrics.stage("retrieve", dt);
+        if let Err(e) = &out
+            && let Some((retriever, kind)) = e.plugin_failure()
+        {
+            self.metrics
+                .plugin_errors
+                .with_label_values(&[retriever, kind])
+                .inc();
+            tracing::warn!(retriever, kind, error = %e, "retriever plugin failed");
+        }
+        Ok((out?, dt))
+    }
+
+    /// Ranking: waits for a slot, then runs the ranker on a blocking thread.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_rank(
+        self: &Arc<Self>,
+        history: Vec<u32>,
+        candidates: Vec<u32>,
+        k: usize,
+        mode: RankMode,
+        adapter: Option<String>,
+        respond_by: Option<Instant>,
+        timings: &mut Timings,
+    ) -> Result<RankOutput> {
+        let t = Instant::now();
+        let permit = by(respond_by, "the queue wait", self.admission.acquire())
+            .await?
+            .map_err(|full| ServiceError::Busy {
+                waiting: full.waiting,
+            })?;
+        timings.queue_s = t.elapsed().as_secs_f64();
+        self.metrics.stage("queue", t.elapsed());
+        let me = self.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            let _running = GaugeGuard::new(&me.metrics.rank_running);
+            let out = me.ranker.rank(&RankRequest {
+                history: &history,
+                candidates: &candidates,
+                k,
+                mode,
+                adapter: adapter.as_deref(),
+                deadline: respond_by,
+            });
+            if let Err(RankError::DeadlineExceeded(stage)) = &out {
+                me.metrics
+                    .rank_deadline_stops
+                    .with_label_values(&[stage])
+                    .inc();
+            }
+            out
+        });
+        let out = joined(by(respond_by, "ranking", job).await?)??;
+        let rt = &out.timings;
+        let m = &self.metrics;
+        let label = match mode {
+            RankMode::Score => "score",
+            RankMode::Generate => "generate",
+        };
+        m.stage_histogram("prompt").observe(rt.prompt_s);
+        m.stage_histogram("prefill").observe(rt.prefill_s);
+        if mode == RankMode::Generate {
+            m.stage_histogram("decode").observe(rt.decode_s);
+        }
+        m.first_token
+            .with_label_values(&[label])
+            .observe(rt.first_token_s);
+        m.prompt_tokens
+            .with_label_values(&[label])
+            .inc_by(rt.prompt_tokens as u64);
+        m.cached_prompt_tokens
+            .with_label_values(&[label])
+            .inc_by(rt.cached_prompt_tokens as u64);
+        m.generated_tokens
+            .with_label_values(&[label])
+            .inc_by(rt.generated_tokens as u64);
+        timings.prompt_s = rt.prompt_s;
+        timings.prefill_s = rt.prefill_s;
+        timings.decode_s = rt.decode_s;
+        timings.first_token_s = rt.first_token_s;
+        timings.prompt_tokens = rt.prompt_tokens;
+        timings.cached_prompt_tokens = rt.cached_prompt_tokens;
+        timings.generated_tokens = rt.generated_tokens;
+        Ok(out)
+    }
+
+    /// Retrieve with a plugin, then rank with the LLM (or keep the retriever's order).
+    pub async fn recommend(
+        self: &Arc<Self>,
+        p: RecommendParams,
+        respond_by: Option<Instant>,
+    ) -> Result<Recommendation> {
+        let t0 = Instant::now();
+        let mode = self.mode(p.mode);
+        let adapter = self.check_adapter(&p.adapter)?;
+        let adapter_used = self.adapter_used(mode, &adapter);
+        let retriever = if p.retriever.is_empty() {
+            self.default_retriever().to_owned()
+        } else {
+            p.retriever
+        };
+        // Unknown names fail before any other work.
+        self.registry.get(&retriever)?;
+        let history = self.resolve_history(&p.history)?;
+        let mut exclude = self.resolve_exclude(&p.exclude)?;
+        let n = self.num_candidates(p.num_candidates, self.cfg.limits.max_num_candidates, mode)?;
+        let k = self.k(p.k, n, "num_candidates")?;
+        let (recent, older) = self.recent(&history);
+        exclude.extend_from_slice(older);
+        let recent = recent.to_vec();
+
+        let mut timings = Timings::default();
+        let (candidates, dt) = self
+            .run_retrieve(&retriever, recent.clone(), n, exclude, respond_by)
+            .await?;
+        timings.retrieve_s = dt.as_secs_f64();
+        let k = k.min(candidates.len());
+        let items = match mode.rank_mode() {
+            _ if candidates.is_empty() => Vec::new(),
+            None => candidates[..k]
+                .iter()
+                .enumerate()
+                .map(|(pos, &(item, score))| Recommended {
+                    id: self.id(item),
+                    title: self.title(item),
+                    score,
+                    retriever_rank: pos as u32 + 1,
+                    by_llm: false,
+                })
+                .collect(),
+            Some(rank_mode) => {
+                let ids: Vec<u32> = candidates.iter().map(|c| c.0).collect();
+                let out = self
+                    .run_rank(recent, ids, k, rank_mode, adapter, respond_by, &mut timings)
+                    .await?;
+                out.items
+                    .iter()
+                    .map(|r| Recommended {
+                        id: self.id(r.item),
+                        title: self.title(r.item),
+                        score: if r.by_llm {
+                            r.score
+                        } else {
+                            candidates[r.candidate_rank as usize].1
+                        },
+                        retriever_rank: r.candidate_rank + 1,
+                        by_llm: r.by_llm,
+                    })
+                    .collect()
+            }
+        };
+        timings.total_s = t0.elapsed().as_secs_f64();
+        Ok(Recommendation {
+            items,
+            timings,
+            retriever,
+            mode,
+            adapter: adapter_used,
+        })
+    }
+
+    /// Rank the caller's candidates with the LLM (or keep their order).
+    pub async fn rank(
+        self: &Arc<Self>,
+        p: RankParams,
+        respond_by: Option<Instant>,
+    ) -> Result<Recommendation> {
+        let t0 = Instant::now();
+        let mode = self.mode(p.mode);
+        let adapter = self.check_adapter(&p.adapter)?;
+        let adapter_used = self.adapter_used(mode, &adapter);
+        let history = self.resolve_history(&p.history)?;
+        let max = self.cfg.limits.max_num_candidates as usize;
+        if p.candidates.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "candidates is empty: send the item ids to rank, best first".into(),
+            ));
+        }
+        if p.candidates.len() > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{} candidates, over the limit of {max}: send at most {max}",
+                p.candidates.len()
+            )));
+        }
+        self.check_score_cap(p.candidates.len(), mode)?;
+        let candidates = self.resolve("candidates", &p.candidates)?;
+        let mut seen = HashSet::with_capacity(candidates.len());
+        for (pos, c) in candidates.iter().enumerate() {
+            if !seen.insert(*c) {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "candidates[{pos}] = {:?} is listed twice: send each candidate once",
+                    p.candidates[pos]
+                )));
+            }
+        }
+        let in_history: HashSet<u32> = history.iter().copied().collect();
+        if let Some(pos) = candidates.iter().position(|c| in_history.contains(c)) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "candidates[{pos}] = {:?} is in the history: candidates must be items the user has \
+                 not interacted with",
+                p.candidates[pos]
+            )));
+        }
+        let k = self.k(p.k, candidates.len(), "the number of candidates")?;
+        let (recent, _) = self.recent(&history);
+        let mut timings = Timings::default();
+        let items = match mode.rank_mode() {
+            None => candidates[..k]
+                .iter()
+                .enumerate()
+                .map(|(pos, &item)| Recommended {
+                    id: self.id(item),
+                    title: self.title(item),
+                    score: 0.0,
+                    retriever_rank: pos as u32 + 1,
+                    by_llm: false,
+                })
+                .collect(),
+            Some(rank_mode) => {
+                let out = self
+                    .run_rank(
+                        recent.to_vec(),
+                        candidates,
+                        k,
+                        rank_mode,
+                        adapter,
+                        respond_by,
+                        &mut timings,
+                    )
+                    .await?;
+                out.items
+                    .iter()
+                    .map(|r| Recommended {
+                        id: self.id(r.item),
+                        title: self.title(r.item),
+                        score: r.score,
+                        retriever_rank: r.candidate_rank + 1,
+                        by_llm: r.by_llm,
+                    })
+                    .collect()
+            }
+        };
+        timings.total_s = t0.elapsed().as_secs_f64();
+        Ok(Recommendation {
+            items,
+            timings,
+            retriever: String::new(),
+            mode,
+            adapter: adapter_used,
+        })
+    }
+
+    /// Retrieval only.
+    pub async fn retrieve(
+        self: &Arc<Self>,
+        p: RetrieveParams,
+        respond_by: Option<Instant>,
+    ) -> Result<Retrieval> {
+        let t0 = Instant::now();
+        let retriever = if p.retriever.is_empty() {
+            self.default_retriever().to_owned()
+        } else {
+            p.retriever
+        };
+        self.registry.get(&retriever)?;
+        let history = self.resolve_history(&p.history)?;
+        let mut exclude = self.resolve_exclude(&p.exclude)?;
+        let l = &self.cfg.limits;
+        let n = if p.num_candidates == 0 {
+            l.default_num_candidates as usize
+        } else if p.num_candidates > l.max_retrieve_candidates {
+            return Err(ServiceError::InvalidArgument(format!(
+                "num_candidates = {} is out of bounds: use 1..={} (0 = the default, {})",
+                p.num_candidates, l.max_retrieve_candidates, l.default_num_candidates
+            )));
+        } else {
+            p.num_candidates as usize
+        };
+        let (recent, older) = self.recent(&history);
+        exclude.extend_from_slice(older);
+        let (found, dt) = self
+            .run_retrieve(&retriever, recent.to_vec(), n, exclude, respond_by)
+            .await?;
+        Ok(Retrieval {
+            items: found
+                .into_iter()
+                .map(|(item, score)| Retrieved {
+                    id: self.id(item),
+                    title: self.title(item),
+                    score,
+                })
+                .collect(),
+            retriever,
+            timings: Timings {
+                retrieve_s: dt.as_secs_f64(),
+                total_s: t0.elapsed().as_secs_f64(),
+                ..Timings::default()
+            },
+        })
+    }
+}
+
+/// At most 64 characters of an untrusted id, for messages.
+fn truncated(id: &str) -> String {
+    match id.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &id[..at]),
+        None => id.to_owned(),
+    }
+}
+
+/// The interactions retrievers learn from, as the C ABI's flat arrays.
+fn training_view(ds: &Dataset, set: TrainingSet) -> std::result::Result<TrainingView, StartError> {
+    let inter = &ds.interactions;
+    let n_items = ds.catalog.len() as u32;
+    let view = match set {
+        TrainingSet::All => TrainingView::new(
+            n_items,
+            inter.sequences().offsets().to_vec(),
+            inter.sequences().items().to_vec(),
+            Some(inter.timestamps().to_vec()),
+        ),
+        TrainingSet::TrainSplit => {
+            let split = Split::leave_one_out(inter);
+            let mut offsets = Vec::with_capacity(inter.n_users() + 1);
+            offsets.push(0u64);
+            let (mut items, mut stamps) = (Vec::new(), Vec::new());
+            for u in 0..inter.n_users() as u32 {
+                let train = split.train(u);
+                items.extend_from_slice(train);
+                // `train` is a prefix of the user's sequence, so its timestamps are too.
+                stamps.extend_from_slice(&inter.timestamps_of(u)[..train.len()]);
+                offsets.push(items.len() as u64);
+            }
+            TrainingView::new(n_items, offsets, items, Some(stamps))
+        }
+    };
+    Ok(view?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::data::{Catalog, Format, InteractionsBuilder, Item, SourceFiles};
+
+    fn dataset() -> Dataset {
+        let catalog = Catalog::from_items(
+            (0..5)
+                .map(|i| Item::new(format!("{}", i + 1), &format!("Movie {i}")))
+                .collect(),
+        )
+        .unwrap();
+        let mut b = InteractionsBuilder::new();
+        // User a: four items (two of them become valid/test targets); user b: two items
+        // (too few for targets, all training).
+        for (t, item) in [0u32, 1, 2, 3].into_iter().enumerate() {
+            b.push("a", item, 100 + t as i64, None);
+        }
+        b.push("b", 4, 7, None);
+        b.push("b", 0, 8, None);
+        let interactions = b.build(&catalog);
+        Dataset {
+            catalog,
+            interactions,
+            files: SourceFiles {
+                format: Format::Csv,
+                items: "items.csv".into(),
+                interactions: "inter.csv".into(),
+            },
+            skipped_unknown_items: 0,
+        }
+    }
+
+    #[test]
+    fn training_views_all_and_train_split() {
+        let ds = dataset();
+        let all = training_view(&ds, TrainingSet::All).unwrap();
+        assert_eq!(all.offsets(), &[0, 4, 6]);
+        assert_eq!(all.items(), &[0, 1, 2, 3, 4, 0]);
+        assert_eq!(all.timestamps().unwrap(), &[100, 101, 102, 103, 7, 8]);
+        let train = training_view(&ds, TrainingSet::TrainSplit).unwrap();
+        // User a keeps its first two items (3rd = valid, 4th = test); user b keeps both.
+        assert_eq!(train.offsets(), &[0, 2, 4]);
+        assert_eq!(train.items(), &[0, 1, 4, 0]);
+        assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
+        assert_eq!(train.n_items(), 5);
+    }
+
+    #[test]
+    fn long_ids_are_truncated_in_messages() {
+        assert_eq!(truncated("42"), "42");
+        let long = "x".repeat(1000);
+        assert_eq!(truncated(&long).len(), 67);
+    }
+}

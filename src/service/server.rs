@@ -1,0 +1,305 @@
+//! Running the server: gRPC (`palr.v1.Recommender`, `grpc.health.v1.Health`, server
+//! reflection v1 and v1alpha) on one listener, Prometheus `/metrics` on another, and the
+//! graceful shutdown.
+//!
+//! gRPC is served by hyper's HTTP/2 server over tonic's `Routes` rather than by tonic's
+//! `transport::Server`: that server wraps every call in its own `grpc-timeout` service, which
+//! answers CANCELLED ("Timeout expired") whenever its timer wins the race with the handler —
+//! always for deadlines shorter than the time to read the request — while the gRPC spec's
+//! answer is DEADLINE_EXCEEDED. Here the handlers own the deadline (`grpc` module docs).
+//!
+//! Shutdown, when the `shutdown` future resolves (SIGTERM/SIGINT in `palr serve`):
+//! 1. health reports NOT_SERVING (for `""` and `palr.v1.Recommender`);
+//! 2. after `server.shutdown_grace_ms` the health statuses are cleared (which ends open
+//!    `Watch` streams, so they do not hold the drain up), the listener is closed, and every
+//!    connection gets an HTTP/2 GOAWAY: requests already accepted — running or queued for
+//!    the ranker — finish and are answered;
+//! 3. at most `server.drain_timeout_s` later the server returns, whether or not everything
+//!    drained (what did not is logged); the metrics endpoint stops last.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::proto::v1::recommender_server::RecommenderServer;
+
+use super::error::StartError;
+use super::grpc::{RecommenderService, Stamp};
+use super::metrics::serve_metrics;
+use super::recommender::Recommender;
+
+/// The gRPC service name of the recommender (for health checks).
+pub const SERVICE_NAME: &str = "palr.v1.Recommender";
+
+/// How a server run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every accepted request finished.
+    All,
+    /// `drain_timeout_s` passed with requests still running.
+    TimedOut,
+}
+
+/// Binds `addr`, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves `core` on `grpc` (and `/metrics` on `metrics`) until `shutdown` resolves, then
+/// shuts down gracefully (module docs).
+pub async fn serve(
+    core: Arc<Recommender>,
+    grpc: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Drained, StartError> {
+    let cfg = core.config().server.clone();
+    let grpc_addr = grpc.local_addr().ok();
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+
+    let (mut health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
+
+    let (stop_metrics_tx, stop_metrics_rx) = oneshot::channel::<()>();
+    let metrics_task = metrics.map(|l| {
+        tokio::spawn(serve_metrics(l, core.metrics().clone(), async {
+            let _ = stop_metrics_rx.await;
+        }))
+    });
+
+    let routes = Routes::builder()
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RecommenderServer::new(RecommenderService::new(
+            core.clone(),
+        )))
+        .clone()
+        .routes();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = accept_loop(grpc, Stamp::new(routes), stop_rx);
+    tokio::pin!(serving);
+    tracing::info!(
+        grpc = %grpc_addr.map_or_else(String::new, |a| a.to_string()),
+        metrics = %super::metrics::describe(metrics_addr),
+        "serving"
+    );
+
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut serving => {
+            return Err(StartError::Serve("the gRPC accept loop stopped unexpectedly".into()));
+        }
+        () = &mut shutdown => {}
+    }
+
+    tracing::info!(
+        grace_ms = cfg.shutdown_grace_ms,
+        "shutting down: health is NOT_SERVING"
+    );
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    if cfg.shutdown_grace_ms > 0 {
+        tokio::select! {
+            () = &mut serving => {}
+            () = tokio::time::sleep(Duration::from_millis(cfg.shutdown_grace_ms)) => {}
+        }
+    }
+    // Ends health Watch streams (their senders go), so they do not hold the drain up.
+    for name in ["", SERVICE_NAME] {
+        health.clear_service_status(name).await;
+    }
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        timeout_s = cfg.drain_timeout_s,
+        "no longer accepting; draining in-flight requests"
+    );
+    let drain = Duration::from_secs(cfg.drain_timeout_s);
+    let outcome = match tokio::time::timeout(drain, &mut serving).await {
+        Ok(()) => {
+            tracing::info!("drained; stopped");
+            Drained::All
+        }
+        Err(_) => {
+            tracing::warn!(
+                inflight = core.metrics().rank_running.get() + core.metrics().queue_depth.get(),
+                "drain timeout passed with requests still running; stopping anyway"
+            );
+            Drained::TimedOut
+        }
+    };
+    let _ = stop_metrics_tx.send(());
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    Ok(outcome)
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await (it is not Send).
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Accepts HTTP/2 (h2c) connections on `listener` and serves `svc` on each, until `stop`
+/// turns true; then closes the listener, asks every connection to finish (GOAWAY: streams
+/// already open complete, new ones are refused) and returns once all have closed.
+async fn accept_loop<S>(listener: TcpListener, svc: S, mut stop: watch::Receiver<bool>)
+where
+    S: tonic::codegen::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    // Each connection task holds a clone; `recv` returns None once all are gone.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()));
+        let mut stop = stop.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    // Closing the listener now refuses new connections at once.
+    drop(listener);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
+}
+
+/// A server running on the current tokio runtime (tests, embedding).
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics` listens, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<Drained, StartError>>,
+}
+
+impl RunningServer {
+    /// Binds the configured addresses and starts serving `core` in a task.
+    pub async fn start(core: Arc<Recommender>) -> Result<Self, StartError> {
+        let cfg = &core.config().server;
+        let grpc = bind(cfg.grpc_addr()?).await?;
+        let metrics = match cfg.metrics_socket()? {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.addr.clone(),
+            source,
+        })?;
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(core, grpc, metrics, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            grpc_addr,
+            metrics_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Starts the graceful shutdown (returns at once).
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Waits for the server to end (after [`RunningServer::shutdown`]).
+    pub async fn wait(self) -> Result<Drained, StartError> {
+        self.task
+            .await
+            .map_err(|e| StartError::Serve(format!("server task failed: {e}")))?
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received");
+    }
+}

@@ -1,0 +1,1174 @@
+//! The server end to end: the real model (`PALR_MODEL_DIR` or models/smollm2-135m-instruct),
+//! the real data (`$PALR_DATA_DIR/ml-100k` or data/ml-100k) and the real plugins (the three
+//! baselines plus misbehaving `testkit` instances), served in-process on loopback ports and
+//! called with tonic clients: every RPC, health, reflection, /metrics, every validation error,
+//! deadlines, a failing plugin, the busy queue and the graceful shutdown.
+//!
+//! One server is shared by the tests of this file (started once on a shared runtime); the
+//! shutdown test starts its own. Tests that run the LLM take `llm_lock()` so the deadline and
+//! queue tests see an idle ranker.
+//!
+//! Needs `cargo build --release --workspace` (plugins), `palr model fetch` and `palr data
+//! fetch ml-100k` first, as `scripts/test.sh` does.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use palr::proto::v1 as pb;
+use palr::retrieval::RetrieverSpec;
+use palr::service::{Drained, Metrics, Recommender, RunningServer, ServerConfig};
+use pb::recommender_client::RecommenderClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// MovieLens-100k's directory; fails with what to run when missing.
+fn data_dir() -> PathBuf {
+    let mut dir = palr::data::default_data_dir().join("ml-100k");
+    if dir.is_relative() {
+        dir = common::repo().join(dir);
+    }
+    assert!(
+        dir.join("ml-100k.item").exists(),
+        "MovieLens-100k not found at {}: run `palr data fetch ml-100k` (scripts/test.sh does) or set PALR_DATA_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// The demo configuration on loopback ports, with three misbehaving plugins added and a
+/// small prompt limit so an oversize prompt is easy to send.
+fn test_config() -> ServerConfig {
+    let mut c = ServerConfig::default();
+    c.server.addr = "127.0.0.1:0".into();
+    c.server.metrics_addr = "127.0.0.1:0".into();
+    c.model.dir = common::model_dir();
+    c.data.dir = data_dir();
+    c.ranking.max_prompt_tokens = 512;
+    // The PEFT fixture adapter, kept unmerged and picked per request.
+    c.model.adapters.push(palr::service::config::AdapterEntry {
+        name: "fx".into(),
+        dir: common::repo().join("tests/fixtures/lora-peft"),
+        merge: false,
+    });
+    for (name, mode) in [
+        ("broken", "error_retrieve"),
+        ("panicky", "panic_retrieve"),
+        ("cheater", "history"),
+    ] {
+        c.retrieval.retrievers.push(RetrieverSpec::new(
+            name,
+            "palr_retriever_testkit",
+            format!(r#"{{"misbehave": "{mode}"}}"#),
+        ));
+    }
+    c
+}
+
+struct Shared {
+    rt: tokio::runtime::Runtime,
+    server: RunningServer,
+    core: Arc<Recommender>,
+}
+
+/// Log lines (JSON) of this test binary, captured for `logs_have_one_span_per_request`.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("palr=info")
+            .with_writer(|| LogWriter)
+            .try_init();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let core = Arc::new(Recommender::load(&test_config(), Metrics::new()).unwrap());
+        let server = rt.block_on(RunningServer::start(core.clone())).unwrap();
+        Shared { rt, server, core }
+    })
+}
+
+/// Serialises the tests that run the LLM.
+fn llm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    shared().rt.block_on(f)
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn client() -> RecommenderClient<Channel> {
+    RecommenderClient::new(channel(shared().server.grpc_addr).await)
+}
+
+fn ids(v: &[u32]) -> Vec<String> {
+    v.iter().map(u32::to_string).collect()
+}
+
+/// The history the tests use: ten MovieLens ids.
+fn history() -> Vec<String> {
+    ids(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+}
+
+fn recommend(history: Vec<String>, k: u32, n: u32, mode: pb::RankMode) -> pb::RecommendRequest {
+    pb::RecommendRequest {
+        history,
+        k,
+        num_candidates: n,
+        rank_mode: mode as i32,
+        user_id: "test-user".into(),
+        ..Default::default()
+    }
+}
+
+/// `GET /metrics` over a plain HTTP/1.1 connection.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palr\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
+    assert!(buf.contains("text/plain; version=0.0.4"), "{buf}");
+    buf
+}
+
+/// The value of one series (exact name and labels as rendered), 0 if absent.
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn metrics_addr() -> std::net::SocketAddr {
+    shared().server.metrics_addr.expect("metrics enabled")
+}
+
+fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needles: &[&str]) {
+    let s = r.expect_err("the call should fail");
+    assert_eq!(s.code(), code, "{}", s.message());
+    for n in needles {
+        assert!(
+            s.message().contains(n),
+            "message {:?} lacks {n:?}",
+            s.message()
+        );
+    }
+}
+
+fn catalog_title(id: &str) -> String {
+    let c = shared().core.catalog();
+    c.title(c.index_of(id).unwrap()).unwrap().to_owned()
+}
+
+#[test]
+fn recommend_in_score_generate_and_retriever_modes() {
+    let _llm = llm_lock();
+    block_on(async {
+        let mut c = client().await;
+        let hist: HashSet<String> = history().into_iter().collect();
+
+        // Score mode: every returned item is LLM-ranked, best first.
+        let r = c
+            .recommend(recommend(history(), 5, 10, pb::RankMode::Score))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.items.len(), 5);
+        assert_eq!(r.rank_mode, pb::RankMode::Score as i32);
+        assert_eq!(r.retriever, "markov");
+        let t = r.timings.unwrap();
+        assert!(t.prefill_ms > 0.0 && t.first_token_ms > 0.0 && t.total_ms >= t.prefill_ms);
+        assert!(t.prompt_tokens > t.cached_prompt_tokens && t.cached_prompt_tokens > 0);
+        assert_eq!(t.generated_tokens, 0);
+        let mut seen = HashSet::new();
+        for w in r.items.windows(2) {
+            assert!(
+                w[0].score >= w[1].score,
+                "score mode is sorted: {:?}",
+                r.items
+            );
+        }
+        for it in &r.items {
+            assert!(it.ranked_by_llm && it.score <= 0.0, "{it:?}");
+            assert!((1..=10).contains(&it.retriever_rank));
+            assert!(!hist.contains(&it.item_id) && seen.insert(it.item_id.clone()));
+            assert_eq!(it.title, catalog_title(&it.item_id));
+        }
+
+        // Generate mode: the LLM writes titles; tokens are generated.
+        let r = c
+            .recommend(recommend(history(), 3, 8, pb::RankMode::Generate))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.items.len(), 3);
+        assert_eq!(r.rank_mode, pb::RankMode::Generate as i32);
+        let t = r.timings.unwrap();
+        assert!(t.generated_tokens > 0 && t.decode_ms > 0.0, "{t:?}");
+        assert!(r.items[0].ranked_by_llm);
+        let seen: HashSet<_> = r.items.iter().map(|i| &i.item_id).collect();
+        assert_eq!(seen.len(), 3);
+
+        // Retriever mode: no LLM, the retriever's order and scores.
+        let r = c
+            .recommend(recommend(history(), 5, 10, pb::RankMode::Retriever))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.rank_mode, pb::RankMode::Retriever as i32);
+        let ranks: Vec<u32> = r.items.iter().map(|i| i.retriever_rank).collect();
+        assert_eq!(ranks, vec![1, 2, 3, 4, 5]);
+        assert!(r.items.iter().all(|i| !i.ranked_by_llm));
+        let t = r.timings.unwrap();
+        assert_eq!((t.prompt_tokens, t.prefill_ms), (0, 0.0));
+        // ...which is what Retrieve returns for the same history.
+        let got = c
+            .retrieve(pb::RetrieveRequest {
+                history: history(),
+                num_candidates: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let a: Vec<_> = r.items.iter().map(|i| (&i.item_id, i.score)).collect();
+        let b: Vec<_> = got.items.iter().map(|i| (&i.item_id, i.score)).collect();
+        assert_eq!(a, b);
+
+        // Defaults: mode score, k 10, the default retriever.
+        let r = c
+            .recommend(pb::RecommendRequest {
+                history: history(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.items.len(), 10);
+        assert_eq!(r.rank_mode, pb::RankMode::Score as i32);
+    });
+}
+
+#[test]
+fn rank_orders_the_callers_candidates() {
+    let _llm = llm_lock();
+    block_on(async {
+        let mut c = client().await;
+        let cands = ids(&[50, 100, 181, 258, 286, 288]);
+        for mode in [pb::RankMode::Score, pb::RankMode::Generate] {
+            let r = c
+                .rank(pb::RankRequest {
+                    history: history(),
+                    candidates: cands.clone(),
+                    k: 3,
+                    rank_mode: mode as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.items.len(), 3, "{mode:?}");
+            assert_eq!(r.retriever, "");
+            for it in &r.items {
+                let pos = cands.iter().position(|c| *c == it.item_id).unwrap();
+                assert_eq!(it.retriever_rank as usize, pos + 1, "the caller's position");
+            }
+        }
+        let r = c
+            .rank(pb::RankRequest {
+                history: history(),
+                candidates: cands.clone(),
+                k: 4,
+                rank_mode: pb::RankMode::Retriever as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got: Vec<_> = r.items.iter().map(|i| i.item_id.clone()).collect();
+        assert_eq!(got, cands[..4]);
+    });
+}
+
+#[test]
+fn retrieve_excludes_history_old_and_new_and_exclusions() {
+    block_on(async {
+        let mut c = client().await;
+        // 300 items: over limits.max_history_items (200), so the oldest 100 are not used for
+        // retrieval, but must still never come back.
+        let long: Vec<String> = ids(&(1..=300).collect::<Vec<_>>());
+        let exclude = ids(&[301, 302, 303]);
+        for retriever in ["popularity", "itemknn", "markov"] {
+            let r = c
+                .retrieve(pb::RetrieveRequest {
+                    history: long.clone(),
+                    num_candidates: 40,
+                    retriever: retriever.into(),
+                    exclude: exclude.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.retriever, retriever);
+            assert_eq!(r.items.len(), 40);
+            let mut seen = HashSet::new();
+            for it in &r.items {
+                let id: u32 = it.item_id.parse().unwrap();
+                assert!(id > 303, "{retriever} returned history/excluded item {id}");
+                assert!(seen.insert(id));
+            }
+            for w in r.items.windows(2) {
+                assert!(w[0].score >= w[1].score);
+            }
+        }
+    });
+}
+
+#[test]
+fn list_retrievers_and_model_info() {
+    block_on(async {
+        let mut c = client().await;
+        let list = c
+            .list_retrievers(pb::ListRetrieversRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .retrievers;
+        let names: Vec<_> = list.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "broken",
+                "cheater",
+                "itemknn",
+                "markov",
+                "panicky",
+                "popularity"
+            ]
+        );
+        let markov = list.iter().find(|r| r.name == "markov").unwrap();
+        assert!(markov.is_default && markov.plugin_name == "markov");
+        assert!(markov.library_path.contains("palr_retriever_markov"));
+        assert_eq!(markov.abi_version, palr::retrieval::ABI_VERSION);
+        assert!(list.iter().filter(|r| r.is_default).count() == 1);
+
+        let m = c
+            .get_model_info(pb::GetModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(m.architecture, "LlamaForCausalLM");
+        assert_eq!(
+            (m.num_layers, m.hidden_size, m.vocab_size),
+            (30, 576, 49152)
+        );
+        assert_eq!(m.catalog_items, 1682);
+        assert!(m.backend.starts_with("cpu"), "{}", m.backend);
+        assert_eq!(m.default_rank_mode, pb::RankMode::Score as i32);
+        assert_eq!((m.default_k, m.max_k), (10, 50));
+        assert_eq!((m.default_num_candidates, m.max_num_candidates), (20, 50));
+        assert_eq!(
+            (m.max_history, m.history_items_used, m.prompt_history_items),
+            (1000, 200, 20)
+        );
+        assert_eq!((m.max_score_candidates, m.max_prompt_tokens), (26, 512));
+        assert_eq!(m.default_retriever, "markov");
+        assert_eq!(m.adapters, ["fx"]);
+        assert_eq!(m.default_adapter, "");
+    });
+}
+
+#[test]
+fn health_and_reflection() {
+    block_on(async {
+        let ch = channel(shared().server.grpc_addr).await;
+        let mut h = HealthClient::new(ch.clone());
+        for service in ["", "palr.v1.Recommender"] {
+            let s = h
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(s.status, ServingStatus::Serving as i32, "{service:?}");
+        }
+        let e = h
+            .check(HealthCheckRequest {
+                service: "nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut r = ServerReflectionClient::new(ch);
+        let ask = |m: MessageRequest| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let reqs = vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "palr.v1.Recommender".into(),
+            )),
+        ];
+        let mut stream = r
+            .server_reflection_info(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("{first:?}");
+        };
+        let names: HashSet<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        for want in [
+            "palr.v1.Recommender",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ] {
+            assert!(names.contains(want), "{names:?}");
+        }
+        let second = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
+            panic!("{second:?}");
+        };
+        assert!(!fd.file_descriptor_proto.is_empty());
+    });
+}
+
+#[test]
+fn metrics_count_requests_stages_tokens_and_errors() {
+    let _llm = llm_lock();
+    block_on(async {
+        let before = scrape(metrics_addr()).await;
+        let mut c = client().await;
+        c.recommend(recommend(history(), 3, 6, pb::RankMode::Score))
+            .await
+            .unwrap();
+        let _ = c
+            .recommend(recommend(ids(&[999_999]), 3, 6, pb::RankMode::Score))
+            .await
+            .unwrap_err();
+        let after = scrape(metrics_addr()).await;
+        let grew = |s: &str, by: f64| {
+            let (a, b) = (series(&before, s), series(&after, s));
+            assert!(b >= a + by, "{s}: {a} -> {b}");
+        };
+        grew(r#"palr_requests_total{code="OK",rpc="Recommend"}"#, 1.0);
+        grew(
+            r#"palr_requests_total{code="INVALID_ARGUMENT",rpc="Recommend"}"#,
+            1.0,
+        );
+        grew(
+            r#"palr_request_duration_seconds_count{rpc="Recommend"}"#,
+            2.0,
+        );
+        grew(
+            r#"palr_stage_duration_seconds_count{stage="retrieve"}"#,
+            1.0,
+        );
+        grew(r#"palr_stage_duration_seconds_count{stage="prefill"}"#, 1.0);
+        grew(r#"palr_stage_duration_seconds_count{stage="queue"}"#, 1.0);
+        grew(
+            r#"palr_time_to_first_token_seconds_count{mode="score"}"#,
+            1.0,
+        );
+        grew(r#"palr_prompt_tokens_total{mode="score"}"#, 50.0);
+        grew(r#"palr_cached_prompt_tokens_total{mode="score"}"#, 10.0);
+        grew(r#"palr_retriever_calls_total{retriever="markov"}"#, 1.0);
+        for gauge in ["palr_queue_depth", "palr_rank_running", "palr_build_info"] {
+            assert!(after.contains(&format!("# TYPE {gauge} gauge")), "{gauge}");
+        }
+        assert!(after.contains(r#"palr_inflight_requests{rpc="Recommend"}"#));
+    });
+}
+
+#[test]
+fn validation_errors_name_the_problem() {
+    block_on(async {
+        let mut c = client().await;
+        let rec = |f: &dyn Fn(&mut pb::RecommendRequest)| {
+            let mut r = recommend(history(), 3, 6, pb::RankMode::Retriever);
+            f(&mut r);
+            r
+        };
+        let cases: Vec<(pb::RecommendRequest, Code, Vec<&str>)> = vec![
+            (
+                rec(&|r| r.history = ids(&[1, 99_999])),
+                Code::InvalidArgument,
+                vec!["history[1]", "\"99999\"", "not an item id"],
+            ),
+            (
+                rec(&|r| r.history.clear()),
+                Code::InvalidArgument,
+                vec!["history is empty"],
+            ),
+            (
+                rec(&|r| r.history = ids(&[1; 1001])),
+                Code::InvalidArgument,
+                vec!["1001 items", "limit of 1000"],
+            ),
+            (
+                rec(&|r| r.exclude = vec!["nope".into()]),
+                Code::InvalidArgument,
+                vec!["exclude[0]", "\"nope\""],
+            ),
+            (
+                rec(&|r| r.exclude = ids(&[1; 1001])),
+                Code::InvalidArgument,
+                vec!["exclude has 1001 items", "limit of 1000"],
+            ),
+            (
+                rec(&|r| r.k = 51),
+                Code::InvalidArgument,
+                vec!["k = 51", "1..=50"],
+            ),
+            (
+                rec(&|r| r.num_candidates = 51),
+                Code::InvalidArgument,
+                vec!["num_candidates = 51", "1..=50"],
+            ),
+            (
+                rec(&|r| {
+                    r.k = 8;
+                    r.num_candidates = 6
+                }),
+                Code::InvalidArgument,
+                vec!["k = 8 exceeds num_candidates = 6"],
+            ),
+            (
+                rec(&|r| {
+                    r.rank_mode = pb::RankMode::Score as i32;
+                    r.num_candidates = 30
+                }),
+                Code::InvalidArgument,
+                vec!["score mode ranks at most 26", "generate mode"],
+            ),
+            (
+                rec(&|r| r.rank_mode = 9),
+                Code::InvalidArgument,
+                vec!["rank_mode = 9"],
+            ),
+            (
+                rec(&|r| r.retriever = "nope".into()),
+                Code::NotFound,
+                vec![
+                    "unknown retriever `nope`",
+                    "broken, cheater, itemknn, markov, panicky, popularity",
+                ],
+            ),
+            (
+                rec(&|r| r.adapter = "lora-1".into()),
+                Code::NotFound,
+                vec!["unknown adapter \"lora-1\"", "loaded: fx"],
+            ),
+        ];
+        for (req, code, needles) in cases {
+            assert_status(c.recommend(req).await, code, &needles);
+        }
+
+        let rank = |f: &dyn Fn(&mut pb::RankRequest)| {
+            let mut r = pb::RankRequest {
+                history: ids(&[1, 2, 3]),
+                candidates: ids(&[50, 100, 181]),
+                k: 2,
+                rank_mode: pb::RankMode::Retriever as i32,
+                ..Default::default()
+            };
+            f(&mut r);
+            r
+        };
+        let cases: Vec<(pb::RankRequest, Code, Vec<&str>)> = vec![
+            (
+                rank(&|r| r.candidates = ids(&[50, 100, 50])),
+                Code::InvalidArgument,
+                vec!["candidates[2] = \"50\" is listed twice"],
+            ),
+            (
+                rank(&|r| r.candidates = ids(&[50, 2])),
+                Code::InvalidArgument,
+                vec!["candidates[1] = \"2\" is in the history"],
+            ),
+            (
+                rank(&|r| r.candidates = vec!["x".into()]),
+                Code::InvalidArgument,
+                vec!["candidates[0] = \"x\""],
+            ),
+            (
+                rank(&|r| r.candidates.clear()),
+                Code::InvalidArgument,
+                vec!["candidates is empty"],
+            ),
+            (
+                rank(&|r| r.candidates = ids(&(100..151).collect::<Vec<_>>())),
+                Code::InvalidArgument,
+                vec!["51 candidates", "at most 50"],
+            ),
+            (
+                rank(&|r| r.k = 4),
+                Code::InvalidArgument,
+                vec!["k = 4 exceeds the number of candidates = 3"],
+            ),
+            (
+                rank(&|r| r.history.clear()),
+                Code::InvalidArgument,
+                vec!["history is empty"],
+            ),
+        ];
+        for (req, code, needles) in cases {
+            assert_status(c.rank(req).await, code, &needles);
+        }
+
+        let r = c
+            .retrieve(pb::RetrieveRequest {
+                history: history(),
+                num_candidates: 1001,
+                ..Default::default()
+            })
+            .await;
+        assert_status(
+            r,
+            Code::InvalidArgument,
+            &["num_candidates = 1001", "1..=1000"],
+        );
+    });
+}
+
+#[test]
+fn oversize_prompt_is_refused_with_the_rankers_message() {
+    let _llm = llm_lock();
+    block_on(async {
+        // The 70 items with the longest titles: 50 candidates and a 20-item history, all
+        // within the request limits, make a prompt well over the test server's 512 tokens.
+        let cat = shared().core.catalog();
+        let mut by_len: Vec<_> = cat.items().iter().collect();
+        by_len.sort_by_key(|it| std::cmp::Reverse(it.title.len()));
+        let long: Vec<String> = by_len[..70].iter().map(|it| it.id.clone()).collect();
+        let mut c = client().await;
+        let r = c
+            .rank(pb::RankRequest {
+                history: long[50..].to_vec(),
+                candidates: long[..50].to_vec(),
+                k: 5,
+                rank_mode: pb::RankMode::Generate as i32,
+                ..Default::default()
+            })
+            .await;
+        assert_status(
+            r,
+            Code::InvalidArgument,
+            &[
+                "over the limit of 512",
+                "send fewer history items or candidates",
+            ],
+        );
+    });
+}
+
+/// What a raw gRPC call got back: the grpc-status code and the decoded grpc-message.
+#[derive(Debug)]
+struct RawReply {
+    code: Code,
+    message: String,
+}
+
+/// One unary call over a bare HTTP/2 connection, with `grpc-timeout: timeout` and no
+/// client-side deadline (tonic's own client would race the server with its local timer).
+async fn raw_unary(path: &str, msg: &impl prost::Message, timeout: &str) -> RawReply {
+    use http_body_util::{BodyExt, Full};
+    let addr = shared().server.grpc_addr;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let payload = msg.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(hyper::body::Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned()
+        .unwrap_or_default();
+    let get = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let code = get("grpc-status")
+        .expect("a grpc-status")
+        .parse::<i32>()
+        .unwrap();
+    let raw = get("grpc-message").unwrap_or_default();
+    // grpc-message is percent-encoded.
+    let mut message = Vec::new();
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            message.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            message.push(b[i]);
+            i += 1;
+        }
+    }
+    RawReply {
+        code: Code::from_i32(code),
+        message: String::from_utf8(message).unwrap(),
+    }
+}
+
+#[test]
+fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
+    let _llm = llm_lock();
+    block_on(async {
+        let stops = |t: &str| {
+            series(t, r#"palr_rank_deadline_stops_total{stage="prefill"}"#)
+                + series(t, r#"palr_rank_deadline_stops_total{stage="decode"}"#)
+        };
+        let before = stops(&scrape(metrics_addr()).await);
+        // Generate mode over 20 candidates with a 20-item history: far more than 100 ms.
+        let slow = recommend(
+            ids(&(1..=20).collect::<Vec<_>>()),
+            20,
+            20,
+            pb::RankMode::Generate,
+        );
+        let t = Instant::now();
+        let r = raw_unary("/palr.v1.Recommender/Recommend", &slow, "100m").await;
+        let took = t.elapsed();
+        assert_eq!(r.code, Code::DeadlineExceeded, "{r:?}");
+        assert!(r.message.contains("deadline exceeded during"), "{r:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "answered after {took:?}"
+        );
+        // The ranking job itself stops at its next check and frees the slot.
+        let waited = Instant::now();
+        loop {
+            let text = scrape(metrics_addr()).await;
+            if stops(&text) > before && series(&text, "palr_rank_running") == 0.0 {
+                break;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the ranker did not stop: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Short deadlines, in parallel: some expire before the handler runs, some in the
+        // queue, some in the ranker. Always DEADLINE_EXCEEDED (or in time), never CANCELLED.
+        let calls = [
+            "1n", "1u", "1m", "2m", "3m", "5m", "8m", "13m", "21m", "34m",
+        ]
+        .map(|t| {
+            tokio::spawn(async move {
+                let req = recommend(history(), 5, 20, pb::RankMode::Score);
+                (
+                    t,
+                    raw_unary("/palr.v1.Recommender/Recommend", &req, t).await,
+                )
+            })
+        });
+        for call in calls {
+            let (t, r) = call.await.unwrap();
+            assert!(
+                matches!(r.code, Code::DeadlineExceeded | Code::Ok),
+                "grpc-timeout {t}: {r:?}"
+            );
+            // Up to the 5 ms margin the deadline has passed on arrival: never served.
+            if ["1n", "1u", "1m", "2m", "3m", "5m"].contains(&t) {
+                assert_eq!(r.code, Code::DeadlineExceeded, "grpc-timeout {t}: {r:?}");
+            }
+        }
+        // A bad grpc-timeout value is ignored (no deadline), as tonic and grpc-go do.
+        let r = raw_unary(
+            "/palr.v1.Recommender/Recommend",
+            &recommend(history(), 2, 4, pb::RankMode::Retriever),
+            "soon",
+        )
+        .await;
+        assert_eq!(r.code, Code::Ok, "{r:?}");
+        // And the next request is served normally.
+        let ok = client()
+            .await
+            .recommend(recommend(history(), 3, 6, pb::RankMode::Score))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.items.len(), 3);
+    });
+}
+
+#[test]
+fn failing_plugins_are_internal_and_others_keep_working() {
+    block_on(async {
+        let before = scrape(metrics_addr()).await;
+        let mut c = client().await;
+        let with = |name: &str| pb::RecommendRequest {
+            retriever: name.into(),
+            ..recommend(history(), 3, 6, pb::RankMode::Retriever)
+        };
+        assert_status(
+            c.recommend(with("broken")).await,
+            Code::Internal,
+            &["broken", "testkit: error_retrieve requested"],
+        );
+        assert_status(
+            c.recommend(with("panicky")).await,
+            Code::Internal,
+            &["panicky", "panic", "testkit: panic_retrieve requested"],
+        );
+        assert_status(
+            c.recommend(with("cheater")).await,
+            Code::Internal,
+            &["cheater", "broke the plugin ABI contract"],
+        );
+        let r = c
+            .retrieve(pb::RetrieveRequest {
+                history: history(),
+                retriever: "broken".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(r, Code::Internal, &["error_retrieve requested"]);
+        // The other retrievers are unaffected.
+        for name in ["markov", "itemknn", "popularity"] {
+            let r = c.recommend(with(name)).await.unwrap().into_inner();
+            assert_eq!(r.items.len(), 3, "{name}");
+        }
+        let after = scrape(metrics_addr()).await;
+        for (retriever, kind, by) in [
+            ("broken", "error", 2.0),
+            ("panicky", "panic", 1.0),
+            ("cheater", "contract", 1.0),
+        ] {
+            let s = format!(r#"palr_plugin_errors_total{{kind="{kind}",retriever="{retriever}"}}"#);
+            assert!(
+                series(&after, &s) >= series(&before, &s) + by,
+                "{s} did not grow"
+            );
+        }
+        assert!(
+            series(
+                &after,
+                r#"palr_requests_total{code="INTERNAL",rpc="Recommend"}"#
+            ) >= 3.0
+        );
+        let list = c
+            .list_retrievers(pb::ListRetrieversRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .retrievers;
+        let broken = list.iter().find(|r| r.name == "broken").unwrap();
+        assert!(broken.failures >= 2 && broken.calls >= broken.failures);
+    });
+}
+
+#[test]
+fn cli_client_prints_a_table_json_and_errors() {
+    let addr = format!("http://{}", shared().server.grpc_addr);
+    let palr = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_palr"))
+            .arg("recommend")
+            .args(["--addr", &addr])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let out = palr(&["--history", "1,2,3", "--k", "3", "--mode", "retriever"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    assert!(
+        lines[0].contains("rank")
+            && lines[0].contains("retriever rank")
+            && lines[0].contains("by LLM")
+    );
+    for (i, line) in lines[1..4].iter().enumerate() {
+        assert!(
+            line.trim_start().starts_with(&(i + 1).to_string()),
+            "{text}"
+        );
+        assert!(line.trim_end().ends_with("no"), "{text}");
+    }
+    assert!(text.contains("mode retriever, retriever markov"), "{text}");
+    assert!(
+        text.contains("retrieve ") && text.contains("total "),
+        "{text}"
+    );
+
+    let out = palr(&[
+        "--history",
+        "1,2,3",
+        "--k",
+        "2",
+        "--mode",
+        "retriever",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    assert_eq!(v["mode"], "retriever");
+
+    let out = palr(&["--list-retrievers"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("markov") && l.contains("yes")),
+        "{text}"
+    );
+
+    let out = palr(&["--history", "1,abc"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("history[1] = \"abc\""),
+        "{err}"
+    );
+}
+
+/// A server of its own: the busy queue, NOT_SERVING during the grace period, draining of
+/// an in-flight and a queued request, and nothing accepted afterwards.
+#[test]
+fn busy_queue_and_graceful_shutdown_drain() {
+    let _llm = llm_lock();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = test_config();
+    cfg.server.max_queue = 1;
+    cfg.server.warmup = false;
+    cfg.server.shutdown_grace_ms = 1000;
+    // Shorter than the default, so a drain that hangs fails the test soon.
+    cfg.server.drain_timeout_s = 15;
+    cfg.retrieval.retrievers.truncate(3);
+    let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
+    rt.block_on(async {
+        let mut server = RunningServer::start(core.clone()).await.unwrap();
+        let addr = server.grpc_addr;
+        let ch = channel(addr).await;
+        let m = core.metrics().clone();
+        let wait_for = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
+            let t = Instant::now();
+            while !f() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "timed out waiting for {what}"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        // A: a long generate request, running.
+        let slow = recommend(
+            ids(&(1..=20).collect::<Vec<_>>()),
+            20,
+            20,
+            pb::RankMode::Generate,
+        );
+        let a = tokio::spawn({
+            let mut c = RecommenderClient::new(ch.clone());
+            let req = slow.clone();
+            async move { c.recommend(req).await }
+        });
+        let running = m.rank_running.clone();
+        wait_for("A to run", Box::new(move || running.get() == 1)).await;
+        // B: waits in the queue.
+        let b = tokio::spawn({
+            let mut c = RecommenderClient::new(ch.clone());
+            async move {
+                c.recommend(recommend(history(), 3, 6, pb::RankMode::Score))
+                    .await
+            }
+        });
+        let depth = m.queue_depth.clone();
+        wait_for("B to queue", Box::new(move || depth.get() == 1)).await;
+        // C: the queue is full.
+        let mut c = RecommenderClient::new(ch.clone());
+        assert_status(
+            c.recommend(recommend(history(), 3, 6, pb::RankMode::Score))
+                .await,
+            Code::ResourceExhausted,
+            &["server busy, retry later"],
+        );
+        // Retriever-mode requests do not need the ranker, so they are still served.
+        c.recommend(recommend(history(), 3, 6, pb::RankMode::Retriever))
+            .await
+            .unwrap();
+
+        // A health Watch stream is open when the shutdown starts.
+        let mut watch = HealthClient::new(ch.clone())
+            .watch(HealthCheckRequest {
+                service: "palr.v1.Recommender".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+
+        server.shutdown();
+        // The watcher hears NOT_SERVING, then its stream ends so it does not hold the drain.
+        let next = watch.message().await.unwrap().unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
+        // During the grace period health says NOT_SERVING.
+        let mut h = HealthClient::new(ch.clone());
+        let t = Instant::now();
+        loop {
+            let s = h
+                .check(HealthCheckRequest {
+                    service: "palr.v1.Recommender".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if s.status == ServingStatus::NotServing as i32 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_millis(900), "still {s:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Both accepted requests are answered.
+        let a = a.await.unwrap().unwrap().into_inner();
+        assert_eq!(a.items.len(), 20);
+        let b = b.await.unwrap().unwrap().into_inner();
+        assert_eq!(b.items.len(), 3);
+        assert!(
+            watch.message().await.unwrap().is_none(),
+            "the health Watch stream ends"
+        );
+        assert_eq!(server.wait().await.unwrap(), Drained::All);
+        // Nothing listens any more.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    });
+}
+
+#[test]
+fn logs_have_one_span_per_request() {
+    block_on(async {
+        let mut c = client().await;
+        let mut req = recommend(history(), 2, 4, pb::RankMode::Retriever);
+        req.user_id = "log-check-user".into();
+        c.recommend(req).await.unwrap();
+        let mut bad = recommend(ids(&[424_242]), 2, 4, pb::RankMode::Retriever);
+        bad.user_id = "log-check-user".into();
+        c.recommend(bad).await.unwrap_err();
+    });
+    let text = String::from_utf8(LOGS.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["span"]["user_id"] == "log-check-user")
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, status) in lines.iter().zip(["OK", "INVALID_ARGUMENT"]) {
+        let span = &line["span"];
+        assert_eq!(span["rpc"], "Recommend");
+        assert_eq!(span["status"], status, "{line}");
+        assert!(span["latency_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    }
+    assert!(
+        lines[1]["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("424242")
+    );
+}
+
+#[test]
+fn requests_pick_an_adapter_by_name() {
+    let _llm = llm_lock();
+    block_on(async {
+        let mut c = client().await;
+        let base = c
+            .recommend(recommend(history(), 5, 10, pb::RankMode::Score))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(base.adapter, "");
+        let mut req = recommend(history(), 5, 10, pb::RankMode::Score);
+        req.adapter = "fx".into();
+        let adapted = c.recommend(req).await.unwrap().into_inner();
+        assert_eq!(adapted.adapter, "fx");
+        assert_eq!(adapted.items.len(), 5);
+        let scores = |r: &pb::RecommendResponse| {
+            r.items
+                .iter()
+                .map(|i| (i.item_id.clone(), i.score))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(
+            scores(&base),
+            scores(&adapted),
+            "the adapter changes the LLM's scores"
+        );
+        // The same request again: the adapter's own cached prefix gives the same answer.
+        let mut req = recommend(history(), 5, 10, pb::RankMode::Score);
+        req.adapter = "fx".into();
+        let again = c.recommend(req).await.unwrap().into_inner();
+        assert_eq!(scores(&again), scores(&adapted));
+    });
+}
