@@ -143,6 +143,7 @@ fn llm_methods_rerank_only_the_candidates() {
             mode: RankMode::Score,
             adapter: None,
             deadline: None,
+            cancel: None,
         })
         .unwrap();
     let order: Vec<u32> = out.items.iter().map(|r| r.item).collect();

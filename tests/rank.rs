@@ -165,6 +165,7 @@ fn constrained_generation_only_names_candidates_once() {
                 mode: RankMode::Generate,
                 adapter: None,
                 deadline: None,
+                cancel: None,
             })
             .unwrap();
         assert_eq!(out.items.len(), k, "trial {trial}: k items");
@@ -211,6 +212,7 @@ fn score_mode_ranks_all_candidates_best_first() {
             mode: RankMode::Score,
             adapter: None,
             deadline: None,
+            cancel: None,
         })
         .unwrap();
     assert_eq!(out.items.len(), 20);
@@ -235,6 +237,7 @@ fn bad_requests_say_what_to_fix() {
         mode,
         adapter: None,
         deadline: None,
+        cancel: None,
     };
     let cases: Vec<(RankRequest<'_>, &str)> = vec![
         (req(&[], &[1, 2], 2, RankMode::Generate), "history is empty"),
@@ -277,6 +280,7 @@ fn bad_requests_say_what_to_fix() {
             mode: RankMode::Score,
             adapter: None,
             deadline: None,
+            cancel: None,
         })
         .unwrap_err();
     assert!(err.to_string().contains("at most 26"), "{err}");
@@ -296,6 +300,7 @@ fn bad_requests_say_what_to_fix() {
             mode: RankMode::Generate,
             adapter: None,
             deadline: None,
+            cancel: None,
         })
         .unwrap_err();
     assert!(err.to_string().contains("over the limit of 60"), "{err}");
@@ -312,9 +317,24 @@ fn deadline_stops_work() {
             mode: RankMode::Generate,
             adapter: None,
             deadline: Some(Instant::now() - Duration::from_millis(1)),
+            cancel: None,
         })
         .unwrap_err();
     assert!(matches!(err, RankError::DeadlineExceeded(_)), "{err:?}");
+    // A caller that went away stops the work too.
+    let gone = std::sync::atomic::AtomicBool::new(true);
+    let err = ranker
+        .rank(&RankRequest {
+            history: &[21],
+            candidates: &[1, 2, 3],
+            k: 3,
+            mode: RankMode::Score,
+            adapter: None,
+            deadline: None,
+            cancel: Some(&gone),
+        })
+        .unwrap_err();
+    assert!(matches!(err, RankError::Cancelled(_)), "{err:?}");
 }
 
 /// Real model (with the LoRA fixture loaded unmerged): both modes give valid rankings,
@@ -352,6 +372,7 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
             mode: RankMode::Generate,
             adapter: None,
             deadline: None,
+            cancel: None,
         })
         .unwrap();
     assert_eq!(generated.items.len(), 6);
@@ -393,6 +414,7 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
                     mode: RankMode::Score,
                     adapter,
                     deadline: None,
+                    cancel: None,
                 })
                 .unwrap()
         };
@@ -436,6 +458,7 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
             mode: RankMode::Score,
             adapter: Some("missing"),
             deadline: None,
+            cancel: None,
         })
         .unwrap_err();
     assert!(

@@ -411,6 +411,7 @@ impl Backend for LocalBackend {
             mode,
             adapter,
             deadline: None,
+            cancel: None,
         })?;
         Ok(LlmRanking {
             order: out.items.iter().map(|r| r.item).collect(),

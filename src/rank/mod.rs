@@ -65,6 +65,9 @@ pub enum RankError {
     Invalid(String),
     #[error("deadline exceeded during {0}")]
     DeadlineExceeded(&'static str),
+    /// The caller gave up (e.g. the client went away); no one waits for the result.
+    #[error("cancelled during {0}")]
+    Cancelled(&'static str),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -126,6 +129,8 @@ pub struct RankRequest<'a> {
     pub adapter: Option<&'a str>,
     /// Work stops with [`RankError::DeadlineExceeded`] once this passes.
     pub deadline: Option<Instant>,
+    /// Work stops with [`RankError::Cancelled`] once this is set.
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// One ranked item.
@@ -383,7 +388,11 @@ impl Ranker {
         Ok(RankOutput { items, timings })
     }
 
+    /// Stops work whose deadline has passed or whose caller has gone.
     fn check_deadline(req: &RankRequest<'_>, stage: &'static str) -> Result<(), RankError> {
+        if req.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(RankError::Cancelled(stage));
+        }
         match req.deadline {
             Some(d) if Instant::now() >= d => Err(RankError::DeadlineExceeded(stage)),
             _ => Ok(()),

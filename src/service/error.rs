@@ -65,6 +65,7 @@ pub fn rank_code(e: &RankError) -> Code {
     match e {
         RankError::Invalid(_) => Code::InvalidArgument,
         RankError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RankError::Cancelled(_) => Code::Cancelled,
         RankError::Engine(EngineError::OutOfMemory(_)) => Code::ResourceExhausted,
         RankError::Config(_) | RankError::Engine(_) | RankError::Tokenizer(_) => Code::Internal,
     }

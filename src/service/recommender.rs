@@ -379,6 +379,7 @@ impl Recommender {
                 mode,
                 adapter: default.as_deref(),
                 deadline: None,
+                cancel: None,
             })?;
         }
         tracing::info!(ms = t.elapsed().as_millis() as u64, "ranker warmed up");
@@ -656,6 +657,10 @@ impl Recommender {
         timings.queue_s = t.elapsed().as_secs_f64();
         self.metrics.stage("queue", t.elapsed());
         let me = self.clone();
+        // If this future is dropped (the client went away, or the server answered the
+        // deadline first), the flag tells the ranker to stop: nobody waits for its result.
+        let cancel = CancelOnDrop::default();
+        let flag = cancel.0.clone();
         let job = tokio::task::spawn_blocking(move || {
             let _slot = permit;
             let _running = GaugeGuard::new(&me.metrics.rank_running);
@@ -666,16 +671,21 @@ impl Recommender {
                 mode,
                 adapter: adapter.as_deref(),
                 deadline: respond_by,
+                cancel: Some(&flag),
             });
-            if let Err(RankError::DeadlineExceeded(stage)) = &out {
-                me.metrics
-                    .rank_deadline_stops
-                    .with_label_values(&[stage])
-                    .inc();
+            match &out {
+                Err(RankError::DeadlineExceeded(stage)) => {
+                    me.metrics.rank_deadline_stops.with_label_values(&[stage]).inc();
+                }
+                Err(RankError::Cancelled(stage)) => {
+                    tracing::info!(stage, "ranking stopped: the caller went away");
+                }
+                _ => {}
             }
             out
         });
         let out = joined(by(respond_by, "ranking", job).await?)??;
+        cancel.disarm();
         let rt = &out.timings;
         let m = &self.metrics;
         let label = match mode {
@@ -1016,5 +1026,24 @@ mod tests {
         assert_eq!(truncated("42"), "42");
         let long = "x".repeat(1000);
         assert_eq!(truncated(&long).len(), 67);
+    }
+}
+
+/// Sets its flag when dropped unless disarmed: a blocking job sharing the flag learns
+/// that the async caller is gone.
+#[derive(Default)]
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
