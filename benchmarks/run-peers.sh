@@ -13,9 +13,13 @@
 #   BENCH_THREADS   worker threads for every engine (default: 0 = one per core)
 #   SKIP_TORCH=1    leave the torch harness out (no venv needed)
 #   SKIP_CANDLE=1   leave the candle harness out
+#   PEERS_MAX_LOAD  if set (e.g. 0.5), wait after building until the 1-minute load
+#                   average is below it, checking every 20 s for at most
+#                   PEERS_MAX_WAIT_S seconds (default 1800), then run anyway
 #
-# Writes OUT_DIR/{palr-f32,palr-bf16,candle-f32,torch-f32}.json, OUT_DIR/machine.txt
-# and OUT_DIR/table.md (also printed). OUT_DIR defaults to
+# Writes OUT_DIR/{palr-f32,palr-bf16,candle-f32,torch-f32}.json, OUT_DIR/machine.txt,
+# OUT_DIR/load.txt (load average as each engine starts) and OUT_DIR/table.md (also
+# printed). OUT_DIR defaults to
 # target/peers/<UTC date-time>.
 set -euo pipefail
 
@@ -35,7 +39,6 @@ VENV=${PEERS_VENV:-$ROOT/.cache/peers-venv}
 THREADS=${BENCH_THREADS:-0}
 # shellcheck disable=SC2206
 EXTRA=(${BENCH_ARGS:-})
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 COMMON=(--model "$MODEL" --threads "$THREADS" --json "${EXTRA[@]}")
 
 echo "== building palr (release)" >&2
@@ -56,11 +59,26 @@ if [[ ${SKIP_TORCH:-0} != 1 ]]; then
         die "$VENV lacks torch/transformers: remove it or run $VENV/bin/python -m pip install -r $REQ"
 fi
 
+if [[ -n ${PEERS_MAX_LOAD:-} ]]; then
+    waited=0
+    until python3 -c 'import sys; sys.exit(float(open("/proc/loadavg").read().split()[0]) >= float(sys.argv[1]))' "$PEERS_MAX_LOAD"; do
+        if ((waited >= ${PEERS_MAX_WAIT_S:-1800})); then
+            echo "== load still $(cut -d' ' -f1 /proc/loadavg) after ${waited} s: running anyway" >&2
+            break
+        fi
+        echo "== load $(cut -d' ' -f1 /proc/loadavg) >= $PEERS_MAX_LOAD, waiting" >&2
+        sleep 20
+        waited=$((waited + 20))
+    done
+fi
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+
 # One engine at a time: they would otherwise fight over the same cores.
 run() {
     local name=$1
     shift
     echo "== $name" >&2
+    echo "$name start: load average $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/load.txt"
     "$@" >"$OUT/$name.json"
     python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$OUT/$name.json" ||
         die "$name did not print one JSON object (see $OUT/$name.json)"
@@ -97,7 +115,7 @@ print("| engine | dtype | prefill tok/s | decode tok/s | peak RSS MiB | load s |
 print("|---|---|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['engine']} | {r['dtype']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} "
-          f"| {r['peak_rss_mib']:.0f} | {r['load_s']:.2f} | {r.get('first_token', '?')} |")
+          f"| {r['peak_rss_mib']:.0f} | {r['load_s']:.3f} | {r.get('first_token', '?')} |")
 p = rows[0] if rows else None
 print()
 print(f"{p['prompt_tokens']}-token prompt, {p['decode_tokens']} decode steps, batch 1, "
@@ -115,6 +133,6 @@ EOF
 {
     cat "$OUT/table.md"
     echo
-    sed 's/^/    /' "$OUT/machine.txt"
+    sed 's/^/    /' "$OUT/machine.txt" "$OUT/load.txt"
 } | tee "$OUT/table.txt"
 echo "results in $OUT" >&2
