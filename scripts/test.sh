@@ -8,3 +8,5 @@ cargo build --release --workspace
 ./target/release/palr model fetch
 ./target/release/palr data fetch ml-100k
 cargo test --release --workspace
+# Peer benchmark harness checks that need neither torch nor a model (pinned prompt ids).
+python3 -m unittest discover -s benchmarks/peers

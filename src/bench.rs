@@ -56,6 +56,9 @@ pub struct EngineBenchReport {
     pub prefill_runs_s: Vec<f64>,
     pub decode_runs_s: Vec<f64>,
     pub peak_rss_mib: f64,
+    /// Argmax token after the prefill (the first generated token): a cross-engine
+    /// sanity check, as peers fed the same ids must pick the same token.
+    pub first_token: u32,
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -84,6 +87,23 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The benchmark's prompt: `n` token ids from xorshift64 (shifts 13, 7, 17) with a
+/// fixed seed, each taken modulo `vocab`. The peer harnesses in benchmarks/peers/
+/// copy this generator so every engine is fed the same ids; the test below pins
+/// its output, so change those copies together with it.
+pub fn prompt_ids(n: usize, vocab: usize) -> Vec<u32> {
+    let vocab = vocab.max(1) as u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % vocab) as u32
+        })
+        .collect()
+}
+
 /// Runs the benchmark.
 pub fn run_engine(args: &EngineBenchArgs) -> anyhow::Result<EngineBenchReport> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
@@ -97,25 +117,18 @@ pub fn run_engine(args: &EngineBenchArgs) -> anyhow::Result<EngineBenchReport> {
     };
     let model = engine::load(&args.model, &opts)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let vocab = model.config().vocab_size as u64;
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let prompt: Vec<u32> = (0..args.prompt_tokens)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % vocab) as u32
-        })
-        .collect();
+    let prompt = prompt_ids(args.prompt_tokens, model.config().vocab_size);
     let capacity = args.prompt_tokens + args.decode_tokens;
     let mut session = model.clone().new_session(capacity)?;
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    let mut first_token = 0;
     for run in 0..args.warmup + args.runs {
         session.truncate(0)?;
         let t = Instant::now();
         let logits = session.feed(&prompt, Logits::Last)?;
         let mut next = argmax(logits);
         let tp = t.elapsed().as_secs_f64();
+        first_token = next;
         let t = Instant::now();
         for _ in 0..args.decode_tokens {
             next = argmax(session.feed(&[next], Logits::Last)?);
@@ -146,6 +159,7 @@ pub fn run_engine(args: &EngineBenchArgs) -> anyhow::Result<EngineBenchReport> {
         prefill_runs_s: prefill,
         decode_runs_s: decode,
         peak_rss_mib: peak_rss_mib(),
+        first_token,
     })
 }
 
@@ -177,5 +191,30 @@ impl EngineBenchReport {
             self.decode_runs_s.len()
         );
         println!("peak RSS {:.0} MiB", self.peak_rss_mib);
+        println!("first    token {} (argmax after prefill)", self.first_token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peers (benchmarks/peers/candle, benchmarks/peers/torch_bench.py) pin the
+    /// same ids: all three must feed identical prompts.
+    #[test]
+    fn prompt_ids_are_pinned() {
+        assert_eq!(prompt_ids(5, 49152), PINNED);
+        let long = prompt_ids(512, 49152);
+        assert_eq!(&long[..5], PINNED);
+        assert!(long.iter().all(|&t| t < 49152));
+        assert!(prompt_ids(3, 7).iter().all(|&t| t < 7));
+        assert!(prompt_ids(4, 0).iter().all(|&t| t == 0));
+    }
+    const PINNED: &[u32] = &[3501, 8310, 8502, 19572, 35564];
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

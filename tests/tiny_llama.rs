@@ -485,3 +485,39 @@ fn session_errors_are_clear() {
     assert!(model.new_session(0).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `palr bench engine` reports the argmax after the prefill of its fixed prompt as
+/// `first_token`: the peer harnesses (benchmarks/peers/) compare against it.
+#[test]
+fn bench_first_token_is_the_prefill_argmax() {
+    let cfg_json = format!(
+        r#"{{"architectures":["LlamaForCausalLM"],{BASE},"num_attention_heads":4,"num_key_value_heads":2}}"#
+    );
+    let cfg = LlamaConfig::from_json(&cfg_json).unwrap();
+    let dir = tmpdir("bench-first-token");
+    let w = make_weights(&cfg, &mut Rng(5));
+    write_checkpoint(&dir, &cfg_json, &w, safetensors::Dtype::F32);
+    let prompt = palr::bench::prompt_ids(20, cfg.vocab_size);
+    let want_logits = reference_logits(&cfg, &w, &prompt);
+    let last = want_logits.last().unwrap();
+    let want =
+        (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best }) as u32;
+    // A report that never set the field would read 0: make sure that cannot pass.
+    assert_ne!(want, 0, "choose weights whose argmax is not token 0");
+    let args = palr::bench::EngineBenchArgs {
+        model: dir.clone(),
+        prompt_tokens: 20,
+        decode_tokens: 3,
+        dtype: WeightDtype::F32,
+        threads: 2,
+        warmup: 0,
+        runs: 2,
+        json: true,
+    };
+    let report = palr::bench::run_engine(&args).unwrap();
+    assert_eq!(report.first_token, want);
+    assert_eq!(report.prefill_runs_s.len(), 2);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["first_token"].as_u64(), Some(want as u64));
+    let _ = std::fs::remove_dir_all(&dir);
+}
