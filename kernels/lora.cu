@@ -7,16 +7,29 @@
 // the rows of a batch form segments, each with its own adapter (or none), and
 //     shrink: t[row, :] = x[row, :] · Aᵀ          (rank values per row, f32)
 //     expand: y[row, :] += s · t[row, :] · Bᵀ      (on top of the base projection)
-// Segments are described per row by `row_seg` (segment index, -1 = no adapter) and
-// a table of `LoraSeg` (device pointers of the segment's A and B, rank, scale).
+// The segment table (at most 32 segments: row bounds, device pointers of each
+// segment's A and B, rank, scale) is a kernel parameter passed by value, so a
+// call copies nothing from the host and never waits for the stream.
 #include "palr_common.cuh"
 
-struct LoraSeg {
-    unsigned long long a;  // const bf16_t* (rank, in)
-    unsigned long long b;  // const bf16_t* (out, rank)
-    int rank;
-    float scale;
+#define LORA_MAX_SEGS 32
+
+// Mirrors `LoraBatchArg` in src/engine/cuda/lora.rs (904 bytes, 8-byte aligned).
+struct LoraBatch {
+    int n_segs;
+    int start[LORA_MAX_SEGS + 1];        // segment s covers rows start[s] .. start[s+1]
+    unsigned long long a[LORA_MAX_SEGS];  // const bf16_t* (rank, in); 0 = no adapter
+    unsigned long long b[LORA_MAX_SEGS];  // const bf16_t* (out, rank)
+    int rank[LORA_MAX_SEGS];
+    float scale[LORA_MAX_SEGS];
 };
+
+// The segment holding `row`, or -1 (past the last segment or without an adapter).
+__device__ __forceinline__ int lora_segment(const LoraBatch& p, int row) {
+    for (int s = 0; s < p.n_segs; ++s)
+        if (row < p.start[s + 1]) return p.a[s] != 0 ? s : -1;
+    return -1;
+}
 
 #define MERGE_ROWS 8
 
@@ -53,19 +66,18 @@ extern "C" __global__ void lora_merge_bf16(bf16_t* __restrict__ w, const bf16_t*
 
 // t[row, k] = x[row, :] · a[k, :] for k < rank of the row's segment.
 // x (rows, in) bf16 with row stride ldx; t (rows, max_rank) f32.
-// grid (rows), block 256: each warp takes ranks k = warp, warp + 8, ...
+// grid (rows of this call, from row0), block 256: each warp takes ranks k = warp, warp + 8, ...
 extern "C" __global__ void lora_shrink_bf16(const bf16_t* __restrict__ x, int ldx,
-                                            const int* __restrict__ row_seg,
-                                            const LoraSeg* __restrict__ segs,
+                                            const __grid_constant__ LoraBatch p, int row0,
                                             float* __restrict__ t, int in_f, int max_rank) {
-    const int row = blockIdx.x;
-    const int seg = row_seg[row];
+    const int row = row0 + blockIdx.x;
+    const int seg = lora_segment(p, row);
     if (seg < 0) return;
-    const LoraSeg sg = segs[seg];
-    const bf16_t* a = (const bf16_t*)sg.a;
+    const bf16_t* a = (const bf16_t*)p.a[seg];
+    const int rank = p.rank[seg];
     const bf16_t* xr = x + (size_t)row * ldx;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int k = warp; k < sg.rank; k += warps) {
+    for (int k = warp; k < rank; k += warps) {
         const bf16_t* ak = a + (size_t)k * in_f;
         float dot = 0.0f;
         if ((in_f & 1) == 0) {
@@ -82,23 +94,22 @@ extern "C" __global__ void lora_shrink_bf16(const bf16_t* __restrict__ x, int ld
 }
 
 // y[row, o] += scale · t[row, :] · b[o, :]. y (rows, out) f32 with row stride ldy.
-// grid (ceil(out / 256), rows), block 256.
+// grid (ceil(out / 256), rows of this call, from row0), block 256.
 extern "C" __global__ void lora_expand_f32(const float* __restrict__ t,
-                                           const int* __restrict__ row_seg,
-                                           const LoraSeg* __restrict__ segs,
+                                           const __grid_constant__ LoraBatch p, int row0,
                                            float* __restrict__ y, int ldy, int out_f,
                                            int max_rank) {
     __shared__ float ts[256];
-    const int row = blockIdx.y;
-    const int seg = row_seg[row];
+    const int row = row0 + blockIdx.y;
+    const int seg = lora_segment(p, row);
     if (seg < 0) return;
-    const LoraSeg sg = segs[seg];
-    for (int k = threadIdx.x; k < sg.rank; k += blockDim.x) ts[k] = t[(size_t)row * max_rank + k];
+    const int rank = p.rank[seg];
+    for (int k = threadIdx.x; k < rank; k += blockDim.x) ts[k] = t[(size_t)row * max_rank + k];
     __syncthreads();
     const int o = blockIdx.x * blockDim.x + threadIdx.x;
     if (o >= out_f) return;
-    const bf16_t* bo = (const bf16_t*)sg.b + (size_t)o * sg.rank;
+    const bf16_t* bo = (const bf16_t*)p.b[seg] + (size_t)o * rank;
     float acc = 0.0f;
-    for (int k = 0; k < sg.rank; ++k) acc += ts[k] * bf2f(bo[k]);
-    y[(size_t)row * ldy + o] += sg.scale * acc;
+    for (int k = 0; k < rank; ++k) acc += ts[k] * bf2f(bo[k]);
+    y[(size_t)row * ldy + o] += p.scale[seg] * acc;
 }

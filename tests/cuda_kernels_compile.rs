@@ -1,6 +1,6 @@
 //! Every CUDA kernel compiles with NVRTC 13.0 for sm_80 (A100) and sm_90 (H100,
-//! H200) — both to PTX, which `ptxas` then assembles with its resource report,
-//! and to CUBIN, the path the backend takes at run time — and no kernel spills
+//! H200) to PTX, which `ptxas` then assembles with its resource report (and, for
+//! sm_90, to CUBIN, the path the backend takes at run time), and no kernel spills
 //! registers or uses a stack frame. Needs no GPU: NVRTC and ptxas run anywhere.
 //!
 //! The compilers come from NVIDIA's Python wheels, which `scripts/fetch-cuda-tools.sh`
@@ -112,23 +112,27 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
     for arch in ARCHS {
         let t = std::time::Instant::now();
         let ptx = nvrtc::compile_all(arch, Output::Ptx).unwrap_or_else(|e| panic!("{e}"));
-        let cubin = nvrtc::compile_all(arch, Output::Cubin).unwrap_or_else(|e| panic!("{e}"));
+        // The run-time path (CUBIN straight from NVRTC), for the GPUs we run on.
+        if arch == 90 {
+            for bin in nvrtc::compile_all(arch, Output::Cubin).unwrap_or_else(|e| panic!("{e}")) {
+                assert!(
+                    bin.bytes.starts_with(b"\x7fELF"),
+                    "{} (sm_{arch}): CUBIN is not an ELF image",
+                    bin.file
+                );
+            }
+        }
         eprintln!(
-            "sm_{arch}: NVRTC compiled {} files twice in {:.1?}",
+            "sm_{arch}: NVRTC compiled {} files in {:.1?}",
             FILES.len(),
             t.elapsed()
         );
-        for (img, bin) in ptx.iter().zip(&cubin) {
+        for img in &ptx {
             assert!(
                 img.log.is_empty(),
                 "{} (sm_{arch}) compiled with warnings:\n{}",
                 img.file,
                 img.log
-            );
-            assert!(
-                bin.bytes.starts_with(b"\x7fELF"),
-                "{} (sm_{arch}): CUBIN is not an ELF image",
-                bin.file
             );
             let text = img.ptx_text().expect("PTX is text");
             let file = FILES.iter().find(|f| f.name == img.file).unwrap();

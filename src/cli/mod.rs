@@ -24,6 +24,8 @@ pub enum Command {
 pub enum BenchCmd {
     /// Prefill and decode throughput of the engine.
     Engine(crate::bench::EngineBenchArgs),
+    /// CUDA backend timings next to their physical floors (needs a GPU).
+    Gpu(crate::bench_gpu::GpuBenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,6 +37,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 report.print_table();
             }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Gpu(args)) => {
+            crate::bench_gpu::run(&args)?;
             Ok(())
         }
     }

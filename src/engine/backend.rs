@@ -103,6 +103,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// Writes `rows` new keys and values (`(rows, n_kv_heads, head_dim)`) at positions
     /// `start..start+rows` of the cache.
+    #[allow(clippy::too_many_arguments)]
     fn kv_store(
         &self,
         k: &Self::Buf,

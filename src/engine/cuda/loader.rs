@@ -139,8 +139,12 @@ pub(crate) fn open_for_symbols(lib: &str) -> Result<&'static libloading::Library
     load(lib)?;
     // Already loaded above, so opening by name returns that same object.
     // SAFETY: as in `open`.
-    let l = unsafe { libloading::Library::new(lib) }
-        .map_err(|e| format!("{lib} loaded but cannot be reopened by name: {}", describe(&e)))?;
+    let l = unsafe { libloading::Library::new(lib) }.map_err(|e| {
+        format!(
+            "{lib} loaded but cannot be reopened by name: {}",
+            describe(&e)
+        )
+    })?;
     let l: &'static libloading::Library = Box::leak(Box::new(l));
     h.insert(lib.to_string(), l);
     Ok(l)

@@ -16,14 +16,14 @@
 //!
 //! ```ignore
 //! backend.linear(&x, rows, &w_q, None, &mut y)?;                 // y = x·Wᵀ
-//! backend.lora_apply(&x, &mut y, &[
+//! backend.lora_apply(&x, &w_q, &mut y, &[
 //!     LoraSegment { rows: 3, adapter: Some(&user_a) },            // rows 0..3
 //!     LoraSegment { rows: 5, adapter: None },                     // rows 3..8: base model
 //!     LoraSegment { rows: 2, adapter: Some(&user_b) },            // rows 8..10
 //! ])?;
 //! ```
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 use half::bf16;
 
 use super::{CudaBackend, CudaBuf, CudaError, CudaMat, Dtype, EW_THREADS, cfg, check_len, drv_err};
@@ -31,6 +31,69 @@ use crate::engine::{EngineError, Result};
 
 /// Largest rank the kernels take (their shared-memory tables hold 256 values).
 pub const MAX_RANK: usize = 256;
+
+/// Segments per kernel launch (`LORA_MAX_SEGS` in kernels/lora.cu); longer lists
+/// take several launches.
+const MAX_SEGS: usize = 32;
+
+/// The segment table passed by value to the SGMV kernels; mirrors `struct
+/// LoraBatch` in kernels/lora.cu field for field (C layout, 904 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LoraBatchArg {
+    n_segs: i32,
+    /// Segment s covers rows start[s]..start[s+1].
+    start: [i32; MAX_SEGS + 1],
+    /// Device pointers of A and B (0: the segment has no adapter).
+    a: [u64; MAX_SEGS],
+    b: [u64; MAX_SEGS],
+    rank: [i32; MAX_SEGS],
+    scale: [f32; MAX_SEGS],
+}
+
+const _: () = assert!(std::mem::size_of::<LoraBatchArg>() == 904);
+const _: () = assert!(std::mem::align_of::<LoraBatchArg>() == 8);
+
+// SAFETY: a plain C struct of integers and floats, laid out as the kernels'
+// `struct LoraBatch`; the driver copies it into the kernel's parameter space.
+unsafe impl DeviceRepr for LoraBatchArg {}
+
+/// A segment as the kernels see it: its rows and, with an adapter, the device
+/// pointers of A and B, the rank and the scale.
+type SegmentRef = (usize, Option<(u64, u64, usize, f32)>);
+
+/// The tables for `segments` (consecutive rows from 0), at most 32 segments each,
+/// with the first row of each; empty groups are dropped.
+fn batch_args(segments: &[SegmentRef]) -> Vec<(i32, LoraBatchArg)> {
+    let mut out = Vec::new();
+    let mut row = 0i32;
+    for group in segments.chunks(MAX_SEGS) {
+        let mut arg = LoraBatchArg {
+            n_segs: group.len() as i32,
+            start: [0; MAX_SEGS + 1],
+            a: [0; MAX_SEGS],
+            b: [0; MAX_SEGS],
+            rank: [0; MAX_SEGS],
+            scale: [0.0; MAX_SEGS],
+        };
+        let row0 = row;
+        for (i, &(rows, adapter)) in group.iter().enumerate() {
+            arg.start[i] = row;
+            row += rows as i32;
+            if let Some((pa, pb, rank, scale)) = adapter {
+                arg.a[i] = pa;
+                arg.b[i] = pb;
+                arg.rank[i] = rank as i32;
+                arg.scale[i] = scale;
+            }
+        }
+        arg.start[group.len()] = row;
+        if row > row0 {
+            out.push((row0, arg));
+        }
+    }
+    out
+}
 
 /// One adapter for one projection, on the device (bf16).
 pub struct LoraAdapter {
@@ -168,26 +231,28 @@ impl CudaBackend {
     }
 
     /// `y[r, :] += s·(x[r, :]·Aᵀ)·Bᵀ` for each row `r` of each segment with an
-    /// adapter. `x (rows, in)` is the projection's input, `y (rows, out)` its f32
-    /// output; the segments cover `rows` rows in order.
+    /// adapter. `x (rows, in)` is the input of the projection `w (out, in)`, `y
+    /// (rows, out)` its f32 output (`linear(x, w)`); the segments cover `rows` rows
+    /// in order, and every adapter must have `w`'s shape.
     pub fn lora_apply(
         &self,
         x: &CudaBuf,
+        w: &CudaMat,
         y: &mut CudaBuf,
         segments: &[LoraSegment<'_>],
     ) -> Result<()> {
         let rows: usize = segments.iter().map(|s| s.rows).sum();
-        let Some(first) = segments.iter().find_map(|s| s.adapter) else {
-            return Ok(()); // no adapter anywhere: y is already the base projection
-        };
-        let (in_f, out_f) = (first.in_features, first.out_features);
+        let (in_f, out_f) = (w.cols, w.rows);
         for s in segments.iter().filter_map(|s| s.adapter) {
             if s.in_features != in_f || s.out_features != out_f {
                 return Err(EngineError::Invalid(format!(
-                    "LoRA adapters of one call must share a shape: ({in_f} → {out_f}) and ({} → {})",
+                    "LoRA adapter ({} → {}) does not fit the projection ({in_f} → {out_f})",
                     s.in_features, s.out_features
                 )));
             }
+        }
+        if segments.iter().all(|s| s.adapter.is_none()) {
+            return Ok(()); // y is already the base projection
         }
         if rows > 65_535 {
             return Err(EngineError::Invalid(format!(
@@ -201,31 +266,6 @@ impl CudaBackend {
             .filter_map(|s| s.adapter.map(|a| a.rank))
             .max()
             .unwrap_or(1);
-
-        // Per-row segment index, then the segment table (8-byte aligned), as u32 words.
-        let mut words: Vec<u32> = Vec::with_capacity(rows + 1 + 6 * segments.len());
-        for (i, s) in segments.iter().enumerate() {
-            let idx = if s.adapter.is_some() { i as i32 } else { -1 };
-            words.extend(std::iter::repeat_n(idx as u32, s.rows));
-        }
-        if !words.len().is_multiple_of(2) {
-            words.push(0);
-        }
-        let table_at = words.len();
-        for s in segments {
-            let (pa, pb, rank, scale) = match s.adapter {
-                Some(a) => (self.ptr(&a.a), self.ptr(&a.b), a.rank as u32, a.scale),
-                None => (0, 0, 0, 0.0),
-            };
-            words.extend([
-                pa as u32,
-                (pa >> 32) as u32,
-                pb as u32,
-                (pb >> 32) as u32,
-                rank,
-                scale.to_bits(),
-            ]);
-        }
 
         let yp = match y.dtype() {
             Dtype::F32 => self.f32_in(y, "lora_apply output")?,
@@ -247,16 +287,62 @@ impl CudaBackend {
                 dst
             }
         };
-        let base = self.upload_u32(&mut sh, &words)?;
-        let (row_seg, table) = (base, base + 4 * table_at as u64);
         let t = self.scratch_f32(&mut sh, rows * max_rank)?;
-        // Block r: row r < rows of x (in_f values) and of t (max_rank values);
-        // segment indices point into the table uploaded above.
-        launch!(self, "lora_shrink_bf16", cfg((rows as u32, 1, 1), 256, 0);
-            xp, in_f as i32, row_seg, table, t, in_f as i32, max_rank as i32);
-        // Block (x, r): outputs 256x.. < out_f of row r < rows of y.
-        launch!(self, "lora_expand_f32", cfg((out_f.div_ceil(256) as u32, rows as u32, 1), 256, 0);
-            t, row_seg, table, yp, out_f as i32, out_f as i32, max_rank as i32);
+        let refs: Vec<SegmentRef> = segments
+            .iter()
+            .map(|s| {
+                let ad = s
+                    .adapter
+                    .map(|a| (self.ptr(&a.a), self.ptr(&a.b), a.rank, a.scale));
+                (s.rows, ad)
+            })
+            .collect();
+        for (row0, arg) in batch_args(&refs) {
+            let n = (arg.start[arg.n_segs as usize] - row0) as u32;
+            // Block r: row row0 + r < rows of x (in_f values) and of t (max_rank
+            // values); the table's pointers are live adapters of this shape.
+            launch!(self, "lora_shrink_bf16", cfg((n, 1, 1), 256, 0);
+                xp, in_f as i32, arg, row0, t, in_f as i32, max_rank as i32);
+            // Block (x, r): outputs 256x.. < out_f of row row0 + r < rows of y.
+            launch!(self, "lora_expand_f32", cfg((out_f.div_ceil(256) as u32, n, 1), 256, 0);
+                t, arg, row0, yp, out_f as i32, out_f as i32, max_rank as i32);
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_tables_cover_the_rows_in_groups_of_32() {
+        // 70 segments of 2 rows, every third without an adapter.
+        let segs: Vec<SegmentRef> = (0..70)
+            .map(|i| {
+                (
+                    2,
+                    (i % 3 != 0).then_some((0x1000 + i as u64, 0x2000 + i as u64, 16, 0.5)),
+                )
+            })
+            .collect();
+        let args = batch_args(&segs);
+        assert_eq!(args.len(), 3);
+        assert_eq!(
+            args.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            vec![0, 64, 128]
+        );
+        let (row0, a) = &args[1];
+        assert_eq!((*row0, a.n_segs), (64, 32));
+        assert_eq!(a.start[0], 64);
+        assert_eq!(a.start[32], 128);
+        assert_eq!(a.a[0], 0x1000 + 32); // segment 32 has an adapter
+        assert_eq!(a.a[1], 0); // segment 33: none
+        assert_eq!((a.a[2], a.b[2]), (0x1000 + 34, 0x2000 + 34));
+        assert_eq!((a.rank[0], a.scale[0]), (16, 0.5));
+        let (row0, a) = &args[2];
+        assert_eq!((*row0, a.n_segs, a.start[6]), (128, 6, 140));
+        // Segments without rows make no launch.
+        assert!(batch_args(&[(0, None), (0, Some((1, 2, 4, 1.0)))]).is_empty());
     }
 }

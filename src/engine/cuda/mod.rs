@@ -384,6 +384,14 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Makes the backend's context current on this thread (needed before raw
+    /// driver and cuBLAS calls; cudarc's own calls do it themselves).
+    fn bind(&self) -> Result<(), CudaError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv_err("making the context current"))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -712,6 +720,7 @@ impl CudaBackend {
         let dst = self.alloc_bf16_slice(n)?;
         let (ps, pd) = (self.ptr(&src), self.ptr(&dst));
         let mut times = Vec::with_capacity(reps);
+        self.bind()?;
         for _ in 0..reps + 1 {
             let ((), ms) = self.elapsed_ms(|b| {
                 // SAFETY: both allocations hold n bf16 values = 2n bytes.
@@ -728,6 +737,7 @@ impl CudaBackend {
     /// `out (rows, n) = x (rows, k) · wᵀ` through cuBLAS with bf16 inputs.
     fn gemm(&self, sh: &mut Shared, x_bf16: u64, rows: usize, w: &CudaMat, out: u64) -> Result<()> {
         let (n, k) = (w.rows, w.cols);
+        self.bind()?;
         let alpha = 1.0f32;
         let beta = 0.0f32;
         // Column-major view: outᵀ (n × rows) = W (k × n, transposed) · xᵀ (k × rows).
@@ -1053,6 +1063,7 @@ impl Backend for CudaBackend {
         match (src.live, dst.live) {
             (Dtype::F32, Dtype::F32) => {
                 let (s, d) = (self.f32_in(src, "source")?, self.f32_out(dst)?);
+                self.bind()?;
                 // SAFETY: both ranges lie inside their allocations (checked above).
                 unsafe {
                     drv::memcpy_dtod_async(
@@ -1066,6 +1077,7 @@ impl Backend for CudaBackend {
             }
             (Dtype::Bf16, Dtype::Bf16) => {
                 let (s, d) = (self.bf16_in(src, "source")?, self.bf16_out(dst)?);
+                self.bind()?;
                 // SAFETY: as above, 2-byte elements.
                 unsafe {
                     drv::memcpy_dtod_async(
@@ -1217,6 +1229,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let half = inv_freq.len();
         check_len(table.len, rows * half * 2, "rope table")?;
+        if rows == 0 || half == 0 {
+            return Ok(());
+        }
         let mut host = vec![0f32; rows * half * 2];
         for r in 0..rows {
             let pos = (start + r) as f64;
@@ -1356,6 +1371,7 @@ impl Backend for CudaBackend {
                 self.bf16_in(&dst.v, "destination value cache")?,
             ),
         ];
+        self.bind()?;
         for (s, d) in pairs {
             for g in 0..nkv {
                 let so = 2 * (g * src_capacity * hd) as u64;

@@ -53,10 +53,16 @@ pub fn weight_bytes(cfg: &LlamaConfig) -> usize {
 
 /// Parameters of the matrices (norms and biases excluded).
 pub fn parameter_count(cfg: &LlamaConfig) -> usize {
-    let (d, h, v) = (cfg.dim, cfg.hidden_dim, cfg.vocab_size);
-    let per_layer = d * cfg.q_dim() + 2 * d * cfg.kv_dim() + cfg.q_dim() * d + 3 * d * h;
+    let (d, v) = (cfg.dim, cfg.vocab_size);
     let head = if cfg.tie_word_embeddings { 0 } else { v * d };
-    v * d + cfg.n_layers * per_layer + head
+    v * d + layer_parameter_count(cfg) + head
+}
+
+/// Parameters of the decoder layers' matrices (q, k, v, o, gate, up, down).
+pub fn layer_parameter_count(cfg: &LlamaConfig) -> usize {
+    let (d, h) = (cfg.dim, cfg.hidden_dim);
+    let per_layer = d * cfg.q_dim() + 2 * d * cfg.kv_dim() + cfg.q_dim() * d + 3 * d * h;
+    cfg.n_layers * per_layer
 }
 
 /// A model of shape `cfg` with random weights from `seed`, made on `backend`.
