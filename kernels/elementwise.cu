@@ -57,14 +57,6 @@ extern "C" __global__ void silu_mul_f32_bf16(const float* __restrict__ gate,
         out[i] = f2bf(silu(gate[i]) * up[i]);
 }
 
-// gate[i] = silu(gate[i]) * up[i] in place, f32.
-extern "C" __global__ void silu_mul_f32_f32(float* __restrict__ gate, const float* __restrict__ up,
-                                            long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x)
-        gate[i] = silu(gate[i]) * up[i];
-}
-
 // Writes `rows` new keys and values (rows, n_kv, head_dim) f32 into the bf16 cache
 // (n_kv, capacity, head_dim) at positions start..start+rows.
 // grid (rows, n_kv), block 64..256. start + rows <= capacity was checked on the host.

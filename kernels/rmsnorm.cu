@@ -3,7 +3,8 @@
 // and the fused form the decoder needs between sub-layers:
 //     x[r, :] += h[r, :];  out[r, :] = rmsnorm(x[r, :]) * weight
 // One block per row (grid = rows, block = 256). Each thread touches the same
-// indices in both passes, so in-place use (out aliasing h) is safe.
+// indices in both passes, so `out` may even alias `h`. The output is bf16: it
+// feeds a projection (cuBLAS takes both operands in one type).
 #include "palr_common.cuh"
 
 template <typename TOut>
@@ -43,23 +44,10 @@ extern "C" __global__ void rmsnorm_f32_bf16(const float* __restrict__ x, const f
     rmsnorm_row(x + off, w, out + off, dim, eps);
 }
 
-extern "C" __global__ void rmsnorm_f32_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                           float* __restrict__ out, int dim, float eps) {
-    const size_t off = (size_t)blockIdx.x * dim;
-    rmsnorm_row(x + off, w, out + off, dim, eps);
-}
-
 // h is f32 (the sub-layer's output); out is h's bf16 twin (another allocation).
 extern "C" __global__ void add_rmsnorm_f32_bf16(float* __restrict__ x, const float* __restrict__ h,
                                                 const float* __restrict__ w,
                                                 bf16_t* __restrict__ out, int dim, float eps) {
     const size_t off = (size_t)blockIdx.x * dim;
     add_rmsnorm_row(x + off, h + off, w, out + off, dim, eps);
-}
-
-// In place: h holds the sub-layer's output on entry and the normed row on exit.
-extern "C" __global__ void add_rmsnorm_f32_f32(float* __restrict__ x, float* h,
-                                               const float* __restrict__ w, int dim, float eps) {
-    const size_t off = (size_t)blockIdx.x * dim;
-    add_rmsnorm_row(x + off, h + off, w, h + off, dim, eps);
 }

@@ -6,9 +6,12 @@
 #
 #   scripts/gpu-check.sh RESULTS_DIR [PARTS]
 #
-# PARTS (comma-separated, default all): tests, bench, torch, report.
+# PARTS (comma-separated, default tests,bench,torch,report):
 #   tests   tests/cuda_ops.rs and tests/cuda_model.rs with PALR_REQUIRE_CUDA=1
 #           (a missing driver fails instead of skipping)
+#   sanitize  (not in the default) tests/cuda_ops.rs under compute-sanitizer
+#           memcheck with PALR_CUDA_SYNC_CHECK=1, filtered by
+#           GPU_CHECK_SANITIZE_FILTER (a test-name substring; slow: minutes)
 #   bench   palr bench gpu (ceilings, attention, LoRA, SmolLM2 and 7B shapes)
 #   torch   scripts/gpu_torch_bench.py: the same figures with PyTorch
 #   report  scripts/gpu_report.py: the table (also printed last)
@@ -91,6 +94,15 @@ if [[ $parts == *,tests,* ]]; then
         echo "== $t exit $rc" | tee -a "$res/tests.log"
         [ "$rc" -ne 0 ] && status=1
     done
+fi
+if [[ $parts == *,sanitize,* ]]; then
+    lim=$(allow 300 30)
+    echo "== compute-sanitizer memcheck cuda_ops ${GPU_CHECK_SANITIZE_FILTER:-} (limit ${lim}s)" | tee -a "$res/tests.log"
+    PALR_CUDA_SYNC_CHECK=1 timeout "$lim" compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$work/bin/cuda_ops" --test-threads=1 ${GPU_CHECK_SANITIZE_FILTER:-} 2>&1 | tail -200 | tee -a "$res/tests.log"
+    rc=${PIPESTATUS[0]}
+    echo "== sanitizer exit $rc" | tee -a "$res/tests.log"
+    [ "$rc" -ne 0 ] && status=1
 fi
 if [[ $parts == *,bench,* ]]; then
     rm -f "$res/palr-bench.json"

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use cuda_common::*;
+use palr::engine::backend::Backend;
 use palr::engine::cuda::synthetic::SMOLLM2_135M;
 use palr::engine::{self, Device, LanguageModel, LoadOptions, Logits, WeightDtype};
 
@@ -99,6 +100,51 @@ fn synthetic_smollm2_logits_match_cpu() {
         &c_all[99 * vocab..],
         MODEL_TOL,
     );
+}
+
+#[test]
+fn synthetic_weights_made_on_the_gpu_run() {
+    // The benchmark's models: random weights made on the device, no checkpoint.
+    let Some(b) = gpu() else { return };
+    let mut cfg = palr::engine::cuda::synthetic::preset("smollm2-135m").unwrap();
+    cfg.n_layers = 2;
+    let llama = palr::engine::cuda::synthetic::llama(cfg.clone(), b, 3).unwrap();
+    let mut norm = vec![0f32; cfg.dim];
+    llama
+        .backend
+        .download(&llama.blocks[1].mlp_norm, 0, &mut norm)
+        .unwrap();
+    assert!(
+        norm.iter().all(|v| (0.7..=1.3).contains(v)),
+        "norm weights in 1 ± 0.3"
+    );
+    assert!(
+        norm.iter().any(|v| (v - norm[0]).abs() > 1e-3),
+        "norm weights vary"
+    );
+    let w = llama
+        .backend
+        .download_mat(&llama.blocks[0].attn.q.w)
+        .unwrap();
+    let bound = 1.0 / (cfg.dim as f32).sqrt() * 1.01;
+    assert!(
+        w.iter().all(|v| v.abs() <= bound),
+        "q weights in ±1/sqrt(dim)"
+    );
+    let mean_abs = w.iter().map(|v| v.abs()).sum::<f32>() / w.len() as f32;
+    assert!(
+        (mean_abs / bound - 0.5).abs() < 0.05,
+        "uniform: mean |w| = {mean_abs}, bound {bound}"
+    );
+    let model: Arc<dyn LanguageModel> = Arc::new(engine::Model::new(llama, 64));
+    let mut s = model.new_session(32).unwrap();
+    let logits = s
+        .feed(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], Logits::Last)
+        .unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()), "finite logits");
+    let spread = logits.iter().cloned().fold(f32::MIN, f32::max)
+        - logits.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread > 1.0, "logits vary (spread {spread})");
 }
 
 #[test]

@@ -275,6 +275,8 @@ fn fill_caches(
 fn attention_prefill_and_decode_against_cpu() {
     let Some(g) = gpu() else { return };
     let c = cpu();
+    let mut split = gpu().expect("a GPU is present");
+    split.set_flash_attention(false);
     let mut rng = Rng::new(fresh_seed("attention"));
     // (n_heads, n_kv_heads, head_dim): SmolLM2, LLaMA-2-7B, GQA 4:1, and the
     // split kernel's other head sizes and its largest group.
@@ -343,6 +345,43 @@ fn attention_prefill_and_decode_against_cpu() {
                 &cout,
                 1e-2,
             );
+            // Long prefill again on the split-sequence kernel (the fallback path).
+            // Another backend has its own stream: wait for this one's writes first.
+            if rows > 8 && [64, 128].contains(&hd) {
+                g.synchronize().unwrap();
+                let mut sout = poisoned(&split, rows * n_heads * hd);
+                split
+                    .attention(&gq, &gc, rows, start, heads, capacity, &mut sout)
+                    .unwrap();
+                assert_close(
+                    &format!(
+                        "split-kernel prefill heads {n_heads}/{n_kv} hd {hd}, rows {rows} at {start}"
+                    ),
+                    &down(&split, &sout, rows * n_heads * hd),
+                    &cout,
+                    1e-2,
+                );
+            }
+            // The same with bf16 queries (the kernels' other query type).
+            let width = n_heads * hd;
+            let mut gqb = g.alloc_bf16(rows * width).unwrap();
+            g.copy_rows(&gq, 0, &mut gqb, 0, rows, width).unwrap();
+            assert_eq!(gqb.dtype(), Dtype::Bf16);
+            let qr = round_bf16(&q);
+            let mut cout = c.alloc(rows * width).unwrap();
+            c.attention(&qr, &cc, rows, start, heads, capacity, &mut cout)
+                .unwrap();
+            let mut gout = poisoned(&g, rows * width);
+            g.attention(&gqb, &gc, rows, start, heads, capacity, &mut gout)
+                .unwrap();
+            assert_close(
+                &format!(
+                    "attention, bf16 queries, heads {n_heads}/{n_kv} hd {hd}, rows {rows} at {start}"
+                ),
+                &down(&g, &gout, rows * width),
+                &cout,
+                1e-2,
+            );
         }
     }
 }
@@ -400,6 +439,28 @@ fn kv_cache_prefix_copy_and_type_errors() {
     g.attention(&gq, &gb, 1, len - 1, heads, cap_b, &mut ob)
         .unwrap();
     assert_eq!(down(&g, &oa, 9 * 64), down(&g, &ob, 9 * 64));
+    // Keys and values already in bf16 store the same cache as f32 ones.
+    let w = 3 * 64;
+    let (k, v) = (rng.vec_bf16(7 * w, 1.0), rng.vec_bf16(7 * w, 1.0));
+    let (gk, gv) = (g.upload(&k).unwrap(), g.upload(&v).unwrap());
+    let (mut kb, mut vb) = (g.alloc_bf16(7 * w).unwrap(), g.alloc_bf16(7 * w).unwrap());
+    g.copy_rows(&gk, 0, &mut kb, 0, 7, w).unwrap();
+    g.copy_rows(&gv, 0, &mut vb, 0, 7, w).unwrap();
+    let fresh = |g: &CudaBackend| KvLayer {
+        k: g.alloc_kv(3 * cap_a * 64).unwrap(),
+        v: g.alloc_kv(3 * cap_a * 64).unwrap(),
+    };
+    let (mut c32, mut c16) = (fresh(&g), fresh(&g));
+    g.kv_store(&gk, &gv, 7, 11, heads, cap_a, &mut c32).unwrap();
+    g.kv_store(&kb, &vb, 7, 11, heads, cap_a, &mut c16).unwrap();
+    assert_eq!(
+        down(&g, &c32.k, 3 * cap_a * 64),
+        down(&g, &c16.k, 3 * cap_a * 64)
+    );
+    assert_eq!(
+        down(&g, &c32.v, 3 * cap_a * 64),
+        down(&g, &c16.v, 3 * cap_a * 64)
+    );
     // A cache made with alloc (f32) instead of alloc_kv is refused with a clear error.
     let mut bad = KvLayer {
         k: g.alloc(3 * cap_a * 64).unwrap(),

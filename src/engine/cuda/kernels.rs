@@ -40,7 +40,6 @@ pub const FILES: &[KernelFile] = &[
             "cast_bf16_f32",
             "bias_add_f32",
             "silu_mul_f32_bf16",
-            "silu_mul_f32_f32",
             "kv_store_f32_bf16",
             "kv_store_bf16_bf16",
             "fill_f32",
@@ -52,12 +51,7 @@ pub const FILES: &[KernelFile] = &[
     KernelFile {
         name: "rmsnorm.cu",
         source: include_str!("../../../kernels/rmsnorm.cu"),
-        entries: &[
-            "rmsnorm_f32_bf16",
-            "rmsnorm_f32_f32",
-            "add_rmsnorm_f32_bf16",
-            "add_rmsnorm_f32_f32",
-        ],
+        entries: &["rmsnorm_f32_bf16", "add_rmsnorm_f32_bf16"],
     },
     KernelFile {
         name: "rope.cu",

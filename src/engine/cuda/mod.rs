@@ -28,7 +28,8 @@
 //! a kernel raised since the last one.
 //!
 //! Set `PALR_CUDA_SYNC_CHECK=1` to synchronise after every launch, so a faulting
-//! kernel is named (slow; for debugging).
+//! kernel is named (slow; for debugging), and `PALR_CUDA_ATTENTION=split` to run
+//! prefill attention on the split-sequence kernel instead of the tensor-core one.
 
 /// Launches kernel `$name` of `$self` with `$cfg` and the arguments (each kept
 /// alive until the launch).
@@ -240,6 +241,8 @@ pub struct CudaBackend {
     shared: Mutex<Shared>,
     info: DeviceInfo,
     sync_check: bool,
+    /// Use the tensor-core prefill kernel where it applies (else the split kernel).
+    flash: bool,
 }
 
 /// Rows above which attention uses the tensor-core prefill kernel (where the
@@ -340,6 +343,7 @@ impl CudaBackend {
             kernel_output,
         };
         let sync_check = std::env::var("PALR_CUDA_SYNC_CHECK").is_ok_and(|v| v == "1");
+        let flash = std::env::var("PALR_CUDA_ATTENTION").as_deref() != Ok("split");
         Ok(CudaBackend {
             ctx,
             stream,
@@ -350,11 +354,19 @@ impl CudaBackend {
             }),
             info,
             sync_check,
+            flash,
         })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// Whether prefill attention uses the tensor-core kernel (the default) or the
+    /// split-sequence kernel for every row count (`PALR_CUDA_ATTENTION=split` at
+    /// start-up; a fallback, and a second implementation to check against).
+    pub fn set_flash_attention(&mut self, on: bool) {
+        self.flash = on;
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -853,7 +865,7 @@ impl CudaBackend {
         );
         let group = n_heads / n_kv_heads;
 
-        if rows > FLASH_MIN_ROWS && PREFILL_HEAD_DIMS.contains(&hd) {
+        if self.flash && rows > FLASH_MIN_ROWS && PREFILL_HEAD_DIMS.contains(&hd) {
             let name = format!("attn_prefill_hd{hd}_{q_ty}_bf16");
             let grid = (rows.div_ceil(64) as u32, n_heads as u32, 1);
             // Each block reads query rows < rows of one head, cache positions
