@@ -60,6 +60,10 @@ pub struct GpuBenchArgs {
     /// Append one JSON object per figure to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Tiny sizes everywhere (a smoke run of the benchmark itself, e.g. on the
+    /// fake device of scripts/fake-gpu.sh): the figures mean nothing.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// One measured figure.
@@ -169,7 +173,7 @@ pub fn run(args: &GpuBenchArgs) -> anyhow::Result<Vec<Record>> {
 }
 
 fn ceilings(b: &CudaBackend, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
-    let bytes = 1usize << 30;
+    let bytes = if args.quick { 1 << 24 } else { 1usize << 30 };
     let ms: Vec<f64> = b
         .copy_bandwidth_ms(bytes, args.runs)?
         .into_iter()
@@ -178,14 +182,18 @@ fn ceilings(b: &CudaBackend, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Resu
     let m = median(&ms);
     out.push(Record {
         part: "ceilings".into(),
-        name: "copy 1 GiB device to device".into(),
+        name: if args.quick {
+            "copy 16 MiB device to device (quick)".into()
+        } else {
+            "copy 1 GiB device to device".into()
+        },
         ms: m,
         runs_ms: ms,
         bytes: 2.0 * bytes as f64,
         flops: 0.0,
         extra: serde_json::json!({ "tb_s": 2.0 * bytes as f64 / (m * 1e-3) / 1e12 }),
     })?;
-    let n = 8192;
+    let n = if args.quick { 256 } else { 8192 };
     let ms: Vec<f64> = b
         .gemm_ms(n, n, n, args.runs)?
         .into_iter()
@@ -195,7 +203,7 @@ fn ceilings(b: &CudaBackend, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Resu
     let flops = 2.0 * (n as f64).powi(3);
     out.push(Record {
         part: "ceilings".into(),
-        name: "bf16 matmul 8192x8192x8192 (cuBLAS)".into(),
+        name: format!("bf16 matmul {n}x{n}x{n} (cuBLAS)"),
         ms: m,
         runs_ms: ms,
         bytes: 3.0 * 2.0 * (n * n) as f64,
@@ -212,14 +220,19 @@ fn copies_for(bytes_per_set: usize, l2: usize) -> usize {
 }
 
 fn attention(b: &CudaBackend, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
-    let n_heads = 32;
+    let n_heads = if args.quick { 2 } else { 32 };
+    let seqs: &[usize] = if args.quick {
+        &[80]
+    } else {
+        &[512, 1024, 2048, 4096]
+    };
     for hd in [64usize, 128] {
         let heads = Heads {
             n_heads,
             n_kv_heads: n_heads,
             head_dim: hd,
         };
-        for seq in [512usize, 1024, 2048, 4096] {
+        for &seq in seqs {
             // Prefill: seq queries over seq keys, causal.
             let qn = seq * n_heads * hd;
             let set_bytes = 4 * 2 * qn;
@@ -378,7 +391,10 @@ fn model(ordinal: usize, name: &str, args: &GpuBenchArgs, out: &mut Out) -> anyh
 }
 
 fn lora(ordinal: usize, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
-    let cfg = synthetic::preset("llama2-7b")?;
+    let mut cfg = synthetic::preset("llama2-7b")?;
+    if args.quick {
+        cfg.n_layers = 1;
+    }
     let b = CudaBackend::new(ordinal)?;
     let (d, h) = (cfg.dim, cfg.hidden_dim);
     // (out, in) of the 7 projections of a layer.
@@ -406,7 +422,8 @@ fn lora(ordinal: usize, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()
         layers.push(projs);
     }
     b.synchronize()?;
-    for rows in [1usize, 16, 1024] {
+    let row_counts: &[usize] = if args.quick { &[1, 5] } else { &[1, 16, 1024] };
+    for &rows in row_counts {
         let mut x_d = b.alloc_bf16(rows * d.max(cfg.q_dim()))?;
         b.fill_uniform(&mut x_d, 1, 1.0, 0.0)?;
         let mut x_h = b.alloc_bf16(rows * h)?;

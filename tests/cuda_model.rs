@@ -24,13 +24,27 @@ use palr::engine::{self, Device, LanguageModel, LoadOptions, Logits, WeightDtype
 const MODEL_TOL: f64 = 2e-2;
 
 /// A SmolLM2-shaped checkpoint with random weights, written once per process.
+/// `PALR_TEST_SYNTHETIC_LAYERS` (default: SmolLM2's 30) shortens it, for the slow
+/// fake device of scripts/fake-gpu.sh.
 fn synthetic_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir =
             std::env::temp_dir().join(format!("palr-synthetic-smollm2-{}", std::process::id()));
+        let mut config: serde_json::Value = serde_json::from_str(SMOLLM2_135M).unwrap();
+        if let Some(n) = std::env::var("PALR_TEST_SYNTHETIC_LAYERS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            config["num_hidden_layers"] = n.into();
+            eprintln!("synthetic SmolLM2 shortened to {n} layers (PALR_TEST_SYNTHETIC_LAYERS)");
+        }
         let t = std::time::Instant::now();
-        write_synthetic_checkpoint(&dir, SMOLLM2_135M, fresh_seed("synthetic SmolLM2 weights"));
+        write_synthetic_checkpoint(
+            &dir,
+            &config.to_string(),
+            fresh_seed("synthetic SmolLM2 weights"),
+        );
         eprintln!("wrote {} in {:.1?}", dir.display(), t.elapsed());
         dir
     })
