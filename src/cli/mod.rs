@@ -57,6 +57,8 @@ pub enum BenchCmd {
     Engine(crate::bench::EngineBenchArgs),
     /// End-to-end Recommend latency of a running server (p50/p99, per-stage times).
     Recommend(crate::service::bench::RecommendBenchArgs),
+    /// CUDA backend timings next to their physical floors (needs a GPU).
+    Gpu(crate::bench_gpu::GpuBenchArgs),
 }
 
 /// Runs the parsed command line.
@@ -90,6 +92,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 report.print_table();
             }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Gpu(args)) => {
+            crate::bench_gpu::run(&args)?;
             Ok(())
         }
     }

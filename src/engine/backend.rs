@@ -37,6 +37,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// A zeroed buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A zeroed buffer of `len` elements for one half (keys or values) of a KV
+    /// cache layer. A backend may hold it in a narrower type (CUDA: bf16); only
+    /// [`Backend::kv_store`], [`Backend::attention`] and [`Backend::kv_copy_prefix`]
+    /// touch it.
+    fn alloc_kv(&self, len: usize) -> Result<Self::Buf> {
+        self.alloc(len)
+    }
     /// A buffer holding `data`.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// A weight matrix from a checkpoint tensor of shape `(rows, cols)`.
@@ -146,6 +153,20 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()>;
     /// `x[i] += y[i]` for `i < n`.
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<()>;
+    /// The residual add and the next sub-layer's norm in one pass:
+    /// `x += h`, then `h = rms_norm(x) * weight`, for `rows` rows of `dim`.
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        h: &mut Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.add_assign(x, h, rows * dim)?;
+        self.rms_norm(x, weight, rows, dim, eps, h)
+    }
     /// Runs `f` on the backend's worker threads (the CPU backend's own pool).
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         f()

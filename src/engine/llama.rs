@@ -267,6 +267,29 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// A model from weights already on `backend` (e.g. synthetic weights for
+    /// benchmarks of shapes too large to ship); `cfg` must describe them.
+    pub fn from_parts(
+        cfg: LlamaConfig,
+        backend: B,
+        embed: B::Mat,
+        blocks: Vec<Block<B>>,
+        norm: B::Buf,
+        lm_head: Option<B::Mat>,
+    ) -> Self {
+        let inv_freq = cfg.rope_inv_freq();
+        Llama {
+            cfg,
+            backend,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+            max_lora_rank: 0,
+        }
+    }
+
     pub fn heads(&self) -> Heads {
         Heads {
             n_heads: self.cfg.n_heads,
@@ -283,8 +306,8 @@ impl<B: Backend> Llama<B> {
         let kv = (0..c.n_layers)
             .map(|_| {
                 Ok(KvLayer {
-                    k: b.alloc(kv_len)?,
-                    v: b.alloc(kv_len)?,
+                    k: b.alloc_kv(kv_len)?,
+                    v: b.alloc_kv(kv_len)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -323,39 +346,34 @@ impl<B: Backend> Llama<B> {
 
         b.embed(&self.embed, tokens, &mut st.x)?; // x: (rows, dim)
         b.rope_table(&self.inv_freq, start, rows, &mut st.rope)?;
-        for (blk, kv) in self.blocks.iter().zip(st.kv.iter_mut()) {
-            // Attention.
-            b.rms_norm(&st.x, &blk.attn_norm, rows, dim, c.norm_eps, &mut st.h)?;
-            blk.attn
-                .q
-                .forward(b, &st.h, rows, &mut st.q, ad, &mut st.lora)?;
-            blk.attn
-                .k
-                .forward(b, &st.h, rows, &mut st.k, ad, &mut st.lora)?;
-            blk.attn
-                .v
-                .forward(b, &st.h, rows, &mut st.v, ad, &mut st.lora)?;
+        if let Some(first) = self.blocks.first() {
+            b.rms_norm(&st.x, &first.attn_norm, rows, dim, c.norm_eps, &mut st.h)?;
+        }
+        for (i, (blk, kv)) in self.blocks.iter().zip(st.kv.iter_mut()).enumerate() {
+            // Attention (h = attn_norm(x) on entry).
+            let lora = &mut st.lora;
+            blk.attn.q.forward(b, &st.h, rows, &mut st.q, ad, lora)?;
+            blk.attn.k.forward(b, &st.h, rows, &mut st.k, ad, lora)?;
+            blk.attn.v.forward(b, &st.h, rows, &mut st.v, ad, lora)?;
             b.rope(&mut st.q, rows, c.n_heads, c.head_dim, &st.rope)?;
             b.rope(&mut st.k, rows, c.n_kv_heads, c.head_dim, &st.rope)?;
             b.kv_store(&st.k, &st.v, rows, start, heads, st.capacity, kv)?;
             b.attention(&st.q, kv, rows, start, heads, st.capacity, &mut st.att)?;
-            blk.attn
-                .o
-                .forward(b, &st.att, rows, &mut st.h, ad, &mut st.lora)?;
-            b.add_assign(&mut st.x, &st.h, rows * dim)?;
+            blk.attn.o.forward(b, &st.att, rows, &mut st.h, ad, &mut st.lora)?;
+            // x += attention; h = mlp_norm(x).
+            b.add_rms_norm(&mut st.x, &mut st.h, &blk.mlp_norm, rows, dim, c.norm_eps)?;
             // SwiGLU MLP.
-            b.rms_norm(&st.x, &blk.mlp_norm, rows, dim, c.norm_eps, &mut st.h)?;
-            blk.mlp
-                .gate
-                .forward(b, &st.h, rows, &mut st.gate, ad, &mut st.lora)?;
-            blk.mlp
-                .up
-                .forward(b, &st.h, rows, &mut st.up, ad, &mut st.lora)?;
+            blk.mlp.gate.forward(b, &st.h, rows, &mut st.gate, ad, &mut st.lora)?;
+            blk.mlp.up.forward(b, &st.h, rows, &mut st.up, ad, &mut st.lora)?;
             b.silu_mul(&mut st.gate, &st.up, rows * hidden)?;
-            blk.mlp
-                .down
-                .forward(b, &st.gate, rows, &mut st.h, ad, &mut st.lora)?;
-            b.add_assign(&mut st.x, &st.h, rows * dim)?;
+            blk.mlp.down.forward(b, &st.gate, rows, &mut st.h, ad, &mut st.lora)?;
+            // x += mlp; h = the next block's attn_norm(x).
+            match self.blocks.get(i + 1) {
+                Some(next) => {
+                    b.add_rms_norm(&mut st.x, &mut st.h, &next.attn_norm, rows, dim, c.norm_eps)?
+                }
+                None => b.add_assign(&mut st.x, &st.h, rows * dim)?,
+            }
         }
         st.len = start + rows;
 

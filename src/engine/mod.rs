@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod llama;
 
 use std::any::Any;
@@ -49,6 +50,8 @@ pub enum EngineError {
     Invalid(String),
     #[error("unknown adapter {name:?}; loaded: {loaded:?}")]
     UnknownAdapter { name: String, loaded: Vec<String> },
+    #[error(transparent)]
+    Cuda(cuda::CudaError),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -58,6 +61,33 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 pub enum Device {
     #[default]
     Cpu,
+    /// The NVIDIA GPU of this ordinal (`cuda:0`); weights must be loaded as bf16.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}; use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 /// How to load a model.
@@ -175,6 +205,21 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
     match opts.device {
         Device::Cpu => {
             let backend = CpuBackend::new(opts.threads, opts.dtype)?;
+            Ok(Arc::new(Model {
+                llama: Llama::load(cfg, &ck, backend, adapters)?,
+                max_rows: opts.max_batch_rows.max(1),
+                adapters: names,
+                merged: merged_name,
+            }))
+        }
+        Device::Cuda(ordinal) => {
+            if opts.dtype != WeightDtype::Bf16 {
+                return Err(EngineError::Invalid(format!(
+                    "the CUDA backend holds weights in bf16; load with dtype bf16 (asked for {})",
+                    opts.dtype
+                )));
+            }
+            let backend = cuda::CudaBackend::new(ordinal)?;
             Ok(Arc::new(Model {
                 llama: Llama::load(cfg, &ck, backend, adapters)?,
                 max_rows: opts.max_batch_rows.max(1),
