@@ -390,13 +390,16 @@ impl Ranker {
 
     /// Stops work whose deadline has passed or whose caller has gone.
     fn check_deadline(req: &RankRequest<'_>, stage: &'static str) -> Result<(), RankError> {
+        // The deadline first: when it has passed, the server has answered
+        // DEADLINE_EXCEEDED and dropped the request, which also sets the cancel flag;
+        // the stop is the deadline's, and is counted as such.
+        if req.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(RankError::DeadlineExceeded(stage));
+        }
         if req.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
             return Err(RankError::Cancelled(stage));
         }
-        match req.deadline {
-            Some(d) if Instant::now() >= d => Err(RankError::DeadlineExceeded(stage)),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// Copies the shared prefix of `s`'s mode and adapter into `s` (running it first
