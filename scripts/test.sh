@@ -8,3 +8,6 @@ cargo build --release --workspace
 ./target/release/palr model fetch
 ./target/release/palr data fetch ml-100k
 cargo test --release --workspace
+# The results scripts (scripts/results-table.py, the RecBole-free parts of sasrec_recbole.py):
+# standard library only; the plot test is skipped without matplotlib.
+python3 -m unittest discover -s scripts/tests
