@@ -52,8 +52,8 @@ class Row:
     source: str
 
     def label(self, all_rows: list["Row"]) -> str:
-        """The method's name, with its user count when another row has the same name."""
-        if sum(r.method == self.method for r in all_rows) > 1:
+        """The method's name, with its user count for a sample or when another row has the same name."""
+        if self.sampled or sum(r.method == self.method for r in all_rows) > 1:
             return f"{self.method} ({self.users} users)"
         return self.method
 
@@ -173,13 +173,14 @@ def plot(rows: list[Row], split: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(rows)), 4.2))
     x = list(range(len(rows)))
     ax.bar(x, values, yerr=errors, capsize=4, color=[colors[r.kind] for r in rows], edgecolor="black", linewidth=0.5)
+    top = max(v + e for v, e in zip(values, errors)) or 1.0
     for xi, v, e in zip(x, values, errors):
-        ax.text(xi, v + e + 0.002, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.text(xi, v + e + 0.015 * top, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=9)
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"MovieLens-100k {split} split, full ranking (error bars: 1 SE)", fontsize=10)
-    ax.set_ylim(0, max(v + e for v, e in zip(values, errors)) * 1.18)
+    ax.set_ylim(0, top * 1.18)
     seen = []
     for r in rows:
         if r.kind not in seen:

@@ -33,7 +33,8 @@ run_llm=1
 run_sasrec=1
 sasrec_seed=2020
 # The committed benchmarks/results/sasrec.json was made with these (see docs/notes/NOTES-results.md).
-sasrec_args="--train-batch-size 256 --stopping-step 3"
+# --threads 1: on the shared 2-core machine two threads were 2-3x slower than one.
+sasrec_args="--train-batch-size 256 --stopping-step 3 --threads 1"
 out=benchmarks/results
 readme=1
 while [ $# -gt 0 ]; do

@@ -309,7 +309,10 @@ def metric_sums(ranks: list[int | None]) -> dict:
 
 def score_test(model, dataset, seqs, max_len: int, device, batch: int = 256):
     """Full ranking of each user's test target with the history masked; returns
-    ({user: full rank}, seconds)."""
+    ({user: full rank}, {user: rank with nothing but padding masked}, seconds).
+
+    The unmasked ranks are what RecBole's own sequential evaluator computes; `main` compares
+    them with it to show this function reads the model the way RecBole does."""
     import torch
 
     iid = dataset.iid_field
@@ -318,7 +321,7 @@ def score_test(model, dataset, seqs, max_len: int, device, batch: int = 256):
     users = sorted(seqs, key=id_key(list(seqs)))
     users = [u for u in users if len(seqs[u]) >= 3]
     n_items = dataset.item_num  # including RecBole's padding id 0
-    ranks = {}
+    ranks, unmasked = {}, {}
     t0 = time.perf_counter()
     model.eval()
     with torch.no_grad():
@@ -345,12 +348,13 @@ def score_test(model, dataset, seqs, max_len: int, device, batch: int = 256):
             if mask[torch.arange(len(chunk)), tgt].any():
                 raise SetupError("a test target is in its own user's history (corrupt split)")
             t_score = scores[torch.arange(len(chunk)), tgt].unsqueeze(1)
-            scores[mask] = -math.inf
             ids = torch.arange(n_items).unsqueeze(0)
-            above = (scores > t_score) | ((scores == t_score) & (ids < tgt.unsqueeze(1)))
-            for u, r in zip(chunk, above.sum(dim=1).tolist()):
-                ranks[u] = int(r) + 1
-    return ranks, time.perf_counter() - t0
+            for m, out in ((mask, ranks), (ids == 0, unmasked)):
+                s = scores.masked_fill(m, -math.inf)
+                above = (s > t_score) | ((s == t_score) & (ids < tgt.unsqueeze(1)))
+                for u, r in zip(chunk, above.sum(dim=1).tolist()):
+                    out[u] = int(r) + 1
+    return ranks, unmasked, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,7 +549,14 @@ def main(argv=None) -> int:
     model.load_other_parameter(ckpt.get("other_parameter"))
     recbole_test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
 
-    full_ranks, score_s = score_test(model, dataset, seqs, args.max_seq_length, config["device"])
+    full_ranks, unmasked_ranks, score_s = score_test(model, dataset, seqs, args.max_seq_length, config["device"])
+    # Cross-check: our scoring without the history mask must reproduce RecBole's evaluator.
+    um = metric_sums([r if r <= 10 else None for r in unmasked_ranks.values()])
+    mrr10 = sum(1.0 / r for r in unmasked_ranks.values() if r <= 10) / max(len(unmasked_ranks), 1)
+    ours_unmasked = {"hit@10": um["HR@10"], "ndcg@10": um["NDCG@10"], "mrr@10": mrr10}
+    diff = max(abs(ours_unmasked[k] - float(recbole_test[k])) for k in ours_unmasked)
+    if diff > 2e-3:  # RecBole rounds to 4 decimals; a real mismatch is far larger
+        raise SetupError(f"unmasked scoring {ours_unmasked} differs from RecBole's evaluator {dict(recbole_test)}")
     users = list(full_ranks)
     ranks = [r if r <= DEPTH else None for r in full_ranks.values()]
     metrics = metric_sums(ranks)
@@ -600,6 +611,7 @@ def main(argv=None) -> int:
             "s_per_epoch": train_s / max(len(epoch_times), 1),
             "score_s": score_s,
             "recbole_own_test_unmasked": {k: float(v) for k, v in recbole_test.items()},
+            "this_script_test_unmasked": ours_unmasked,
             "split_check": split_info,
         },
     }

@@ -151,6 +151,7 @@ class TableTest(unittest.TestCase):
         self.assertAlmostEqual(rows[1].ndcg10_se, se)
         self.assertEqual(rows[1].label(rows), "markov (4 users)")
         self.assertEqual(rows[0].label(rows), "pop")
+        self.assertEqual(rows[3].label(rows), "markov+score (2 users)")  # a sample
         md = table.markdown(split, rows)
         self.assertIn(f"| markov | 4 | 0.2500 | 0.5000 | 0.5000 | 0.7500 |", md)
         self.assertIn("| markov | 2 (sample, seed 3) |", md)
