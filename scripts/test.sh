@@ -12,3 +12,6 @@ cargo build --release --workspace
 cargo test --release --workspace
 # Peer benchmark harness checks that need neither torch nor a model (pinned prompt ids).
 python3 -m unittest discover -s benchmarks/peers
+# The results scripts (scripts/results-table.py, the RecBole-free parts of sasrec_recbole.py):
+# standard library only; the plot test is skipped without matplotlib.
+python3 -m unittest discover -s scripts/tests

@@ -43,6 +43,19 @@ def parse_args():
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=5)
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        help="seconds of training (0 = none): the learning-rate schedule follows the larger of "
+        "step and time progress, and training stops when the budget is spent",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="autocast matmuls to bf16 (fast on GPUs and CPUs with AVX512-BF16/AMX); "
+        "LoRA weights and optimizer state stay f32",
+    )
     return p.parse_args()
 
 
@@ -110,10 +123,15 @@ def main():
     steps = max(1, math.ceil(len(data) * a.epochs / a.batch_size))
     warm = max(1, int(steps * a.warmup))
 
-    def lr_at(step):
+    def lr_at(step, elapsed):
+        # Linear warm-up over the first steps, then a cosine decay over the run's progress:
+        # steps done, or the share of the time budget spent when that is further along.
         if step < warm:
             return a.lr * (step + 1) / warm
-        return a.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+        progress = (step - warm) / max(1, steps - warm)
+        if a.time_budget:
+            progress = max(progress, elapsed / a.time_budget)
+        return a.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     log = open(out / "train_log.jsonl", "w")
@@ -122,13 +140,29 @@ def main():
         idx = list(range(len(data)))
         random.shuffle(idx)
         order += idx
+    # The loss covers only the reply, a few tokens at the end of each example: run the
+    # transformer on the whole sequence but the LM head (a fifth of the model's FLOPs
+    # at this size, and a [batch, length, vocab] tensor) only where there are labels.
+    inner = model.get_base_model()
+    body, head = inner.model, inner.lm_head
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=a.bf16)
     t0 = time.time()
     model.train()
     losses = []
+    stopped_by = "steps"
+    examples_seen = 0
     for step in range(steps):
+        elapsed = time.time() - t0
+        if a.time_budget and elapsed >= a.time_budget:
+            stopped_by = "time budget"
+            break
+        lr = lr_at(step, elapsed)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr
         batch = [data[i] for i in order[step * a.batch_size:(step + 1) * a.batch_size]]
+        # Micro-batches of similar lengths pad less.
+        batch.sort(key=lambda x: len(x[0]))
+        examples_seen += len(batch)
         n_label = sum(sum(1 for t in lab if t != -100) for _, lab in batch)
         total = 0.0
         for m in range(0, len(batch), a.micro_batch):
@@ -142,10 +176,14 @@ def main():
                 lab[j, : len(y)] = torch.tensor(y)
                 att[j, : len(x)] = 1
             ids, lab, att = ids.to(device), lab.to(device), att.to(device)
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+            # Position t predicts token t+1: keep the positions whose next token is a label.
             tgt = lab[:, 1:]
+            keep = tgt != -100
+            with autocast:
+                hidden = body(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1]
+                logits = head(hidden[keep])
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+                logits.float(), tgt[keep], reduction="sum"
             ) / max(1, n_label)
             loss.backward()
             total += loss.item()
@@ -155,12 +193,16 @@ def main():
         losses.append(total)
         if step % a.log_every == 0 or step == steps - 1:
             el = time.time() - t0
-            rec = {"step": step + 1, "steps": steps, "loss": total, "lr": lr_at(step), "elapsed_s": round(el, 1)}
+            rec = {"step": step + 1, "steps": steps, "loss": total, "lr": lr, "elapsed_s": round(el, 1)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             eta = el / (step + 1) * (steps - step - 1)
-            print(f"step {step + 1}/{steps} loss {total:.4f} lr {lr_at(step):.2e} elapsed {el:.0f}s eta {eta:.0f}s", flush=True)
+            if a.time_budget:
+                eta = min(eta, max(0.0, a.time_budget - el))
+            print(f"step {step + 1}/{steps} loss {total:.4f} lr {lr:.2e} elapsed {el:.0f}s eta {eta:.0f}s", flush=True)
 
+    if not losses:
+        raise SystemExit("the time budget ended before the first step")
     model.save_pretrained(out, safe_serialization=True)
     readme = out / "README.md"
     if readme.exists():
@@ -171,7 +213,12 @@ def main():
         "examples": len(data),
         "skipped": skipped,
         "tokens": n_tokens,
-        "steps": steps,
+        "steps_planned": steps,
+        "steps": len(losses),
+        "examples_seen": examples_seen,
+        "stopped_by": stopped_by,
+        "time_budget_s": a.time_budget,
+        "bf16_autocast": a.bf16,
         "batch_size": a.batch_size,
         "epochs": a.epochs,
         "lr": a.lr,

@@ -359,14 +359,22 @@ impl<B: Backend> Llama<B> {
             b.rope(&mut st.k, rows, c.n_kv_heads, c.head_dim, &st.rope)?;
             b.kv_store(&st.k, &st.v, rows, start, heads, st.capacity, kv)?;
             b.attention(&st.q, kv, rows, start, heads, st.capacity, &mut st.att)?;
-            blk.attn.o.forward(b, &st.att, rows, &mut st.h, ad, &mut st.lora)?;
+            blk.attn
+                .o
+                .forward(b, &st.att, rows, &mut st.h, ad, &mut st.lora)?;
             // x += attention; h = mlp_norm(x).
             b.add_rms_norm(&mut st.x, &mut st.h, &blk.mlp_norm, rows, dim, c.norm_eps)?;
             // SwiGLU MLP.
-            blk.mlp.gate.forward(b, &st.h, rows, &mut st.gate, ad, &mut st.lora)?;
-            blk.mlp.up.forward(b, &st.h, rows, &mut st.up, ad, &mut st.lora)?;
+            blk.mlp
+                .gate
+                .forward(b, &st.h, rows, &mut st.gate, ad, &mut st.lora)?;
+            blk.mlp
+                .up
+                .forward(b, &st.h, rows, &mut st.up, ad, &mut st.lora)?;
             b.silu_mul(&mut st.gate, &st.up, rows * hidden)?;
-            blk.mlp.down.forward(b, &st.gate, rows, &mut st.h, ad, &mut st.lora)?;
+            blk.mlp
+                .down
+                .forward(b, &st.gate, rows, &mut st.h, ad, &mut st.lora)?;
             // x += mlp; h = the next block's attn_norm(x).
             match self.blocks.get(i + 1) {
                 Some(next) => {

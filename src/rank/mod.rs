@@ -396,7 +396,10 @@ impl Ranker {
         if req.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(RankError::DeadlineExceeded(stage));
         }
-        if req.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        if req
+            .cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
             return Err(RankError::Cancelled(stage));
         }
         Ok(())

@@ -675,7 +675,10 @@ impl Recommender {
             });
             match &out {
                 Err(RankError::DeadlineExceeded(stage)) => {
-                    me.metrics.rank_deadline_stops.with_label_values(&[stage]).inc();
+                    me.metrics
+                        .rank_deadline_stops
+                        .with_label_values(&[stage])
+                        .inc();
                 }
                 Err(RankError::Cancelled(stage)) => {
                     tracing::info!(stage, "ranking stopped: the caller went away");

@@ -1245,7 +1245,14 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn linear_acc(&self, x: &CudaBuf, rows: usize, w: &CudaMat, scale: f32, out: &mut CudaBuf) -> Result<()> {
+    fn linear_acc(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        w: &CudaMat,
+        scale: f32,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
         let (n, k) = (w.rows, w.cols);
         check_len(x.len, rows * k, "linear_acc input")?;
         check_len(out.len, rows * n, "linear_acc output")?;
