@@ -51,6 +51,12 @@ def parse_args():
         "step and time progress, and training stops when the budget is spent",
     )
     p.add_argument(
+        "--save-dtype",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="dtype of the saved adapter tensors (bf16 halves the file; palr widens on load)",
+    )
+    p.add_argument(
         "--bf16",
         action="store_true",
         help="autocast matmuls to bf16 (fast on GPUs and CPUs with AVX512-BF16/AMX); "
@@ -78,6 +84,21 @@ def encode(tok, messages, max_len):
         end = len(f_ids)
     labels = [-100] * len(p_ids) + f_ids[len(p_ids):end] + [-100] * (len(f_ids) - end)
     return f_ids, labels
+
+
+def cast_adapter(out, dtype):
+    """Rewrites OUT/adapter_model.safetensors with its floating tensors in DTYPE ("bf16" or
+    "f32"), keeping the file's metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(out) / "adapter_model.safetensors"
+    want = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: (v.to(want) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata=meta)
 
 
 def main():
@@ -204,6 +225,8 @@ def main():
     if not losses:
         raise SystemExit("the time budget ended before the first step")
     model.save_pretrained(out, safe_serialization=True)
+    if a.save_dtype != "f32":
+        cast_adapter(out, a.save_dtype)
     readme = out / "README.md"
     if readme.exists():
         readme.unlink()  # PEFT's model-card stub; the summary below is the record.
@@ -219,6 +242,7 @@ def main():
         "stopped_by": stopped_by,
         "time_budget_s": a.time_budget,
         "bf16_autocast": a.bf16,
+        "save_dtype": a.save_dtype,
         "batch_size": a.batch_size,
         "epochs": a.epochs,
         "lr": a.lr,
