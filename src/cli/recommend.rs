@@ -32,6 +32,10 @@ pub struct RecommendArgs {
     /// Retriever plugin (default: the server's).
     #[arg(long, default_value = "")]
     pub retriever: String,
+    /// LoRA adapter to rank with, by its configured name (default: the server's default
+    /// adapter; `--model-info` lists them).
+    #[arg(long, default_value = "")]
+    pub adapter: String,
     /// Candidates to retrieve and rank (0 = the server's default).
     #[arg(long, default_value_t = 0)]
     pub num_candidates: u32,
@@ -194,7 +198,7 @@ async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
                     k: args.k,
                     retriever: args.retriever.clone(),
                     num_candidates: args.num_candidates,
-                    adapter: String::new(),
+                    adapter: args.adapter.clone(),
                     mode: args.mode,
                     exclude: args.exclude.clone(),
                 },
@@ -208,7 +212,7 @@ async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
                     history: args.history.clone(),
                     candidates: args.candidates.clone(),
                     k: args.k,
-                    adapter: String::new(),
+                    adapter: args.adapter.clone(),
                     mode: args.mode,
                 },
                 &args.user_id,
