@@ -981,7 +981,14 @@ fn cli_client_prints_a_table_json_and_errors() {
     );
 
     // --adapter is sent: an adapter the server does not have is NOT_FOUND, named.
-    let out = palr(&["--history", "1,2,3", "--adapter", "nosuch", "--mode", "score"]);
+    let out = palr(&[
+        "--history",
+        "1,2,3",
+        "--adapter",
+        "nosuch",
+        "--mode",
+        "score",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("NOT_FOUND") && err.contains("nosuch"), "{err}");
