@@ -69,6 +69,13 @@ fn test_config() -> ServerConfig {
             format!(r#"{{"misbehave": "{mode}"}}"#),
         ));
     }
+    // A plugin that takes 3 s per call, against a 300 ms per-call limit.
+    c.retrieval.retrievers.push(RetrieverSpec::new(
+        "sleepy",
+        "palr_retriever_testkit",
+        r#"{"sleep_ms": 3000}"#,
+    ));
+    c.retrieval.timeout_ms = 300;
     c
 }
 
@@ -380,7 +387,8 @@ fn list_retrievers_and_model_info() {
                 "itemknn",
                 "markov",
                 "panicky",
-                "popularity"
+                "popularity",
+                "sleepy"
             ]
         );
         let markov = list.iter().find(|r| r.name == "markov").unwrap();
@@ -596,7 +604,7 @@ fn validation_errors_name_the_problem() {
                 Code::NotFound,
                 vec![
                     "unknown retriever `nope`",
-                    "broken, cheater, itemknn, markov, panicky, popularity",
+                    "broken, cheater, itemknn, markov, panicky, popularity, sleepy",
                 ],
             ),
             (
@@ -856,6 +864,44 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
             .unwrap()
             .into_inner();
         assert_eq!(ok.items.len(), 3);
+    });
+}
+
+#[test]
+fn a_slow_plugin_times_out_as_unavailable_and_others_keep_working() {
+    block_on(async {
+        let before = scrape(metrics_addr()).await;
+        let mut c = client().await;
+        let t = Instant::now();
+        let r = c
+            .recommend(pb::RecommendRequest {
+                retriever: "sleepy".into(),
+                ..recommend(history(), 3, 6, pb::RankMode::Retriever)
+            })
+            .await;
+        let took = t.elapsed();
+        assert_status(
+            r,
+            Code::Unavailable,
+            &["retriever \"sleepy\"", "300 ms", "retrieval.timeout_ms"],
+        );
+        // Answered at the limit, not when the plugin finally returns (3 s).
+        assert!(
+            took < Duration::from_millis(2500),
+            "answered after {took:?}"
+        );
+        let r = c
+            .recommend(recommend(history(), 3, 6, pb::RankMode::Retriever))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.items.len(), 3);
+        let after = scrape(metrics_addr()).await;
+        let s = r#"palr_plugin_errors_total{kind="timeout",retriever="sleepy"}"#;
+        assert!(
+            series(&after, s) >= series(&before, s) + 1.0,
+            "{s} did not grow"
+        );
     });
 }
 

@@ -268,6 +268,10 @@ pub struct RetrievalSection {
     /// The plugins to load (`[[retrieval.retrievers]]`: `name`, `path`, and `config` (a
     /// table) or `config_json` (text)); see `plugins/README.md`.
     pub retrievers: Vec<RetrieverSpec>,
+    /// Longest a retriever call may take, in milliseconds (0 = no limit besides the
+    /// request's deadline). A call past it fails with UNAVAILABLE; the plugin's thread is
+    /// left to finish on its own (a plugin cannot be interrupted).
+    pub timeout_ms: u64,
 }
 
 impl Default for RetrievalSection {
@@ -281,6 +285,7 @@ impl Default for RetrievalSection {
                 RetrieverSpec::new("itemknn", "palr_retriever_itemknn", "{}"),
                 RetrieverSpec::new("markov", "palr_retriever_markov", "{}"),
             ],
+            timeout_ms: 2000,
         }
     }
 }

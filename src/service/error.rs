@@ -34,6 +34,12 @@ pub enum ServiceError {
     /// The ranker failed (code by [`rank_status`]).
     #[error(transparent)]
     Rank(#[from] RankError),
+    /// A retriever did not answer within `retrieval.timeout_ms` (UNAVAILABLE: a slow
+    /// plugin may answer in time on a retry; a hung one is also counted in the metrics).
+    #[error(
+        "retriever \"{name}\" did not answer within {ms} ms (retrieval.timeout_ms); its call was abandoned"
+    )]
+    RetrieverTimeout { name: String, ms: u64 },
     /// A server fault (INTERNAL).
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +92,7 @@ impl ServiceError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Retrieval(e) => retrieval_code(e),
             Self::Rank(e) => rank_code(e),
+            Self::RetrieverTimeout { .. } => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -102,6 +109,7 @@ impl ServiceError {
                 },
             )),
             Self::Retrieval(RetrievalError::Contract { name, .. }) => Some((name, "contract")),
+            Self::RetrieverTimeout { name, .. } => Some((name, "timeout")),
             _ => None,
         }
     }

@@ -621,7 +621,22 @@ impl Recommender {
             .inc();
         let t = Instant::now();
         let job = tokio::task::spawn_blocking(move || retriever.retrieve(&history, n, &exclude));
-        let out = joined(by(respond_by, "retrieval", job).await?)?.map_err(ServiceError::from);
+        let limit = self.cfg.retrieval.timeout_ms;
+        let bounded = async {
+            if limit == 0 {
+                return Ok(job.await);
+            }
+            tokio::time::timeout(Duration::from_millis(limit), job)
+                .await
+                .map_err(|_| ServiceError::RetrieverTimeout {
+                    name: name.to_string(),
+                    ms: limit,
+                })
+        };
+        let out = match by(respond_by, "retrieval", bounded).await? {
+            Ok(joined_job) => joined(joined_job)?.map_err(ServiceError::from),
+            Err(timeout) => Err(timeout),
+        };
         let dt = t.elapsed();
         self.metrics.stage("retrieve", dt);
         if let Err(e) = &out

@@ -8,7 +8,8 @@
 //! `error_init`, `panic_init`, `error_retrieve`, `panic_retrieve`, `panic_drop`,
 //! `out_of_range` (proposes `n_items`), `duplicates`, `history` (proposes a history item),
 //! `excluded` (proposes an excluded non-history item), `nan`, `infinite` (bad scores),
-//! `unsorted` (increasing scores).
+//! `unsorted` (increasing scores). `"sleep_ms": n` makes every retrieve call sleep first (a
+//! slow or hung plugin).
 
 use std::ffi::CStr;
 
@@ -41,12 +42,14 @@ struct Config {
     expect_users: Option<usize>,
     expect_interactions: Option<usize>,
     expect_timestamps: Option<bool>,
+    sleep_ms: u64,
 }
 
 /// The configurable misbehaving retriever.
 pub struct Testkit {
     mode: Mode,
     n_items: u32,
+    sleep_ms: u64,
 }
 
 impl Drop for Testkit {
@@ -84,11 +87,15 @@ impl Retriever for Testkit {
             mode => Ok(Self {
                 mode,
                 n_items: corpus.n_items(),
+                sleep_ms: c.sleep_ms,
             }),
         }
     }
 
     fn retrieve(&self, query: &Query<'_>, out: &mut Candidates<'_>) -> Result<(), String> {
+        if self.sleep_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));
+        }
         let first_allowed = (0..self.n_items).find(|&i| !query.is_excluded(i));
         match self.mode {
             Mode::ErrorRetrieve => return Err("testkit: error_retrieve requested".into()),
