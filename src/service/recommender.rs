@@ -737,6 +737,58 @@ impl Recommender {
         Ok(out)
     }
 
+    /// The top `k` of `candidates` (item, retriever score; best first): ranked by the LLM in
+    /// the modes that use it (items it did not rank keep their retriever score), else in
+    /// the given order.
+    #[allow(clippy::too_many_arguments)]
+    async fn order(
+        self: &Arc<Self>,
+        recent: Vec<u32>,
+        candidates: &[(u32, f32)],
+        k: usize,
+        mode: Mode,
+        adapter: Option<String>,
+        respond_by: Option<Instant>,
+        timings: &mut Timings,
+    ) -> Result<Vec<Recommended>> {
+        let rank_mode = match mode.rank_mode() {
+            _ if candidates.is_empty() => return Ok(Vec::new()),
+            None => {
+                return Ok(candidates[..k]
+                    .iter()
+                    .enumerate()
+                    .map(|(pos, &(item, score))| Recommended {
+                        id: self.id(item),
+                        title: self.title(item),
+                        score,
+                        retriever_rank: pos as u32 + 1,
+                        by_llm: false,
+                    })
+                    .collect());
+            }
+            Some(m) => m,
+        };
+        let ids: Vec<u32> = candidates.iter().map(|c| c.0).collect();
+        let out = self
+            .run_rank(recent, ids, k, rank_mode, adapter, respond_by, timings)
+            .await?;
+        Ok(out
+            .items
+            .iter()
+            .map(|r| Recommended {
+                id: self.id(r.item),
+                title: self.title(r.item),
+                score: if r.by_llm {
+                    r.score
+                } else {
+                    candidates[r.candidate_rank as usize].1
+                },
+                retriever_rank: r.candidate_rank + 1,
+                by_llm: r.by_llm,
+            })
+            .collect())
+    }
+
     /// Retrieve with a plugin, then rank with the LLM (or keep the retriever's order).
     pub async fn recommend(
         self: &Arc<Self>,
@@ -768,40 +820,17 @@ impl Recommender {
             .await?;
         timings.retrieve_s = dt.as_secs_f64();
         let k = k.min(candidates.len());
-        let items = match mode.rank_mode() {
-            _ if candidates.is_empty() => Vec::new(),
-            None => candidates[..k]
-                .iter()
-                .enumerate()
-                .map(|(pos, &(item, score))| Recommended {
-                    id: self.id(item),
-                    title: self.title(item),
-                    score,
-                    retriever_rank: pos as u32 + 1,
-                    by_llm: false,
-                })
-                .collect(),
-            Some(rank_mode) => {
-                let ids: Vec<u32> = candidates.iter().map(|c| c.0).collect();
-                let out = self
-                    .run_rank(recent, ids, k, rank_mode, adapter, respond_by, &mut timings)
-                    .await?;
-                out.items
-                    .iter()
-                    .map(|r| Recommended {
-                        id: self.id(r.item),
-                        title: self.title(r.item),
-                        score: if r.by_llm {
-                            r.score
-                        } else {
-                            candidates[r.candidate_rank as usize].1
-                        },
-                        retriever_rank: r.candidate_rank + 1,
-                        by_llm: r.by_llm,
-                    })
-                    .collect()
-            }
-        };
+        let items = self
+            .order(
+                recent,
+                &candidates,
+                k,
+                mode,
+                adapter,
+                respond_by,
+                &mut timings,
+            )
+            .await?;
         timings.total_s = t0.elapsed().as_secs_f64();
         Ok(Recommendation {
             items,
@@ -857,42 +886,19 @@ impl Recommender {
         let k = self.k(p.k, candidates.len(), "the number of candidates")?;
         let (recent, _) = self.recent(&history);
         let mut timings = Timings::default();
-        let items = match mode.rank_mode() {
-            None => candidates[..k]
-                .iter()
-                .enumerate()
-                .map(|(pos, &item)| Recommended {
-                    id: self.id(item),
-                    title: self.title(item),
-                    score: 0.0,
-                    retriever_rank: pos as u32 + 1,
-                    by_llm: false,
-                })
-                .collect(),
-            Some(rank_mode) => {
-                let out = self
-                    .run_rank(
-                        recent.to_vec(),
-                        candidates,
-                        k,
-                        rank_mode,
-                        adapter,
-                        respond_by,
-                        &mut timings,
-                    )
-                    .await?;
-                out.items
-                    .iter()
-                    .map(|r| Recommended {
-                        id: self.id(r.item),
-                        title: self.title(r.item),
-                        score: r.score,
-                        retriever_rank: r.candidate_rank + 1,
-                        by_llm: r.by_llm,
-                    })
-                    .collect()
-            }
-        };
+        // The caller's candidates carry no scores of their own.
+        let candidates: Vec<(u32, f32)> = candidates.into_iter().map(|c| (c, 0.0)).collect();
+        let items = self
+            .order(
+                recent.to_vec(),
+                &candidates,
+                k,
+                mode,
+                adapter,
+                respond_by,
+                &mut timings,
+            )
+            .await?;
         timings.total_s = t0.elapsed().as_secs_f64();
         Ok(Recommendation {
             items,
