@@ -17,7 +17,7 @@
 #   --seed S            seed of that sample (default 0)
 #   --llm-name NAME     write llm-NAME.json instead of llm.json (keep several LLM runs)
 #   --no-llm            skip stage 2
-#   --no-sasrec         skip stage 3 (needs hours on 2 CPU cores; minutes on a GPU)
+#   --no-sasrec         skip stage 3 (a 50-minute training budget on 2 CPU cores by default)
 #   --sasrec-seed S     RecBole seed (default 2020)
 #   --sasrec-args "..." more sasrec_recbole.py options (default: the committed run's settings)
 #   --out-dir DIR       reports go here (default benchmarks/results)

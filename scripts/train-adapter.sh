@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
         --time-budget) budget=$2; shift 2 ;;
         --examples-per-user) per_user=$2; shift 2 ;;
         --seed) seed=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "train-adapter.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
