@@ -12,8 +12,8 @@
 //   out  (rows, n_heads, HD) bf16
 //   part_o  (rows, n_heads, n_splits, HD) f32, part_ml (rows, n_heads, n_splits, 2) f32
 // grid (n_kv, n_splits, rows), block 128, dynamic shared memory (floats):
-//   group·HD (q) + group·chunk (scores) + 2·group (m, l) + [KL > 1] KL·group·HD,
-//   KL = 128 / (HD/2). HD ∈ {32, 64, 128, 256}, group = n_heads / n_kv ≤ 16.
+//   group·HD (q) + group·chunk (scores) + 2·group (m, l).
+//   HD ∈ {32, 64, 128, 256}, group = n_heads / n_kv ≤ 16.
 #include "palr_common.cuh"
 
 #define DEC_THREADS 128
@@ -26,8 +26,8 @@ __device__ __forceinline__ void attn_split(const TQ* __restrict__ q, const bf16_
                                            float* __restrict__ part_ml, int start, int n_heads,
                                            int n_kv, int capacity, int chunk, int n_splits,
                                            float scale_log2) {
-    constexpr int PAIRS = HD / 2;
-    constexpr int KL = DEC_THREADS / PAIRS;  // key lanes in the P·V phase
+    constexpr int QUADS = HD / 4;
+    constexpr int KL = DEC_THREADS / QUADS;  // key lanes in the P·V phase (2..16, within a warp)
     extern __shared__ float smem[];
     const int g = blockIdx.x, split = blockIdx.y, r = blockIdx.z;
     const int group = n_heads / n_kv;
@@ -38,7 +38,6 @@ __device__ __forceinline__ void attn_split(const TQ* __restrict__ q, const bf16_
     float* q_s = smem;                   // [group][HD]
     float* p_s = q_s + group * HD;       // [group][chunk]
     float* ml_s = p_s + group * chunk;   // [group][2]
-    float* red = ml_s + 2 * group;       // [KL][group][HD]
     const size_t row_head0 = (size_t)r * n_heads + (size_t)g * group;  // (r, first head of the group)
 
     if (k1 <= k0) {  // this chunk lies past the row's position: an empty partial
@@ -112,50 +111,50 @@ __device__ __forceinline__ void attn_split(const TQ* __restrict__ q, const bf16_
     }
     __syncthreads();
 
-    // o[j][d] = Σ_key p[j][key] · v[key][d]: thread (kl, pair) reads each V pair once.
+    // o[j][d] = Σ_key p[j][key] · v[key][d]: thread (quad qi, key lane kl) reads 4
+    // values (8 bytes) of every KL-th key, KL adjacent lanes share a quad (so a warp
+    // reads 32/KL quads of KL keys), the loop is unrolled so several loads are in
+    // flight, and the key lanes' sums meet through shuffles (no shared memory).
     const bf16_t* vbase = vc + (size_t)g * capacity * HD;
-    const int pi = tid % PAIRS, kl = tid / PAIRS;
-    float2 acc[DEC_MAX_GROUP];
+    const int kl = tid % KL, qi = tid / KL;
+    float4 acc[DEC_MAX_GROUP];
 #pragma unroll
-    for (int j = 0; j < DEC_MAX_GROUP; ++j) acc[j] = make_float2(0.0f, 0.0f);
+    for (int j = 0; j < DEC_MAX_GROUP; ++j) acc[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
     for (int key = k0 + kl; key < k1; key += KL) {
-        const unsigned int u = *(const unsigned int*)(vbase + (size_t)key * HD + 2 * pi);
-        const float v0 = bf16x2_lo(u), v1 = bf16x2_hi(u);
+        const uint2 u = *(const uint2*)(vbase + (size_t)key * HD + 4 * qi);
+        const float v0 = bf16x2_lo(u.x), v1 = bf16x2_hi(u.x), v2 = bf16x2_lo(u.y), v3 = bf16x2_hi(u.y);
+        const float* pk = p_s + (key - k0);
 #pragma unroll
         for (int j = 0; j < DEC_MAX_GROUP; ++j) {
             if (j < group) {
-                const float p = p_s[j * chunk + (key - k0)];
+                const float p = pk[j * chunk];
                 acc[j].x += p * v0;
                 acc[j].y += p * v1;
+                acc[j].z += p * v2;
+                acc[j].w += p * v3;
             }
         }
     }
-    if (KL > 1) {
 #pragma unroll
-        for (int j = 0; j < DEC_MAX_GROUP; ++j)
-            if (j < group) *(float2*)(red + (kl * group + j) * HD + 2 * pi) = acc[j];
-        __syncthreads();
-        for (int i = tid; i < group * HD; i += DEC_THREADS) {
-            float sum = 0.0f;
+    for (int j = 0; j < DEC_MAX_GROUP; ++j) {
+        if (j < group) {
 #pragma unroll
-            for (int k = 0; k < KL; ++k) sum += red[k * group * HD + i];
-            const int j = i / HD, d = i - j * HD;
-            const size_t rh = row_head0 + j;
-            if (n_splits == 1)
-                out[rh * HD + d] = f2bf(sum / ml_s[2 * j + 1]);
-            else
-                part_o[(rh * n_splits + split) * HD + d] = sum;
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < DEC_MAX_GROUP; ++j) {
-            if (j < group) {
+            for (int o = KL / 2; o > 0; o >>= 1) {
+                acc[j].x += __shfl_xor_sync(0xffffffffu, acc[j].x, o);
+                acc[j].y += __shfl_xor_sync(0xffffffffu, acc[j].y, o);
+                acc[j].z += __shfl_xor_sync(0xffffffffu, acc[j].z, o);
+                acc[j].w += __shfl_xor_sync(0xffffffffu, acc[j].w, o);
+            }
+            if (kl == 0) {
                 const size_t rh = row_head0 + j;
-                if (n_splits == 1)
-                    store_f2(out + rh * HD + 2 * pi, acc[j].x / ml_s[2 * j + 1],
-                             acc[j].y / ml_s[2 * j + 1]);
-                else
-                    *(float2*)(part_o + (rh * n_splits + split) * HD + 2 * pi) = acc[j];
+                if (n_splits == 1) {
+                    const float inv = 1.0f / ml_s[2 * j + 1];
+                    store_f2(out + rh * HD + 4 * qi, acc[j].x * inv, acc[j].y * inv);
+                    store_f2(out + rh * HD + 4 * qi + 2, acc[j].z * inv, acc[j].w * inv);
+                } else {
+                    *(float4*)(part_o + (rh * n_splits + split) * HD + 4 * qi) = acc[j];
+                }
             }
         }
     }

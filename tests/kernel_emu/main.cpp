@@ -169,9 +169,7 @@ static void run_decode(K kernel, int hd, int rows, int start, int H, int n_kv, i
     const int group = H / n_kv;
     const int kv_len = start + rows;
     const int splits = (kv_len + chunk - 1) / chunk;
-    const int key_lanes = 128 / (hd / 2);
-    const size_t smem = 4 * ((size_t)group * hd + (size_t)group * chunk + 2 * group +
-                             (key_lanes > 1 ? (size_t)key_lanes * group * hd : 0));
+    const size_t smem = 4 * ((size_t)group * hd + (size_t)group * chunk + 2 * group);
     std::vector<float> part_o((size_t)rows * H * splits * hd, NAN), part_ml((size_t)rows * H * splits * 2, NAN);
     std::vector<bf16_t> out(qn, 0x7fc0);
     const float scale = 1.4426950408889634f / std::sqrt((float)hd);
@@ -317,63 +315,84 @@ static void test_lora() {
     });
     check("lora_merge_bf16", widen(Wm), wref, 5e-3);
 
-    // SGMV: rows 0..3 adapter 0, 3..5 none, 5..7 adapter 1.
-    std::vector<bf16_t> x = to_bf16(rand_vec(r, (size_t)rows * in_f, 1.0f));
-    std::vector<float> y0 = rand_vec(r, (size_t)rows * out_f, 1.0f);
-    LoraBatch p{};
-    p.n_segs = 3;
-    int starts[4] = {0, 3, 5, 7};
-    for (int s = 0; s < 4; ++s) p.start[s] = starts[s];
-    p.a[0] = (unsigned long long)A[0].data();
-    p.b[0] = (unsigned long long)B[0].data();
-    p.rank[0] = ranks[0];
-    p.scale[0] = scale[0];
-    p.a[2] = (unsigned long long)A[1].data();
-    p.b[2] = (unsigned long long)B[1].data();
-    p.rank[2] = ranks[1];
-    p.scale[2] = scale[1];
-    const int max_rank = 16;
-    std::vector<float> t((size_t)rows * max_rank, NAN), y = y0;
-    emu_launch(dim3{rows, 1, 1}, 256, 0,
-               [&] { lora_shrink_bf16(x.data(), in_f, p, 0, t.data(), in_f, max_rank); });
-    emu_launch(dim3{(unsigned)((out_f + 255) / 256), rows, 1}, 256, 0,
-               [&] { lora_expand_f32(t.data(), p, 0, y.data(), out_f, out_f, max_rank); });
-    std::vector<double> yref(y.size());
-    for (int row = 0; row < rows; ++row) {
-        const int a = row < 3 ? 0 : row < 5 ? -1 : 1;
-        for (int o = 0; o < out_f; ++o) {
-            double acc = y0[row * out_f + o];
-            if (a >= 0) {
-                double d = 0;
-                for (int k = 0; k < ranks[a]; ++k) {
-                    double tk = 0;
-                    for (int i = 0; i < in_f; ++i) tk += (double)bf2f(x[row * in_f + i]) * bf2f(A[a][k * in_f + i]);
-                    d += tk * bf2f(B[a][o * ranks[a] + k]);
-                }
-                acc += scale[a] * d;
-            }
-            yref[row * out_f + o] = acc;
+    // SGMV over several input widths: one 512-column chunk (16-byte loads), three
+    // chunks with 16-byte loads, three chunks with scalar loads (in_f not a multiple of 8);
+    // 20 rows = two row tiles; segments: adapter 0 (rank 16: 16-byte loads of B),
+    // none, adapter 1 (rank 4: scalar loads of B).
+    for (const int in_w : {96, 1040, 1100}) {
+        const int rows_s = 20;
+        std::vector<bf16_t> As[2], Bs[2];
+        for (int a = 0; a < 2; ++a) {
+            As[a] = to_bf16(rand_vec(r, (size_t)ranks[a] * in_w, 0.3f));
+            Bs[a] = to_bf16(rand_vec(r, (size_t)out_f * ranks[a], 0.5f));
         }
+        std::vector<bf16_t> x = to_bf16(rand_vec(r, (size_t)rows_s * in_w, 1.0f));
+        std::vector<float> y0 = rand_vec(r, (size_t)rows_s * out_f, 1.0f);
+        LoraBatch p{};
+        p.n_segs = 3;
+        int starts[4] = {0, 9, 11, rows_s};
+        for (int s = 0; s < 4; ++s) p.start[s] = starts[s];
+        p.a[0] = (unsigned long long)As[0].data();
+        p.b[0] = (unsigned long long)Bs[0].data();
+        p.rank[0] = ranks[0];
+        p.scale[0] = scale[0];
+        p.a[2] = (unsigned long long)As[1].data();
+        p.b[2] = (unsigned long long)Bs[1].data();
+        p.rank[2] = ranks[1];
+        p.scale[2] = scale[1];
+        const int max_rank = 16;
+        const unsigned splits = (unsigned)((in_w + 511) / 512), tiles = (unsigned)((rows_s + 15) / 16);
+        std::vector<float> t((size_t)splits * rows_s * max_rank, NAN), y = y0;
+        emu_launch(dim3{splits, tiles, 1}, 256, 0,
+                   [&] { lora_shrink_bf16(x.data(), in_w, p, 0, t.data(), in_w, max_rank, rows_s); });
+        emu_launch(dim3{(unsigned)((out_f + 255) / 256), tiles, 1}, 256, 0, [&] {
+            lora_expand_f32(t.data(), (int)splits, rows_s, p, 0, y.data(), out_f, out_f, max_rank);
+        });
+        std::vector<double> yref(y.size());
+        for (int row = 0; row < rows_s; ++row) {
+            const int a = row < 9 ? 0 : row < 11 ? -1 : 1;
+            for (int o = 0; o < out_f; ++o) {
+                double acc = y0[row * out_f + o];
+                if (a >= 0) {
+                    double d = 0;
+                    for (int k = 0; k < ranks[a]; ++k) {
+                        double tk = 0;
+                        for (int i = 0; i < in_w; ++i)
+                            tk += (double)bf2f(x[row * in_w + i]) * bf2f(As[a][k * in_w + i]);
+                        d += tk * bf2f(Bs[a][o * ranks[a] + k]);
+                    }
+                    acc += scale[a] * d;
+                }
+                yref[row * out_f + o] = acc;
+            }
+        }
+        char name[160];
+        std::snprintf(name, sizeof name,
+                      "lora_shrink_bf16 + lora_expand_f32 (in %d: %u chunks, 3 segments, one without adapter)",
+                      in_w, splits);
+        check(name, y, yref, 1e-5);
+        // A call over rows 11..20 only (row0 = 11), as a second group of segments would be.
+        LoraBatch p2{};
+        p2.n_segs = 1;
+        p2.start[0] = 11;
+        p2.start[1] = rows_s;
+        p2.a[0] = p.a[2];
+        p2.b[0] = p.b[2];
+        p2.rank[0] = ranks[1];
+        p2.scale[0] = scale[1];
+        std::vector<float> y2 = y0;
+        const unsigned tiles2 = (unsigned)((rows_s - 11 + 15) / 16);
+        emu_launch(dim3{splits, tiles2, 1}, 256, 0,
+                   [&] { lora_shrink_bf16(x.data(), in_w, p2, 11, t.data(), in_w, max_rank, rows_s); });
+        emu_launch(dim3{(unsigned)((out_f + 255) / 256), tiles2, 1}, 256, 0, [&] {
+            lora_expand_f32(t.data(), (int)splits, rows_s, p2, 11, y2.data(), out_f, out_f, max_rank);
+        });
+        std::snprintf(name, sizeof name, "lora SGMV with row0 = 11 (in %d)", in_w);
+        check(name, std::vector<float>(y2.begin() + 11 * out_f, y2.end()),
+              std::vector<double>(yref.begin() + 11 * out_f, yref.end()), 1e-5);
+        check_true("lora SGMV leaves rows outside the call alone",
+                   std::equal(y2.begin(), y2.begin() + 11 * out_f, y0.begin()));
     }
-    check("lora_shrink_bf16 + lora_expand_f32 (3 segments, one without adapter)", y, yref, 1e-5);
-    // A call over rows 5..7 only (row0 = 5), as a second group of segments would be.
-    LoraBatch p2{};
-    p2.n_segs = 1;
-    p2.start[0] = 5;
-    p2.start[1] = 7;
-    p2.a[0] = p.a[2];
-    p2.b[0] = p.b[2];
-    p2.rank[0] = ranks[1];
-    p2.scale[0] = scale[1];
-    std::vector<float> y2 = y0;
-    emu_launch(dim3{2, 1, 1}, 256, 0, [&] { lora_shrink_bf16(x.data(), in_f, p2, 5, t.data(), in_f, max_rank); });
-    emu_launch(dim3{1, 2, 1}, 256, 0,
-               [&] { lora_expand_f32(t.data(), p2, 5, y2.data(), out_f, out_f, max_rank); });
-    check("lora SGMV with row0 = 5",
-          std::vector<float>(y2.begin() + 5 * out_f, y2.end()),
-          std::vector<double>(yref.begin() + 5 * out_f, yref.end()), 1e-5);
-    check_true("lora SGMV leaves rows outside the call alone",
-               std::equal(y2.begin(), y2.begin() + 5 * out_f, y0.begin()));
 }
 
 static void test_elementwise() {

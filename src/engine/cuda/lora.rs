@@ -31,6 +31,10 @@ use crate::engine::{EngineError, Result};
 
 /// Largest rank the kernels take (their shared-memory tables hold 256 values).
 pub const MAX_RANK: usize = 256;
+/// Input columns per shrink block (`LORA_CHUNK` in kernels/lora.cu).
+const LORA_CHUNK: usize = 512;
+/// Rows per shrink and expand block (`LORA_RT` in kernels/lora.cu).
+const LORA_ROWS_PER_BLOCK: usize = 16;
 
 /// Segments per kernel launch (`LORA_MAX_SEGS` in kernels/lora.cu); longer lists
 /// take several launches.
@@ -287,7 +291,10 @@ impl CudaBackend {
                 dst
             }
         };
-        let t = self.scratch_f32(&mut sh, rows * max_rank)?;
+        // Partial shrink sums, one slab per 512-column chunk of the input
+        // (LORA_CHUNK in kernels/lora.cu); the expand adds the slabs up.
+        let n_splits = in_f.div_ceil(LORA_CHUNK);
+        let t = self.scratch_f32(&mut sh, n_splits * rows * max_rank)?;
         let refs: Vec<SegmentRef> = segments
             .iter()
             .map(|s| {
@@ -298,14 +305,17 @@ impl CudaBackend {
             })
             .collect();
         for (row0, arg) in batch_args(&refs) {
-            let n = (arg.start[arg.n_segs as usize] - row0) as u32;
-            // Block r: row row0 + r < rows of x (in_f values) and of t (max_rank
-            // values); the table's pointers are live adapters of this shape.
-            launch!(self, "lora_shrink_bf16", cfg((n, 1, 1), 256, 0);
-                xp, in_f as i32, arg, row0, t, in_f as i32, max_rank as i32);
-            // Block (x, r): outputs 256x.. < out_f of row row0 + r < rows of y.
-            launch!(self, "lora_expand_f32", cfg((out_f.div_ceil(256) as u32, n, 1), 256, 0);
-                t, arg, row0, yp, out_f as i32, out_f as i32, max_rank as i32);
+            let n = (arg.start[arg.n_segs as usize] - row0) as usize;
+            let tiles = n.div_ceil(LORA_ROWS_PER_BLOCK) as u32;
+            // Block (c, r): columns 512c.. < in_f of rows row0 + 16r.. of x; rows
+            // past the call's last segment are skipped in the kernel. Writes slab
+            // c < n_splits of t (sized above), ranks < the row's adapter rank <= max_rank.
+            launch!(self, "lora_shrink_bf16", cfg((n_splits as u32, tiles, 1), 256, 0);
+                xp, in_f as i32, arg, row0, t, in_f as i32, max_rank as i32, rows as i32);
+            // Block (x, r): outputs 256x.. < out_f of rows row0 + 16r.. < rows of y
+            // (the same row bound), reading the slabs the shrink wrote for those rows.
+            launch!(self, "lora_expand_f32", cfg((out_f.div_ceil(256) as u32, tiles, 1), 256, 0);
+                t, n_splits as i32, rows as i32, arg, row0, yp, out_f as i32, out_f as i32, max_rank as i32);
         }
         Ok(())
     }

@@ -945,8 +945,9 @@ pub struct SplitPlan {
 }
 
 /// Splits of the keys for `rows` query rows at positions `start..`: enough blocks
-/// to fill the device (about two per multiprocessor), at least 64 keys each, and
-/// chunks small enough for 48 KiB of shared memory.
+/// to fill the device (about four per multiprocessor: a block has only 128
+/// threads, and the kernel is bound by memory latency), at least 64 keys each,
+/// and chunks small enough for 48 KiB of shared memory.
 pub fn split_plan(
     rows: usize,
     start: usize,
@@ -957,18 +958,12 @@ pub fn split_plan(
 ) -> SplitPlan {
     const SMEM_LIMIT: usize = 48 * 1024;
     let kv_len = start + rows;
-    let key_lanes = 128 / (hd / 2);
-    let fixed = group * hd
-        + 2 * group
-        + if key_lanes > 1 {
-            key_lanes * group * hd
-        } else {
-            0
-        };
+    // q (group·hd floats) and (m, l) per head; the scores (group·chunk) come on top.
+    let fixed = group * hd + 2 * group;
     let chunk_max = ((SMEM_LIMIT / 4 - fixed) / group / 16 * 16).clamp(16, 1024);
     let need_for_smem = kv_len.div_ceil(chunk_max);
     let base_blocks = (n_kv * rows).max(1);
-    let want = (2 * sms).div_ceil(base_blocks).max(1);
+    let want = (4 * sms).div_ceil(base_blocks).max(1);
     let splits = need_for_smem.max(want.min(kv_len.div_ceil(64)));
     let chunk = kv_len.div_ceil(splits).div_ceil(16) * 16;
     let splits = kv_len.div_ceil(chunk);
