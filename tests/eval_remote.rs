@@ -211,6 +211,7 @@ impl Backend for Reverse {
         }
         Ok(LlmRanking {
             order,
+            scores: Vec::new(),
             timings: RankTimings::default(),
         })
     }

@@ -504,3 +504,48 @@ fn prompt_is_the_chat_rendering_of_the_user_message() {
         Some("X\nY\n")
     );
 }
+
+#[test]
+fn score_prior_weight_pulls_the_order_toward_the_retriever() {
+    // The same random model (fixed seed per session: the first session of a fresh ranker)
+    // with and without a strong retriever prior.
+    let candidates: Vec<u32> = (0..20).collect();
+    let rank = |weight: f32| {
+        let tok = tokenizer();
+        let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
+        mcfg.vocab_size = tok.vocab_size();
+        let model = Arc::new(RandomModel {
+            cfg: mcfg,
+            seed: 7.into(),
+        });
+        let cfg = RankerConfig {
+            score_prior_weight: weight,
+            ..RankerConfig::default()
+        };
+        let ranker = Ranker::new(model, tok, Some(&chat()), tricky_catalog(), cfg).unwrap();
+        ranker
+            .rank(&RankRequest {
+                history: &[21, 22],
+                candidates: &candidates,
+                k: 20,
+                mode: RankMode::Score,
+                adapter: None,
+                deadline: None,
+                cancel: None,
+            })
+            .unwrap()
+            .items
+    };
+    let plain = rank(0.0);
+    let strong = rank(1000.0);
+    // Without the prior the random logits scramble the order; with a dominant prior the
+    // retriever's order comes back, and the scores are still a distribution.
+    assert_ne!(
+        plain.iter().map(|r| r.item).collect::<Vec<_>>(),
+        candidates,
+        "the random model should not reproduce the retriever's order by chance"
+    );
+    assert_eq!(strong.iter().map(|r| r.item).collect::<Vec<_>>(), candidates);
+    let total: f64 = strong.iter().map(|r| (r.score as f64).exp()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{total}");
+}

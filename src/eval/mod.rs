@@ -77,12 +77,17 @@ pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 /// re-ranks in `mode`, optionally with a LoRA adapter.
 ///
 /// Written `RETRIEVER`, `RETRIEVER+MODE` or `RETRIEVER+MODE@ADAPTER` (e.g. `markov`,
-/// `markov+score`, `itemknn+generate@ml100k`).
+/// `markov+score`, `itemknn+generate@ml100k`). A score-mode method may end in `~W`: the
+/// LLM's scores blended with the retriever's order at weight W
+/// ([`crate::rank::apply_retriever_prior`], as `ranking.score_prior_weight = W` serves it);
+/// methods that differ only in W share one LLM call per user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Method {
     pub retriever: String,
     pub mode: Option<RankMode>,
     pub adapter: Option<String>,
+    /// The retriever-prior weight as written (a finite number >= 0).
+    pub prior: Option<String>,
 }
 
 impl Method {
@@ -92,6 +97,7 @@ impl Method {
             retriever: name.into(),
             mode: None,
             adapter: None,
+            prior: None,
         }
     }
 
@@ -101,7 +107,16 @@ impl Method {
             retriever: name.into(),
             mode: Some(mode),
             adapter: adapter.map(str::to_owned),
+            prior: None,
         }
+    }
+
+    /// The retriever-prior weight (0 without `~W`).
+    pub fn prior_weight(&self) -> f32 {
+        self.prior
+            .as_deref()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Every retriever alone, then each with the LLM in score and generate mode, without and
@@ -147,6 +162,9 @@ impl fmt::Display for Method {
         if let Some(a) = &self.adapter {
             write!(f, "@{a}")?;
         }
+        if let Some(w) = &self.prior {
+            write!(f, "~{w}")?;
+        }
         Ok(())
     }
 }
@@ -157,13 +175,20 @@ impl FromStr for Method {
         let bad = |why: &str| {
             EvalError::Config(format!(
                 "method {s:?}: {why}; write RETRIEVER, RETRIEVER+score, RETRIEVER+generate \
-                 or RETRIEVER+MODE@ADAPTER"
+                 or RETRIEVER+MODE@ADAPTER, optionally ending in ~W (score mode)"
             ))
         };
-        let (rest, adapter) = match s.split_once('@') {
+        let (s_main, prior) = match s.split_once('~') {
+            Some((m, w)) => match w.parse::<f32>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => (m, Some(w.to_owned())),
+                _ => return Err(bad("the prior weight after `~` must be a number >= 0")),
+            },
+            None => (s, None),
+        };
+        let (rest, adapter) = match s_main.split_once('@') {
             Some((r, a)) if !a.is_empty() => (r, Some(a.to_owned())),
             Some(_) => return Err(bad("empty adapter name after `@`")),
-            None => (s, None),
+            None => (s_main, None),
         };
         let (retriever, mode) = match rest.split_once('+') {
             Some((r, m)) => (r, Some(m.parse::<RankMode>().map_err(|e| bad(&e))?)),
@@ -175,10 +200,14 @@ impl FromStr for Method {
         if adapter.is_some() && mode.is_none() {
             return Err(bad("an adapter needs an LLM rank mode"));
         }
+        if prior.is_some() && mode != Some(RankMode::Score) {
+            return Err(bad("a retriever prior (`~W`) needs score mode"));
+        }
         Ok(Method {
             retriever: retriever.to_owned(),
             mode,
             adapter,
+            prior,
         })
     }
 }
@@ -266,7 +295,39 @@ pub struct LlmRanking {
     /// Candidates, best first (a backend may return fewer than it was given; the rest follow
     /// in retriever order).
     pub order: Vec<u32>,
+    /// The score of each item of `order` (log-probabilities), where the backend gives them.
+    pub scores: Vec<f32>,
     pub timings: RankTimings,
+}
+
+impl LlmRanking {
+    /// The order after blending in the retriever prior at `weight`
+    /// ([`crate::rank::apply_retriever_prior`]); needs a score for every candidate.
+    pub fn with_prior(&self, candidates: &[u32], weight: f32) -> Result<Vec<u32>> {
+        if self.scores.len() != self.order.len() || self.order.len() != candidates.len() {
+            return Err(EvalError::Config(format!(
+                "a retriever prior needs the LLM's score of every candidate; got {} scores \
+                 for {} ranked of {} candidates",
+                self.scores.len(),
+                self.order.len(),
+                candidates.len()
+            )));
+        }
+        let mut items = Vec::with_capacity(self.order.len());
+        for (&item, &score) in self.order.iter().zip(&self.scores) {
+            let pos = candidates.iter().position(|&c| c == item).ok_or_else(|| {
+                EvalError::Remote(format!("the ranker returned item {item}, not a candidate"))
+            })?;
+            items.push(crate::rank::Ranked {
+                item,
+                score,
+                candidate_rank: pos as u32,
+                by_llm: true,
+            });
+        }
+        crate::rank::apply_retriever_prior(&mut items, weight);
+        Ok(items.iter().map(|r| r.item).collect())
+    }
 }
 
 /// Where retrieval and ranking run: in process or on a server.
@@ -415,6 +476,7 @@ impl Backend for LocalBackend {
         })?;
         Ok(LlmRanking {
             order: out.items.iter().map(|r| r.item).collect(),
+            scores: out.items.iter().map(|r| r.score).collect(),
             timings: out.timings,
         })
     }
@@ -540,6 +602,10 @@ pub fn evaluate(
             retrieve_s[ri] += dt_retrieve;
             let cand_rank = metrics::rank_of(&retrieved, ex.target);
             recall[ri].add(cand_rank, cand_rank);
+            let mut llm_calls: std::collections::HashMap<
+                (RankMode, Option<String>),
+                (LlmRanking, f64),
+            > = std::collections::HashMap::new();
             for (mi, m) in opts.methods.iter().enumerate() {
                 if m.retriever != r {
                     continue;
@@ -555,11 +621,24 @@ pub fn evaluate(
                             method: m.to_string(),
                             source: Box::new(e),
                         };
-                        let llm = backend
-                            .rank(mode, m.adapter.as_deref(), ex.history, &retrieved[..n])
-                            .map_err(wrap)?;
-                        let list = merge_llm_order(&retrieved, n, &llm.order).map_err(wrap)?;
-                        t.add_rank(&llm.timings, t1.elapsed().as_secs_f64());
+                        // Methods that differ only in the prior weight share one LLM call.
+                        let key = (mode, m.adapter.clone());
+                        if !llm_calls.contains_key(&key) {
+                            let llm = backend
+                                .rank(mode, m.adapter.as_deref(), ex.history, &retrieved[..n])
+                                .map_err(wrap)?;
+                            llm_calls.insert(key.clone(), (llm, t1.elapsed().as_secs_f64()));
+                        }
+                        let (llm, dt) = &llm_calls[&key];
+                        let order = match &m.prior {
+                            Some(_) => llm
+                                .with_prior(&retrieved[..n], m.prior_weight())
+                                .map_err(wrap)?,
+                            None => llm.order.clone(),
+                        };
+                        let list = merge_llm_order(&retrieved, n, &order).map_err(wrap)?;
+                        // A shared call counts for each method: each would pay it alone.
+                        t.add_rank(&llm.timings, *dt);
                         list
                     }
                     _ => retrieved.clone(),
@@ -633,6 +712,16 @@ mod tests {
         ] {
             let e = bad.parse::<Method>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
+        }
+        let m: Method = "markov+score@ml~0.5".parse().unwrap();
+        assert_eq!(m.prior.as_deref(), Some("0.5"));
+        assert_eq!(m.adapter.as_deref(), Some("ml"));
+        assert_eq!(m.prior_weight(), 0.5);
+        assert_eq!(m.to_string(), "markov+score@ml~0.5");
+        assert_eq!("markov+score".parse::<Method>().unwrap().prior_weight(), 0.0);
+        for bad in ["markov~1", "markov+generate~1", "markov+score~-1", "markov+score~x"] {
+            let e = bad.parse::<Method>().unwrap_err().to_string();
+            assert!(e.contains("prior") || e.contains('~'), "{bad}: {e}");
         }
         let list = Method::parse_list("pop, pop+score ,markov").unwrap();
         assert_eq!(list.len(), 3);
@@ -741,6 +830,8 @@ mod tests {
         ) -> Result<LlmRanking> {
             Ok(LlmRanking {
                 order: candidates.iter().rev().copied().collect(),
+                // The reversed order, one nat apart.
+                scores: (0..candidates.len()).map(|i| -(i as f32)).collect(),
                 timings: RankTimings {
                     prefill_s: 0.5,
                     ..RankTimings::default()
@@ -756,7 +847,7 @@ mod tests {
         let (cat, inter, split) = data(10, &[&[0, 1, 2, 9], &[6, 3, 4, 5]]);
         let opts = EvalOptions {
             stage: Stage::Test,
-            methods: Method::parse_list("r,r+score").unwrap(),
+            methods: Method::parse_list("r,r+score,r+score~5").unwrap(),
             candidates: 3,
             users: None,
             seed: 0,
@@ -782,6 +873,10 @@ mod tests {
         assert_eq!(ranks[1].ranks["r"], Some(4));
         assert_eq!(ranks[1].ranks["r+score"], Some(4));
         assert_eq!(ranks[1].target, "5");
+        // With the prior at weight 5 the retriever's order wins back: the LLM's scores
+        // (0, -1, -2 for 7, 8, 9) lose to -5·ln(1 + position) (9 first, at 0).
+        assert_eq!(ranks[0].ranks["r+score~5"], Some(1));
+        assert_eq!(ranks[1].ranks["r+score~5"], Some(4));
         let alone = &rep.methods[0].metrics;
         assert_eq!((alone.hr_1, alone.hr_5), (0.5, 1.0));
         assert!((alone.mrr - (1.0 + 0.25) / 2.0).abs() < 1e-12);

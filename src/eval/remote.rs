@@ -240,6 +240,7 @@ impl Backend for RemoteBackend {
         let t = resp.timings.unwrap_or_default();
         Ok(LlmRanking {
             order,
+            scores: resp.items.iter().map(|it| it.score).collect(),
             timings: RankTimings {
                 prompt_s: t.prompt_ms / 1e3,
                 prefill_s: t.prefill_ms / 1e3,

@@ -91,6 +91,10 @@ pub struct RankerConfig {
     pub title_style: TitleStyleConfig,
     /// Sessions (KV caches) kept for reuse between requests.
     pub session_pool: usize,
+    /// Score mode: weight `w` of the retriever's order in the final score,
+    /// `log p_llm(c) − w · ln(1 + position of c)`, renormalised over the candidates
+    /// (see [`apply_retriever_prior`]). 0 = the LLM alone.
+    pub score_prior_weight: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl Default for RankerConfig {
             max_generated_items: 20,
             title_style: TitleStyleConfig::AsInData,
             session_pool: 4,
+            score_prior_weight: 0.0,
         }
     }
 }
@@ -468,7 +473,8 @@ impl Ranker {
         }
     }
 
-    /// Score mode: log-softmax over the candidates' label logits, best first.
+    /// Score mode: log-softmax over the candidates' label logits (with the
+    /// retriever prior of the config, if any), best first.
     fn score_labels(&self, logits: &[f32], candidates: &[u32], k: usize) -> Vec<Ranked> {
         let labels = &self.prompts.labels()[..candidates.len()];
         let raw: Vec<f32> = labels.iter().map(|&(_, t)| logits[t as usize]).collect();
@@ -485,12 +491,7 @@ impl Ranker {
                 by_llm: true,
             })
             .collect();
-        // Best first; ties keep the caller's order.
-        items.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.candidate_rank.cmp(&b.candidate_rank))
-        });
+        apply_retriever_prior(&mut items, self.cfg.score_prior_weight);
         items.truncate(k);
         items
     }
@@ -578,4 +579,67 @@ fn log_softmax_at(row: &[f32], t: u32) -> f32 {
     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
     row[t as usize] - m - sum.ln() as f32
+}
+
+/// Blends the retriever's order into LLM scores and sorts best first:
+/// `score(c) = log p_llm(c) − weight · ln(1 + candidate_rank(c))`, renormalised so the
+/// scores stay log-probabilities over `items` (a Zipf-shaped prior on the retriever's
+/// positions: with weight 1 the retriever's k-th item starts k times less likely than
+/// its first). Weight 0 only sorts. Ties keep the retriever's order.
+pub fn apply_retriever_prior(items: &mut [Ranked], weight: f32) {
+    if weight != 0.0 && !items.is_empty() {
+        for it in items.iter_mut() {
+            it.score -= weight * (1.0 + it.candidate_rank as f32).ln();
+        }
+        let m = items
+            .iter()
+            .map(|r| r.score)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let lse = m + items.iter().map(|r| (r.score - m).exp()).sum::<f32>().ln();
+        for it in items.iter_mut() {
+            it.score -= lse;
+        }
+    }
+    items.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.candidate_rank.cmp(&b.candidate_rank))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(item: u32, logp: f32, pos: u32) -> Ranked {
+        Ranked {
+            item,
+            score: logp,
+            candidate_rank: pos,
+            by_llm: true,
+        }
+    }
+
+    #[test]
+    fn retriever_prior_blends_positions_and_keeps_log_probabilities() {
+        // The LLM slightly prefers the retriever's third item (position 2).
+        let l = |p: f32| p.ln();
+        let base = vec![item(10, l(0.30), 0), item(11, l(0.30), 1), item(12, l(0.40), 2)];
+        let mut none = base.clone();
+        apply_retriever_prior(&mut none, 0.0);
+        assert_eq!(none.iter().map(|r| r.item).collect::<Vec<_>>(), [12, 10, 11]);
+        assert_eq!(none[0].score, l(0.40), "weight 0 leaves scores alone");
+        // Weight 1: 0.40/3 < 0.30/2 < 0.30/1, so the retriever's order wins.
+        let mut w1 = base.clone();
+        apply_retriever_prior(&mut w1, 1.0);
+        assert_eq!(w1.iter().map(|r| r.item).collect::<Vec<_>>(), [10, 11, 12]);
+        let total: f32 = w1.iter().map(|r| r.score.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "renormalised: {total}");
+        let want0 = (0.30f32 / (0.30 + 0.15 + 0.40 / 3.0)).ln();
+        assert!((w1[0].score - want0).abs() < 1e-5, "{} vs {want0}", w1[0].score);
+        // Equal fused scores keep the retriever's order.
+        let mut tie = vec![item(7, l(0.5), 1), item(8, l(0.5), 0)];
+        apply_retriever_prior(&mut tie, 0.0);
+        assert_eq!(tie[0].item, 8);
+    }
 }
