@@ -77,16 +77,25 @@ __device__ __forceinline__ void flash_prefill(const TQ* __restrict__ q,
     for (int j = 0; j < n_tiles; ++j) {
         const int n0 = j * FA_BN;
         __syncthreads();  // every warp is done with the previous tile
+        // K: a warp's lanes walk along rows (16-byte chunks), so global reads coalesce.
 #pragma unroll
         for (int i = 0; i < FA_BN * CH / FA_THREADS; ++i) {
             const int c = tid + i * FA_THREADS;
             const int kr = c / CH, dc = (c % CH) * 8;
-            uint4 k4 = make_uint4(0u, 0u, 0u, 0u), v4 = make_uint4(0u, 0u, 0u, 0u);
-            if (n0 + kr < kv_lim) {
-                k4 = *(const uint4*)(kbase + (size_t)(n0 + kr) * HD + dc);
-                v4 = *(const uint4*)(vbase + (size_t)(n0 + kr) * HD + dc);
-            }
+            uint4 k4 = make_uint4(0u, 0u, 0u, 0u);
+            if (n0 + kr < kv_lim) k4 = *(const uint4*)(kbase + (size_t)(n0 + kr) * HD + dc);
             *(uint4*)(Ks + kr * KS + dc) = k4;
+        }
+        // V, transposed: a warp's lanes take consecutive keys of one 16-byte column chunk,
+        // so each of the 8 two-byte stores of a lane lands in a word of its own row of Vt
+        // beside its neighbours' (no bank conflicts; walking along rows instead put all
+        // lanes of a warp in one bank).
+#pragma unroll
+        for (int i = 0; i < FA_BN * CH / FA_THREADS; ++i) {
+            const int c = tid + i * FA_THREADS;
+            const int kr = c % FA_BN, dc = (c / FA_BN) * 8;
+            uint4 v4 = make_uint4(0u, 0u, 0u, 0u);
+            if (n0 + kr < kv_lim) v4 = *(const uint4*)(vbase + (size_t)(n0 + kr) * HD + dc);
             const unsigned int w[4] = {v4.x, v4.y, v4.z, v4.w};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
