@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{self, LoadOptions, Logits, WeightDtype};
+use crate::engine::{self, Device, LoadOptions, Logits, WeightDtype};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineBenchArgs {
@@ -24,6 +24,9 @@ pub struct EngineBenchArgs {
     /// Tokens generated one at a time for the decode measurement.
     #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
+    /// Where the model runs: cpu, cuda (= cuda:0) or cuda:N (needs --dtype bf16).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// Weight element type in memory.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
@@ -109,7 +112,13 @@ pub fn run_engine(args: &EngineBenchArgs) -> anyhow::Result<EngineBenchReport> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(args.prompt_tokens > 0, "--prompt-tokens must be at least 1");
     let t0 = Instant::now();
+    anyhow::ensure!(
+        args.device == Device::Cpu || args.dtype == WeightDtype::Bf16,
+        "--device {} needs --dtype bf16 (the CUDA backend holds weights in bf16)",
+        args.device
+    );
     let opts = LoadOptions {
+        device: args.device,
         dtype: args.dtype,
         threads: args.threads,
         max_batch_rows: args.prompt_tokens,

@@ -508,6 +508,7 @@ fn bench_first_token_is_the_prefill_argmax() {
         model: dir.clone(),
         prompt_tokens: 20,
         decode_tokens: 3,
+        device: palr::engine::Device::Cpu,
         dtype: WeightDtype::F32,
         threads: 2,
         warmup: 0,

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::chat::ChatTemplate;
 use crate::data::{self, Catalog, Dataset, Format, LoadOptions, Split, Stage};
-use crate::engine::{self, WeightDtype};
+use crate::engine::{self, Device, WeightDtype};
 use crate::eval::{self, EvalOptions, LocalBackend, Method, remote::RemoteBackend};
 use crate::rank::{Ranker, RankerConfig};
 use crate::retrieval::RetrieverSpec;
@@ -206,6 +206,9 @@ pub struct EvalArgs {
     pub seed: u64,
     #[command(flatten)]
     pub ranker: RankerArgs,
+    /// Where the model runs (in process): cpu, cuda (= cuda:0) or cuda:N (needs --dtype bf16).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// Weight element type in memory.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
@@ -326,7 +329,9 @@ fn base_ranker(
     adapters: &[(String, PathBuf)],
 ) -> anyhow::Result<Ranker> {
     let dir = args.ranker.model_dir();
+    super::generate::check_device_dtype(args.device, args.dtype)?;
     let opts = engine::LoadOptions {
+        device: args.device,
         dtype: args.dtype,
         threads: args.threads,
         adapters: adapters

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::chat::{ChatTemplate, Message};
-use crate::engine::{self, LanguageModel, LoadOptions, Logits, WeightDtype};
+use crate::engine::{self, Device, LanguageModel, LoadOptions, Logits, WeightDtype};
 use crate::generate::{GenerateParams, generate};
 use crate::model::GenerationConfig;
 use crate::sampling::SamplingParams;
@@ -19,6 +19,9 @@ pub struct ModelArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
+    /// Where the model runs: cpu, cuda (= cuda:0) or cuda:N (needs --dtype bf16).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// Weight element type in memory.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
@@ -27,9 +30,21 @@ pub struct ModelArgs {
     pub threads: usize,
 }
 
+/// A GPU holds bf16 weights: refuse `--device cuda` with another `--dtype` up front, saying
+/// which flag to add (`engine::load` would refuse it too, after opening the checkpoint).
+pub fn check_device_dtype(device: Device, dtype: WeightDtype) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        device == Device::Cpu || dtype == WeightDtype::Bf16,
+        "--device {device} needs --dtype bf16 (the CUDA backend holds weights in bf16)"
+    );
+    Ok(())
+}
+
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<(Arc<dyn LanguageModel>, Tokenizer)> {
+        check_device_dtype(self.device, self.dtype)?;
         let opts = LoadOptions {
+            device: self.device,
             dtype: self.dtype,
             threads: self.threads,
             ..LoadOptions::default()

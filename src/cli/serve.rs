@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::service::config::LogFormat;
+use crate::engine::Device;
+use crate::service::config::{DtypeConfig, LogFormat};
 use crate::service::server::{bind, termination_signal};
 use crate::service::{Metrics, Overrides, Recommender, ServerConfig, serve};
 
@@ -26,6 +27,13 @@ pub struct ServeArgs {
     /// Model directory [model.dir].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda (= cuda:0) or cuda:N; a GPU needs --dtype bf16
+    /// [model.device].
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// Weights in memory: f32 or bf16 [model.dtype].
+    #[arg(long)]
+    pub dtype: Option<DtypeConfig>,
     /// Data set directory [data.dir].
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -52,6 +60,8 @@ impl ServeArgs {
             addr: self.addr.clone(),
             metrics_addr: self.metrics_addr.clone(),
             model_dir: self.model.clone(),
+            device: self.device,
+            dtype: self.dtype,
             data_dir: self.data.clone(),
             log_format: self.log_format,
             threads: self.threads,

@@ -24,8 +24,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::engine::Device;
 use crate::rank::RankerConfig;
 use crate::retrieval::RetrieverSpec;
 
@@ -172,6 +173,23 @@ pub enum DtypeConfig {
     Bf16,
 }
 
+impl std::str::FromStr for DtypeConfig {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype {other:?}; use f32 or bf16")),
+        }
+    }
+}
+
+/// `model.device`: a string parsed by [`Device`]'s `FromStr` (`cpu`, `cuda`, `cuda:N`).
+fn device_from_str<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Device, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
 /// `[model]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -179,7 +197,11 @@ pub struct ModelSection {
     /// Hugging Face model directory (`config.json`, safetensors, `tokenizer.json`);
     /// `palr model fetch` puts the default model here.
     pub dir: PathBuf,
-    /// `f32` or `bf16`.
+    /// Where the model runs: `cpu`, `cuda` (= `cuda:0`) or `cuda:N` (that NVIDIA GPU; needs
+    /// `dtype = "bf16"`).
+    #[serde(deserialize_with = "device_from_str")]
+    pub device: Device,
+    /// `f32` or `bf16` (`bf16` on a GPU).
     pub dtype: DtypeConfig,
     /// Engine worker threads; 0 = one per core.
     pub threads: usize,
@@ -210,6 +232,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("models/smollm2-135m-instruct"),
+            device: Device::Cpu,
             dtype: DtypeConfig::F32,
             threads: 0,
             max_batch_rows: 512,
@@ -351,6 +374,8 @@ pub struct Overrides {
     pub addr: Option<String>,
     pub metrics_addr: Option<String>,
     pub model_dir: Option<PathBuf>,
+    pub device: Option<Device>,
+    pub dtype: Option<DtypeConfig>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub threads: Option<usize>,
@@ -436,6 +461,12 @@ impl ServerConfig {
         if let Some(v) = &o.model_dir {
             self.model.dir = v.clone();
         }
+        if let Some(v) = o.device {
+            self.model.device = v;
+        }
+        if let Some(v) = o.dtype {
+            self.model.dtype = v;
+        }
         if let Some(v) = o.threads {
             self.model.threads = v;
         }
@@ -454,6 +485,15 @@ impl ServerConfig {
         self.server.metrics_socket()?;
         if self.server.max_concurrent_rank == 0 {
             return bad("server.max_concurrent_rank must be at least 1".into());
+        }
+        // Checked here, before the data, the plugins or the GPU driver are touched.
+        if self.model.device != Device::Cpu && self.model.dtype != DtypeConfig::Bf16 {
+            return bad(format!(
+                "model.device = \"{}\" needs model.dtype = \"bf16\" (the CUDA backend holds \
+                 weights in bf16): set dtype = \"bf16\" in [model] (or PALR_MODEL__DTYPE=bf16, \
+                 or --dtype bf16)",
+                self.model.device
+            ));
         }
         let l = &self.limits;
         let range = |key: &str, v: u32, lo: u32, hi: u32, hi_key: &str| {
@@ -643,6 +683,88 @@ mod tests {
         assert!(e.to_string().contains("unknown field `max_histroy`"), "{e}");
         let e = ServerConfig::from_toml("[retrieval]\ntraining = \"test\"").unwrap_err();
         assert!(e.to_string().contains("train-split"), "{e}");
+    }
+
+    #[test]
+    fn model_device_parses_and_needs_bf16_on_cuda() {
+        assert_eq!(ServerConfig::default().model.device, Device::Cpu);
+        let c = ServerConfig::from_toml("[model]\ndevice = \"cuda:1\"\ndtype = \"bf16\"").unwrap();
+        assert_eq!(c.model.device, Device::Cuda(1));
+        let c = ServerConfig::from_toml("[model]\ndevice = \"cuda\"\ndtype = \"bf16\"").unwrap();
+        assert_eq!(c.model.device, Device::Cuda(0));
+        let c = ServerConfig::from_toml("[model]\ndevice = \"cpu\"").unwrap();
+        assert_eq!(c.model.device, Device::Cpu);
+        for bad in ["gpu", "cuda:", "cuda:x", "CUDA:0", "cuda:-1", ""] {
+            let e = ServerConfig::from_toml(&format!("[model]\ndevice = {bad:?}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("unknown device {bad:?}"))
+                    && e.contains("use cpu, cuda or cuda:N")
+                    && e.contains("device"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = ServerConfig::from_toml("[model]\ndevice = 0").unwrap_err();
+        assert!(e.to_string().contains("device"), "{e}");
+        // CUDA with f32 weights (the default dtype): refused by validate(), before any
+        // file, plugin or driver is touched, saying what to set.
+        for text in [
+            "[model]\ndevice = \"cuda\"",
+            "[model]\ndevice = \"cuda:1\"\ndtype = \"f32\"",
+        ] {
+            let e = ServerConfig::from_toml(text).unwrap_err().to_string();
+            assert!(
+                e.contains("needs model.dtype = \"bf16\"") && e.contains("set dtype = \"bf16\""),
+                "{e}"
+            );
+        }
+        // The same through the other layers: environment and flags.
+        let e = ServerConfig::load(
+            None,
+            env(&[("PALR_MODEL__DEVICE", "cuda:1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("model.device = \"cuda:1\" needs"),
+            "{e}"
+        );
+        let e = ServerConfig::load(
+            None,
+            env(&[("PALR_MODEL__DEVICE", "tpu")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("PALR_MODEL__DEVICE")
+                && e.to_string().contains("unknown device"),
+            "{e}"
+        );
+        let c = ServerConfig::load(
+            None,
+            env(&[("PALR_MODEL__DEVICE", "cuda:1")]),
+            &Overrides {
+                dtype: Some(DtypeConfig::Bf16),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (c.model.device, c.model.dtype),
+            (Device::Cuda(1), DtypeConfig::Bf16)
+        );
+        let c = ServerConfig::load(
+            None,
+            Vec::new(),
+            &Overrides {
+                device: Some(Device::Cuda(2)),
+                dtype: Some(DtypeConfig::Bf16),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.model.device, Device::Cuda(2));
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub enum StartError {
     Retrieval(#[from] RetrievalError),
     #[error("model {dir}: {message} (run `palr model fetch` for the default model)")]
     Model { dir: String, message: String },
+    #[error(
+        "model.device = \"{device}\": {message} (set model.device = \"cpu\" to run without a GPU)"
+    )]
+    Device { device: String, message: String },
     #[error("ranker: {0}")]
     Rank(#[from] RankError),
     #[error("cannot listen on {addr}: {source}")]

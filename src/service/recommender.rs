@@ -279,9 +279,11 @@ impl Recommender {
             message,
         };
         let t = Instant::now();
+        let device = cfg.model.device;
         let model = engine::load(
             model_dir,
             &engine::LoadOptions {
+                device,
                 dtype: match cfg.model.dtype {
                     DtypeConfig::F32 => WeightDtype::F32,
                     DtypeConfig::Bf16 => WeightDtype::Bf16,
@@ -298,10 +300,16 @@ impl Recommender {
                         merge: a.merge,
                     })
                     .collect(),
-                ..engine::LoadOptions::default()
             },
         )
-        .map_err(|e| model_err(e.to_string()))?;
+        .map_err(|e| match e {
+            // No driver or no such GPU: not the model's fault, so not "palr model fetch".
+            engine::EngineError::Cuda(c) if c.is_unavailable() => StartError::Device {
+                device: device.to_string(),
+                message: c.to_string(),
+            },
+            e => model_err(e.to_string()),
+        })?;
         let tok = Tokenizer::from_file(model_dir.join("tokenizer.json"))
             .map_err(|e| model_err(e.to_string()))?;
         let chat = ChatTemplate::from_model_dir(model_dir).map_err(|e| model_err(e.to_string()))?;
