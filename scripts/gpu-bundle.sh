@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds, here (no GPU needed), everything scripts/gpu-check.sh runs on a GPU
 # machine, so nothing is compiled there: the palr binary (`palr bench gpu`) and
-# the GPU test binaries (tests/cuda_ops.rs, tests/cuda_model.rs), stripped and
-# packed into .cache/gpu-bundle/bin.tar.xz with a MANIFEST (commit, sizes,
-# sha256). The device tool carries the folder: carry [".cache/gpu-bundle"].
+# the GPU test binaries (tests/cuda_ops.rs, tests/cuda_model.rs) and the
+# popularity retriever plugin (tests/cuda_model.rs's in-process service loads
+# it from the test binary's directory), stripped and packed into
+# .cache/gpu-bundle/bin.tar.xz with a MANIFEST (commit, sizes, sha256). The
+# device tool carries the folder: carry [".cache/gpu-bundle"].
 # The binaries need glibc <= the GPU image's (Ubuntu 24.04, glibc 2.39).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,9 @@ rm -rf "$out"
 mkdir -p "$stage/bin"
 
 cargo build --release --bin palr
+cargo build --release -p palr-retriever-popularity
 cp target/release/palr "$stage/bin/palr"
+cp target/release/libpalr_retriever_popularity.so "$stage/bin/"
 # The exact paths of the test executables (target/release/deps/NAME-HASH).
 cargo test --release --no-run --message-format=json --test cuda_ops --test cuda_model \
     | python3 -c '

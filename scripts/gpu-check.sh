@@ -8,7 +8,8 @@
 #
 # PARTS (comma-separated, default tests,bench,torch,report):
 #   tests   tests/cuda_ops.rs and tests/cuda_model.rs with PALR_REQUIRE_CUDA=1
-#           (a missing driver fails instead of skipping)
+#           (a missing driver fails instead of skipping); cuda_model's service
+#           test loads the popularity plugin from the bundle's bin/, next to it
 #   sanitize  (not in the default) tests/cuda_ops.rs under compute-sanitizer
 #           memcheck with PALR_CUDA_SYNC_CHECK=1, filtered by
 #           GPU_CHECK_SANITIZE_FILTER (a test-name substring; slow: minutes)

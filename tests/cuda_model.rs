@@ -3,6 +3,11 @@
 //! machine), the real SmolLM2-135M-Instruct against the reference fixture where
 //! the model directory exists, and sessions on several threads at once.
 //!
+//! Above the engine: the score-mode ranker (`palr::rank`) and the whole gRPC service
+//! (`palr::service`, in process on loopback ports) on the GPU against the same on the
+//! CPU, with the synthetic checkpoint, a byte-level tokenizer written next to it, a
+//! small synthetic catalog and the popularity plugin.
+//!
 //! Both backends hold the same bf16 weights; the GPU also rounds projection
 //! inputs, attention probabilities and the KV cache to bf16, so logits agree to
 //! a few 1e-3 relative, not bit for bit. Where no GPU exists each test prints
@@ -10,13 +15,24 @@
 
 mod cuda_common;
 
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use cuda_common::*;
+use palr::chat::ChatTemplate;
+use palr::data::{Catalog, Item};
 use palr::engine::backend::Backend;
 use palr::engine::cuda::synthetic::SMOLLM2_135M;
 use palr::engine::{self, Device, LanguageModel, LoadOptions, Logits, WeightDtype};
+use palr::proto::v1 as pb;
+use palr::rank::{RankMode, RankRequest, Ranker, RankerConfig};
+use palr::retrieval::RetrieverSpec;
+use palr::service::config::DtypeConfig;
+use palr::service::{Drained, Metrics, Recommender, RunningServer, ServerConfig};
+use palr::tokenizer::Tokenizer;
+use serde_json::json;
 
 /// Bound on ‖gpu − cpu‖ / ‖cpu‖ of whole-model logits. Rounding to bf16 where the
 /// GPU does (projection inputs, KV cache, attention output), emulated on the CPU,
@@ -277,21 +293,513 @@ fn smollm2_on_gpu_matches_the_reference() {
     }
 }
 
-// TODO(rank): when the score-mode ranking module lands on main (the lead is
-// writing it), rank a fixed set of requests (history + candidates) with the CPU
-// and the CUDA backends and assert the same order of candidates (scores within
-// the bf16 bound). Until then this fails if run, so it cannot pass by accident.
-#[test]
-#[ignore = "TODO(rank): needs the score-mode ranking module (not on main yet)"]
-fn score_mode_rankings_match_cpu() {
-    unimplemented!("score-mode ranking module not on main yet: see the TODO above");
+// ---------------------------------------------------------------- ranking and the service
+
+/// Bound on |gpu − cpu| of a score-mode score (a label's log-probability among the
+/// candidates' labels), relative to the spread (standard deviation) of the request's CPU
+/// scores. The scores are label logits minus a common log-sum-exp, so their spread is the
+/// logits' scale, and a whole-model relative error of a few 1e-3 (MODEL_TOL: 2e-2) moves
+/// a single logit by about that fraction of the scale, a few times more at worst.
+const SCORE_TOL: f32 = 0.05;
+
+/// The model of the ranking tests. `PALR_TEST_MODEL_DIR`: a real checkpoint with its own
+/// tokenizer and chat template (SmolLM2-135M-Instruct; 30 layers, too slow for the fake
+/// device). Otherwise, everywhere: the synthetic SmolLM2 (`synthetic_dir`, shortened by
+/// `PALR_TEST_SYNTHETIC_LAYERS`) with the tokenizer of `write_byte_tokenizer`,
+/// so the run checked here without a GPU is the one GPU machines make (they get the
+/// repository and the test binaries, never the 538 MB model).
+fn ranking_model_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PALR_TEST_MODEL_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = synthetic_dir();
+        let prompt = RankerConfig::default().prompt;
+        let titles = synthetic_titles(CATALOG_ITEMS);
+        let mut texts = vec![
+            prompt.system.as_str(),
+            prompt.score_template.as_str(),
+            prompt.generate_template.as_str(),
+            "system user assistant",
+        ];
+        texts.extend(titles.iter().map(String::as_str));
+        write_byte_tokenizer(&dir, &texts);
+        dir
+    })
+    .clone()
 }
 
-// TODO(service): when the gRPC service lands on main, start it in-process with
-// the CUDA backend (`--device cuda:0`), send Rank requests over loopback and
-// compare with the CPU service's answers.
+/// Writes a small byte-level BPE tokenizer next to a checkpoint: ids 0..2 are
+/// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (as in SmolLM2), then one token per byte
+/// (GPT-2's byte alphabet), then merges that make each word of `texts` one token (so
+/// prompts are a few times shorter than one token per byte: the fake device's time grows
+/// with prompt length); and a `tokenizer_config.json` with a ChatML chat template. Every
+/// score label (`A`..`Z`) is one token; every id is far below any real vocabulary's size.
+fn write_byte_tokenizer(dir: &Path, texts: &[&str]) {
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    for c in palr::tokenizer::byte_to_char_table() {
+        vocab.insert(c.to_string(), vocab.len().into());
+    }
+    let merges = word_merges(texts);
+    for (a, b) in &merges {
+        let t = format!("{a}{b}");
+        if !vocab.contains_key(&t) {
+            vocab.insert(t, vocab.len().into());
+        }
+    }
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
+                            "trim_offsets": true, "use_regex": true});
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges},
+    });
+    let config = json!({
+        "eos_token": "<|im_end|>",
+        "chat_template": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + \
+                          message['content'] + '<|im_end|>\n' }}{% endfor %}\
+                          {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}
+
+/// BPE merges that make each word of `texts` one token: a run of ASCII letters or of
+/// digits with the space before it, as the ByteLevel pre-tokenizer (GPT-2's split) cuts
+/// text, merged left to right (`Ġ R` → `ĠR`, `ĠR i` → `ĠRi`, ...; `Ġ` is the space).
+fn word_merges(texts: &[&str]) -> Vec<(String, String)> {
+    let table = palr::tokenizer::byte_to_char_table();
+    let mut seen = HashSet::new();
+    let mut merges = Vec::new();
+    for text in texts {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let class = |c: u8| (c.is_ascii_alphabetic(), c.is_ascii_digit());
+            if class(b[i]) == (false, false) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < b.len() && class(b[j]) == class(b[i]) {
+                j += 1;
+            }
+            let start = if i > 0 && b[i - 1] == b' ' { i - 1 } else { i };
+            let mut left = table[b[start] as usize].to_string();
+            for &c in &b[start + 1..j] {
+                let right = table[c as usize].to_string();
+                if seen.insert((left.clone(), right.clone())) {
+                    merges.push((left.clone(), right.clone()));
+                }
+                left.push_str(&right);
+            }
+            i = j;
+        }
+    }
+    merges
+}
+
+/// Short synthetic titles (prompts stay short on the byte-level tokenizer and the fake
+/// device), all distinct.
+fn synthetic_titles(n: usize) -> Vec<String> {
+    const A: [&str; 8] = [
+        "Red", "Last", "Silent", "Lost", "Blue", "Iron", "Wild", "Dark",
+    ];
+    const B: [&str; 8] = [
+        "River", "Night", "City", "Garden", "Road", "King", "Sea", "Star",
+    ];
+    (0..n)
+        .map(|i| format!("{} {} {i} ({})", A[i % 8], B[i / 8 % 8], 1950 + i % 60))
+        .collect()
+}
+
+const CATALOG_ITEMS: usize = 60;
+
+/// `n` distinct items of the synthetic catalog, in a random order.
+fn distinct_items(rng: &mut Rng, n: usize) -> Vec<u32> {
+    let mut pool: Vec<u32> = (0..CATALOG_ITEMS as u32).collect();
+    for i in 0..n {
+        let j = i + rng.below(pool.len() - i);
+        pool.swap(i, j);
+    }
+    pool.truncate(n);
+    pool
+}
+
+/// Checks a GPU score-mode answer against the CPU's, both `(item, score)` best first:
+/// the same items, every score within `SCORE_TOL` × the spread of the CPU scores, and the
+/// same order where it is decided. With random weights some neighbours are near-ties
+/// whose order bf16 rounding may flip, so the CPU order is cut into runs of neighbours
+/// whose score gap is at most the tolerance: each run must hold the same items at the
+/// same positions in the GPU answer, in any order within the run. Returns the largest
+/// error relative to the spread.
+fn assert_same_ranking(what: &str, gpu: &[(String, f32)], cpu: &[(String, f32)]) -> f32 {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: number of items");
+    let n = cpu.len() as f32;
+    let mean = cpu.iter().map(|x| x.1).sum::<f32>() / n;
+    let spread = (cpu.iter().map(|x| (x.1 - mean).powi(2)).sum::<f32>() / n).sqrt();
+    assert!(
+        spread.is_finite() && spread > 0.0,
+        "{what}: CPU scores do not vary"
+    );
+    let tol = SCORE_TOL * spread;
+    let by_item: HashMap<&str, f32> = gpu.iter().map(|(i, s)| (i.as_str(), *s)).collect();
+    let mut worst = 0f32;
+    for (item, c) in cpu {
+        let g = *by_item
+            .get(item.as_str())
+            .unwrap_or_else(|| panic!("{what}: item {item} missing from the GPU answer"));
+        let err = (g - c).abs();
+        assert!(
+            g.is_finite() && err <= tol,
+            "{what}: item {item}: GPU score {g} vs CPU {c} (|diff| {err:.4} > {tol:.4} = {SCORE_TOL} x spread {spread:.3})"
+        );
+        worst = worst.max(err / spread);
+    }
+    let mut start = 0;
+    for end in 1..=cpu.len() {
+        if end == cpu.len() || cpu[end - 1].1 - cpu[end].1 > tol {
+            fn run(v: &[(String, f32)], start: usize, end: usize) -> Vec<&str> {
+                let mut ids: Vec<&str> = v[start..end].iter().map(|x| x.0.as_str()).collect();
+                ids.sort_unstable();
+                ids
+            }
+            assert_eq!(
+                run(gpu, start, end),
+                run(cpu, start, end),
+                "{what}: positions {start}..{end} (CPU scores {:?}, GPU scores {:?})",
+                &cpu[start..end],
+                &gpu[start..end]
+            );
+            start = end;
+        }
+    }
+    eprintln!(
+        "{what}: {} items, max |gpu - cpu| = {worst:.2e} x spread {spread:.3} (bound {SCORE_TOL})",
+        cpu.len()
+    );
+    worst
+}
+
 #[test]
-#[ignore = "TODO(service): needs the gRPC service (not on main yet)"]
+fn score_mode_rankings_match_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = ranking_model_dir();
+    let items: Vec<Item> = synthetic_titles(CATALOG_ITEMS)
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Item::new(format!("m{i}"), t))
+        .collect();
+    let catalog = Arc::new(Catalog::from_items(items).unwrap());
+    let tok = Arc::new(Tokenizer::from_file(dir.join("tokenizer.json")).unwrap());
+    let chat = ChatTemplate::from_model_dir(&dir).unwrap();
+    let ranker = |device: Device| {
+        let t = Instant::now();
+        let r = Ranker::new(
+            load(&dir, device, 512),
+            tok.clone(),
+            chat.as_ref(),
+            catalog.clone(),
+            RankerConfig::default(),
+        )
+        .unwrap();
+        eprintln!("{device}: model and ranker in {:.1?}", t.elapsed());
+        r
+    };
+    let cpu = ranker(Device::Cpu);
+    let gpu = ranker(Device::Cuda(ordinal()));
+    // Fixed requests: 5 histories of 5 items, 20 other items as candidates each.
+    let mut rng = Rng::new(20_260_101);
+    for r in 0..5 {
+        let picked = distinct_items(&mut rng, 25);
+        let (history, candidates) = picked.split_at(5);
+        let req = RankRequest {
+            history,
+            candidates,
+            k: candidates.len(),
+            mode: RankMode::Score,
+            adapter: None,
+            deadline: None,
+            cancel: None,
+        };
+        let t = Instant::now();
+        let c = cpu.rank(&req).unwrap();
+        let tc = t.elapsed();
+        let t = Instant::now();
+        let g = gpu.rank(&req).unwrap();
+        let tg = t.elapsed();
+        eprintln!(
+            "request {r}: {} prompt tokens ({} cached), CPU {tc:.1?}, GPU {tg:.1?}",
+            g.timings.prompt_tokens, g.timings.cached_prompt_tokens
+        );
+        assert_eq!(g.timings.prompt_tokens, c.timings.prompt_tokens);
+        assert!(
+            g.timings.cached_prompt_tokens > 0,
+            "the shared prefix is reused"
+        );
+        for (gi, ci) in g.items.iter().zip(&c.items) {
+            assert!(gi.by_llm && ci.by_llm);
+            assert_eq!(
+                candidates[gi.candidate_rank as usize], gi.item,
+                "candidate_rank names the item's position"
+            );
+        }
+        let pairs = |v: &[palr::rank::Ranked]| -> Vec<(String, f32)> {
+            v.iter().map(|x| (x.item.to_string(), x.score)).collect()
+        };
+        assert_same_ranking(&format!("request {r}"), &pairs(&g.items), &pairs(&c.items));
+    }
+}
+
+/// A small CSV data set over the synthetic catalog: 30 users with 8 interactions each.
+fn write_dataset(dir: &Path) {
+    let mut items = String::from("item_id,title\n");
+    for (i, t) in synthetic_titles(CATALOG_ITEMS).iter().enumerate() {
+        items += &format!("m{i},{t}\n");
+    }
+    let mut inter = String::from("user_id,item_id,timestamp\n");
+    let mut rng = Rng::new(5);
+    for u in 0..30 {
+        for (k, i) in distinct_items(&mut rng, 8).iter().enumerate() {
+            inter += &format!("u{u},m{i},{}\n", 1_000 + k);
+        }
+    }
+    std::fs::write(dir.join("items.csv"), items).unwrap();
+    std::fs::write(dir.join("interactions.csv"), inter).unwrap();
+}
+
+/// The server on loopback ports (any free ones) for `device`: the ranking model, the CSV
+/// data set and the popularity plugin. The plugin is looked up next to the test binary
+/// (and in its parent when that is `deps/`): `cargo build --release --workspace` puts it
+/// in target/release, scripts/gpu-bundle.sh packs it next to the GPU test binaries.
+fn service_config(model: &Path, data: &Path, device: Device) -> ServerConfig {
+    let mut c = ServerConfig::default();
+    c.server.addr = "127.0.0.1:0".into();
+    c.server.metrics_addr = "127.0.0.1:0".into();
+    c.server.drain_timeout_s = 30;
+    c.model.dir = model.to_path_buf();
+    c.model.device = device;
+    c.model.dtype = DtypeConfig::Bf16;
+    c.data.dir = data.to_path_buf();
+    c.data.format = "csv".into();
+    c.retrieval.retrievers = vec![RetrieverSpec::new(
+        "popularity",
+        "palr_retriever_popularity",
+        "{}",
+    )];
+    c.retrieval.default = "popularity".into();
+    c
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palr\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
+    buf
+}
+
+fn item_pairs(items: &[pb::RankedItem]) -> Vec<(String, f32)> {
+    items.iter().map(|i| (i.item_id.clone(), i.score)).collect()
+}
+
+#[test]
 fn service_end_to_end_on_cuda() {
-    unimplemented!("gRPC service not on main yet: see the TODO above");
+    use pb::recommender_client::RecommenderClient;
+    use tonic::transport::Channel;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    if gpu().is_none() {
+        return;
+    }
+    let model = ranking_model_dir();
+    let data = tempfile::tempdir().unwrap();
+    write_dataset(data.path());
+    let start = |device: Device| {
+        let t = Instant::now();
+        let core = Recommender::load(&service_config(&model, data.path(), device), Metrics::new())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the {device} service did not start: {e} (the popularity plugin must be next to \
+                     this binary: cargo build --release --workspace, or scripts/gpu-bundle.sh)"
+                )
+            });
+        eprintln!(
+            "{device}: service loaded (with warm-up) in {:.1?}",
+            t.elapsed()
+        );
+        Arc::new(core)
+    };
+    let cpu_core = start(Device::Cpu);
+    let gpu_core = start(Device::Cuda(ordinal()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cpu_srv = RunningServer::start(cpu_core).await.unwrap();
+        let mut gpu_srv = RunningServer::start(gpu_core).await.unwrap();
+        let connect = |addr: std::net::SocketAddr| async move {
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
+        let cpu_ch = connect(cpu_srv.grpc_addr).await;
+        let gpu_ch = connect(gpu_srv.grpc_addr).await;
+        for ch in [&cpu_ch, &gpu_ch] {
+            let s = HealthClient::new(ch.clone())
+                .check(HealthCheckRequest {
+                    service: "palr.v1.Recommender".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(s.status, ServingStatus::Serving as i32);
+        }
+        let mut cpu = RecommenderClient::new(cpu_ch);
+        let mut gpu = RecommenderClient::new(gpu_ch);
+        let info = gpu
+            .get_model_info(pb::GetModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        eprintln!("GPU server backend: {}", info.backend);
+        assert!(info.backend.starts_with("cuda:"), "{}", info.backend);
+        assert_eq!(info.catalog_items as usize, CATALOG_ITEMS);
+        let info = cpu
+            .get_model_info(pb::GetModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(info.backend.starts_with("cpu"), "{}", info.backend);
+
+        let ids = |v: &[u32]| -> Vec<String> { v.iter().map(|i| format!("m{i}")).collect() };
+        let mut rng = Rng::new(77);
+        // Rank, score mode: the caller's 20 candidates, all of them ranked.
+        for r in 0..3 {
+            let picked = distinct_items(&mut rng, 25);
+            let req = pb::RankRequest {
+                history: ids(&picked[..5]),
+                candidates: ids(&picked[5..]),
+                k: 20,
+                rank_mode: pb::RankMode::Score as i32,
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let c = cpu.rank(req.clone()).await.unwrap().into_inner();
+            let tc = t.elapsed();
+            let t = Instant::now();
+            let g = gpu.rank(req).await.unwrap().into_inner();
+            eprintln!("Rank {r}: CPU {tc:.1?}, GPU {:.1?}", t.elapsed());
+            assert_eq!(g.items.len(), 20);
+            assert!(g.items.iter().all(|i| i.ranked_by_llm));
+            assert_same_ranking(
+                &format!("Rank {r}"),
+                &item_pairs(&g.items),
+                &item_pairs(&c.items),
+            );
+        }
+        // Recommend, score mode: the popularity plugin's 15 candidates, all returned (k =
+        // 15, so no near-tie at a cut can change which items come back).
+        for r in 0..2 {
+            let req = pb::RecommendRequest {
+                history: ids(&distinct_items(&mut rng, 6)),
+                k: 15,
+                num_candidates: 15,
+                rank_mode: pb::RankMode::Score as i32,
+                user_id: format!("cuda-test-{r}"),
+                ..Default::default()
+            };
+            let c = cpu.recommend(req.clone()).await.unwrap().into_inner();
+            let g = gpu.recommend(req).await.unwrap().into_inner();
+            assert_eq!(g.retriever, "popularity");
+            assert_eq!(g.items.len(), 15);
+            assert!(g.items.iter().all(|i| i.ranked_by_llm));
+            assert_same_ranking(
+                &format!("Recommend {r}"),
+                &item_pairs(&g.items),
+                &item_pairs(&c.items),
+            );
+        }
+        // Rank, generate mode (constrained decoding on the GPU): valid, not compared (a
+        // near-tie between two tokens may send greedy decoding down another title).
+        let picked = distinct_items(&mut rng, 10);
+        let cands = ids(&picked[5..]);
+        let g = gpu
+            .rank(pb::RankRequest {
+                history: ids(&picked[..5]),
+                candidates: cands.clone(),
+                k: 2,
+                rank_mode: pb::RankMode::Generate as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let named: HashSet<&str> = g.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!((g.items.len(), named.len()), (2, 2), "{:?}", g.items);
+        assert!(g.items.iter().all(|i| cands.contains(&i.item_id)));
+        let t = g.timings.unwrap();
+        eprintln!(
+            "Rank generate: {:?} ({} tokens generated)",
+            named, t.generated_tokens
+        );
+
+        let text = scrape(gpu_srv.metrics_addr.expect("metrics on")).await;
+        for (series, want) in [
+            (r#"palr_requests_total{code="OK",rpc="Rank"}"#, 4.0),
+            (r#"palr_requests_total{code="OK",rpc="Recommend"}"#, 2.0),
+        ] {
+            let got: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .map_or(0.0, |v| v.trim().parse().unwrap());
+            assert_eq!(got, want, "{series}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("palr_build_info{") && l.contains("backend=\"cuda:")),
+            "palr_build_info names the CUDA backend"
+        );
+        scrape(cpu_srv.metrics_addr.expect("metrics on")).await;
+        for srv in [&mut cpu_srv, &mut gpu_srv] {
+            srv.shutdown();
+        }
+        assert_eq!(cpu_srv.wait().await.unwrap(), Drained::All);
+        assert_eq!(gpu_srv.wait().await.unwrap(), Drained::All);
+    });
 }
