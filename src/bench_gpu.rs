@@ -10,10 +10,17 @@
 //! - `model`: the whole forward pass of SmolLM2-135M- and LLaMA-2-7B-shaped
 //!   models with random bf16 weights made on the GPU (no file): prefill of
 //!   `--prompt-tokens` tokens and decode tokens/s after it;
+//!   The `model` part also times the engine work of a score-mode Rank (the
+//!   prompt's 283-token suffix fed after a cached 50-token prefix, last-row
+//!   logits), the shape of a served request (333 prompt tokens);
 //! - `lora`: every projection of the 7B shape (7 per layer, 32 layers) with and
 //!   without unmerged rank-16 LoRA adapters (4 adapters per projection, the
 //!   batch's rows split among them) — merged adapters cost nothing extra, so the
-//!   difference is the unmerged overhead.
+//!   difference is the unmerged overhead;
+//! - `model-lora`: the whole 7B-shaped forward (prefill and decode) with one
+//!   rank-16 adapter on all 7 projections of every layer, applied unmerged by the
+//!   engine's own path (`Backend::lora_update`: the SGMV kernels), against the same
+//!   model with the adapter off.
 //!
 //! Kernel times come from device events around the queued work (median of
 //! `--runs` after a warm-up); model times from the host clock around calls that
@@ -38,11 +45,11 @@ pub struct GpuBenchArgs {
     /// The GPU (cuda:N).
     #[arg(long, default_value = "cuda:0")]
     pub device: Device,
-    /// Parts to run: ceilings, attention, model, lora.
+    /// Parts to run: ceilings, attention, model, lora, model-lora.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ceilings,attention,model,lora"
+        default_value = "ceilings,attention,model,lora,model-lora"
     )]
     pub parts: Vec<String>,
     /// Model shapes for the `model` part: smollm2-135m, llama2-7b.
@@ -131,8 +138,8 @@ pub fn run(args: &GpuBenchArgs) -> anyhow::Result<Vec<Record>> {
     };
     for p in &args.parts {
         anyhow::ensure!(
-            ["ceilings", "attention", "model", "lora", "rank"].contains(&p.as_str()),
-            "unknown part {p:?}; use ceilings, attention, model, lora"
+            ["ceilings", "attention", "model", "lora", "model-lora"].contains(&p.as_str()),
+            "unknown part {p:?}; use ceilings, attention, model, lora, model-lora"
         );
     }
     let file = match &args.json {
@@ -157,10 +164,6 @@ pub fn run(args: &GpuBenchArgs) -> anyhow::Result<Vec<Record>> {
     if has("attention") {
         attention(&backend, args, &mut out)?;
     }
-    if has("rank") {
-        // TODO(rank): time Rank requests in score mode once the ranking module is on main.
-        eprintln!("rank: not measured (the score-mode ranking module is not on main yet)");
-    }
     if has("lora") {
         lora(ordinal, args, &mut out)?;
     }
@@ -168,6 +171,18 @@ pub fn run(args: &GpuBenchArgs) -> anyhow::Result<Vec<Record>> {
         for m in &args.models {
             model(ordinal, m, args, &mut out)?;
         }
+    }
+    if has("model-lora") {
+        model_lora(
+            ordinal,
+            if args.quick {
+                "smollm2-135m"
+            } else {
+                "llama2-7b"
+            },
+            args,
+            &mut out,
+        )?;
     }
     Ok(out.records)
 }
@@ -387,6 +402,114 @@ fn model(ordinal: usize, name: &str, args: &GpuBenchArgs, out: &mut Out) -> anyh
         flops: decode_flops,
         extra: serde_json::json!({ "tokens_s": 1e3 / dm, "model": name }),
     })?;
+
+    // Score-mode Rank: a 333-token prompt whose first 50 tokens (the shared
+    // prefix) are cached; the ranker feeds the rest and reads the last row's logits.
+    let (prefix, total) = (50usize.min(prompt.len() / 2), 333usize.min(prompt.len()));
+    session.truncate(0)?;
+    session.feed(&prompt[..prefix], Logits::None)?;
+    let mut rank = Vec::new();
+    for run in 0..=args.runs {
+        session.truncate(prefix)?;
+        let t = Instant::now();
+        session.feed(&prompt[prefix..total], Logits::Last)?;
+        if run > 0 {
+            rank.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let suffix = (total - prefix) as f64;
+    out.push(Record {
+        part: "model".into(),
+        name: format!(
+            "{name} score-mode rank ({} new + {prefix} cached tokens)",
+            total - prefix
+        ),
+        ms: median(&rank),
+        runs_ms: rank,
+        bytes: weight_bytes,
+        flops: 2.0 * layers * suffix + 2.0 * head + attn_flops(suffix * (suffix + 1.0) / 2.0),
+        extra: serde_json::json!({ "model": name, "prompt_tokens": total }),
+    })?;
+    Ok(())
+}
+
+/// The 7B-shaped forward with one rank-16 adapter on all projections, unmerged,
+/// against the same weights with the adapter off (`State::adapter`).
+fn model_lora(
+    ordinal: usize,
+    name: &str,
+    args: &GpuBenchArgs,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let cfg = synthetic::preset(name)?;
+    let rank = 16;
+    let backend = CudaBackend::new(ordinal)?;
+    let llama = synthetic::llama(cfg.clone(), backend, 11)?;
+    let llama = synthetic::attach_random_lora(llama, rank, 5)?;
+    let vocab = cfg.vocab_size as u32;
+    let n = if args.quick { 8 } else { args.prompt_tokens };
+    let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let decode_tokens = if args.quick {
+        2
+    } else {
+        args.decode_tokens.min(32)
+    };
+    let mut st = llama.new_state(n + decode_tokens, n)?;
+    let b = &llama.backend;
+    let mut figures = Vec::new();
+    for adapter in [None, Some(0)] {
+        st.adapter = adapter;
+        let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+        for run in 0..=args.runs.min(5) {
+            st.len = 0;
+            let t = Instant::now();
+            llama.forward(&mut st, &prompt, Logits::Last)?;
+            b.synchronize()?;
+            let tp = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            for i in 0..decode_tokens {
+                llama.forward(&mut st, &prompt[i..i + 1], Logits::Last)?;
+                b.synchronize()?;
+            }
+            let td = t.elapsed().as_secs_f64() * 1e3 / decode_tokens.max(1) as f64;
+            if run > 0 {
+                prefill.push(tp);
+                decode.push(td);
+            }
+        }
+        figures.push((prefill, decode));
+    }
+    let label = |a: bool| {
+        if a {
+            format!("unmerged LoRA r={rank} on all 7 projections")
+        } else {
+            "adapter off".to_string()
+        }
+    };
+    let (base_p, base_d) = (median(&figures[0].0), median(&figures[0].1));
+    for (i, (prefill, decode)) in figures.into_iter().enumerate() {
+        let with = i == 1;
+        let (pm, dm) = (median(&prefill), median(&decode));
+        let pct = |v: f64, base: f64| if with { 100.0 * (v - base) / base } else { 0.0 };
+        out.push(Record {
+            part: "model-lora".into(),
+            name: format!("{name} prefill {n} tokens, {}", label(with)),
+            ms: pm,
+            runs_ms: prefill,
+            bytes: 0.0,
+            flops: 0.0,
+            extra: serde_json::json!({ "model": name, "overhead_pct": pct(pm, base_p) }),
+        })?;
+        out.push(Record {
+            part: "model-lora".into(),
+            name: format!("{name} decode per token, {}", label(with)),
+            ms: dm,
+            runs_ms: decode,
+            bytes: 0.0,
+            flops: 0.0,
+            extra: serde_json::json!({ "model": name, "overhead_pct": pct(dm, base_d) }),
+        })?;
+    }
     Ok(())
 }
 

@@ -545,7 +545,10 @@ fn score_prior_weight_pulls_the_order_toward_the_retriever() {
         candidates,
         "the random model should not reproduce the retriever's order by chance"
     );
-    assert_eq!(strong.iter().map(|r| r.item).collect::<Vec<_>>(), candidates);
+    assert_eq!(
+        strong.iter().map(|r| r.item).collect::<Vec<_>>(),
+        candidates
+    );
     let total: f64 = strong.iter().map(|r| (r.score as f64).exp()).sum();
     assert!((total - 1.0).abs() < 1e-4, "{total}");
 }

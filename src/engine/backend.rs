@@ -92,6 +92,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
         scale: f32,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// The update of an unmerged LoRA adapter on top of a projection's output:
+    /// `out[r, :] += scale · (x[r, :] · aᵀ) · bᵀ`, `a (rank, in)`, `b (out, rank)`;
+    /// `tmp` holds at least `rows · rank` values. By default two matrix products
+    /// through `tmp`; a backend may fuse them (CUDA: the SGMV kernels).
+    #[allow(clippy::too_many_arguments)]
+    fn lora_update(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        a: &Self::Mat,
+        b: &Self::Mat,
+        scale: f32,
+        tmp: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.linear(x, rows, a, None, tmp)?;
+        self.linear_acc(tmp, rows, b, scale, out)
+    }
     /// A weight matrix `(rows, cols)` from host values (e.g. a LoRA-merged weight).
     fn mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self::Mat>;
     /// Fills `table` with `(rows, head_dim/2, [cos, sin])` for positions `start..start+rows`.

@@ -133,8 +133,7 @@ impl<B: Backend> Linear<B> {
             .and_then(|i| self.lora.get(i))
             .and_then(Option::as_ref)
         {
-            b.linear(x, rows, &l.a, None, tmp)?;
-            b.linear_acc(tmp, rows, &l.b, l.scale, out)?;
+            b.lora_update(x, rows, &l.a, &l.b, l.scale, tmp, out)?;
         }
         Ok(())
     }
@@ -288,6 +287,14 @@ impl<B: Backend> Llama<B> {
             inv_freq,
             max_lora_rank: 0,
         }
+    }
+
+    /// Declares the largest rank among the unmerged adapters attached to the
+    /// blocks' linears (for [`Llama::from_parts`] models; sizes each state's
+    /// LoRA scratch).
+    pub fn with_max_lora_rank(mut self, rank: usize) -> Self {
+        self.max_lora_rank = rank;
+        self
     }
 
     pub fn heads(&self) -> Heads {

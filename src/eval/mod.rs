@@ -718,8 +718,16 @@ mod tests {
         assert_eq!(m.adapter.as_deref(), Some("ml"));
         assert_eq!(m.prior_weight(), 0.5);
         assert_eq!(m.to_string(), "markov+score@ml~0.5");
-        assert_eq!("markov+score".parse::<Method>().unwrap().prior_weight(), 0.0);
-        for bad in ["markov~1", "markov+generate~1", "markov+score~-1", "markov+score~x"] {
+        assert_eq!(
+            "markov+score".parse::<Method>().unwrap().prior_weight(),
+            0.0
+        );
+        for bad in [
+            "markov~1",
+            "markov+generate~1",
+            "markov+score~-1",
+            "markov+score~x",
+        ] {
             let e = bad.parse::<Method>().unwrap_err().to_string();
             assert!(e.contains("prior") || e.contains('~'), "{bad}: {e}");
         }

@@ -624,10 +624,17 @@ mod tests {
     fn retriever_prior_blends_positions_and_keeps_log_probabilities() {
         // The LLM slightly prefers the retriever's third item (position 2).
         let l = |p: f32| p.ln();
-        let base = vec![item(10, l(0.30), 0), item(11, l(0.30), 1), item(12, l(0.40), 2)];
+        let base = vec![
+            item(10, l(0.30), 0),
+            item(11, l(0.30), 1),
+            item(12, l(0.40), 2),
+        ];
         let mut none = base.clone();
         apply_retriever_prior(&mut none, 0.0);
-        assert_eq!(none.iter().map(|r| r.item).collect::<Vec<_>>(), [12, 10, 11]);
+        assert_eq!(
+            none.iter().map(|r| r.item).collect::<Vec<_>>(),
+            [12, 10, 11]
+        );
         assert_eq!(none[0].score, l(0.40), "weight 0 leaves scores alone");
         // Weight 1: 0.40/3 < 0.30/2 < 0.30/1, so the retriever's order wins.
         let mut w1 = base.clone();
@@ -636,7 +643,11 @@ mod tests {
         let total: f32 = w1.iter().map(|r| r.score.exp()).sum();
         assert!((total - 1.0).abs() < 1e-5, "renormalised: {total}");
         let want0 = (0.30f32 / (0.30 + 0.15 + 0.40 / 3.0)).ln();
-        assert!((w1[0].score - want0).abs() < 1e-5, "{} vs {want0}", w1[0].score);
+        assert!(
+            (w1[0].score - want0).abs() < 1e-5,
+            "{} vs {want0}",
+            w1[0].score
+        );
         // Equal fused scores keep the retriever's order.
         let mut tie = vec![item(7, l(0.5), 1), item(8, l(0.5), 0)];
         apply_retriever_prior(&mut tie, 0.0);

@@ -258,33 +258,88 @@ impl CudaBackend {
         if segments.iter().all(|s| s.adapter.is_none()) {
             return Ok(()); // y is already the base projection
         }
-        if rows > 65_535 {
-            return Err(EngineError::Invalid(format!(
-                "lora_apply takes at most 65535 rows per call, got {rows}"
-            )));
-        }
-        check_len(x.len(), rows * in_f, "lora_apply input")?;
-        check_len(y.len(), rows * out_f, "lora_apply output")?;
         let max_rank = segments
             .iter()
             .filter_map(|s| s.adapter.map(|a| a.rank))
             .max()
             .unwrap_or(1);
+        let refs: Vec<SegmentRef> = segments
+            .iter()
+            .map(|s| {
+                let ad = s
+                    .adapter
+                    .map(|a| (self.ptr(&a.a), self.ptr(&a.b), a.rank, a.scale));
+                (s.rows, ad)
+            })
+            .collect();
+        self.sgmv(x, rows, in_f, out_f, y, &refs, max_rank)
+    }
 
+    /// One adapter on every row, from the model's own LoRA matrices: `a (rank, in)`,
+    /// `b (out, rank)` in bf16 (the [`crate::engine::backend::Backend::lora_update`] of
+    /// this backend).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lora_update_sgmv(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        a: &CudaMat,
+        b: &CudaMat,
+        scale: f32,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let (rank, in_f, out_f) = (a.rows, a.cols, b.rows);
+        if b.cols != rank {
+            return Err(EngineError::Invalid(format!(
+                "LoRA B is ({out_f}, {}) but A has rank {rank}",
+                b.cols
+            )));
+        }
+        check_shape(rank, in_f, out_f)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let seg = (
+            rows,
+            Some((self.ptr(&a.data), self.ptr(&b.data), rank, scale)),
+        );
+        self.sgmv(x, rows, in_f, out_f, out, &[seg], rank)
+    }
+
+    /// The shrink and expand launches over `segments` (rows and adapter pointers).
+    #[allow(clippy::too_many_arguments)]
+    fn sgmv(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+        y: &mut CudaBuf,
+        segments: &[SegmentRef],
+        max_rank: usize,
+    ) -> Result<()> {
+        if rows > 65_535 * LORA_ROWS_PER_BLOCK {
+            return Err(EngineError::Invalid(format!(
+                "a LoRA update takes at most {} rows per call, got {rows}",
+                65_535 * LORA_ROWS_PER_BLOCK
+            )));
+        }
+        check_len(x.len(), rows * in_f, "LoRA input")?;
+        check_len(y.len(), rows * out_f, "LoRA output")?;
         let yp = match y.dtype() {
-            Dtype::F32 => self.f32_in(y, "lora_apply output")?,
+            Dtype::F32 => self.f32_in(y, "LoRA output")?,
             Dtype::Bf16 => {
                 return Err(CudaError::Invalid(
-                    "lora_apply adds into an f32 projection output".into(),
+                    "a LoRA update adds into an f32 projection output".into(),
                 )
                 .into());
             }
         };
         let mut sh = self.lock();
         let xp = match x.dtype() {
-            Dtype::Bf16 => self.bf16_in(x, "lora_apply input")?,
+            Dtype::Bf16 => self.bf16_in(x, "LoRA input")?,
             Dtype::F32 => {
-                let src = self.f32_in(x, "lora_apply input")?;
+                let src = self.f32_in(x, "LoRA input")?;
                 let dst = self.scratch_bf16(&mut sh, rows * in_f)?;
                 // Grid-stride over rows·in values of x and of the scratch (sized above).
                 launch!(self, "cast_f32_bf16", cfg((self.grid_for(rows * in_f), 1, 1), EW_THREADS, 0); src, dst, (rows * in_f) as i64);
@@ -295,16 +350,7 @@ impl CudaBackend {
         // (LORA_CHUNK in kernels/lora.cu); the expand adds the slabs up.
         let n_splits = in_f.div_ceil(LORA_CHUNK);
         let t = self.scratch_f32(&mut sh, n_splits * rows * max_rank)?;
-        let refs: Vec<SegmentRef> = segments
-            .iter()
-            .map(|s| {
-                let ad = s
-                    .adapter
-                    .map(|a| (self.ptr(&a.a), self.ptr(&a.b), a.rank, a.scale));
-                (s.rows, ad)
-            })
-            .collect();
-        for (row0, arg) in batch_args(&refs) {
+        for (row0, arg) in batch_args(segments) {
             let n = (arg.start[arg.n_segs as usize] - row0) as usize;
             let tiles = n.div_ceil(LORA_ROWS_PER_BLOCK) as u32;
             // Block (c, r): columns 512c.. < in_f of rows row0 + 16r.. of x; rows

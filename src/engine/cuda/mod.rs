@@ -1270,6 +1270,20 @@ impl Backend for CudaBackend {
         self.gemm_scaled(&mut sh, xp, rows, w, o, scale, 1.0)
     }
 
+    fn lora_update(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        a: &CudaMat,
+        b: &CudaMat,
+        scale: f32,
+        _tmp: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        // Shrink and expand in our SGMV kernels (kernels/lora.cu), no scratch of the model's.
+        self.lora_update_sgmv(x, rows, a, b, scale, out)
+    }
+
     fn mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<CudaMat> {
         check_len(data.len(), rows * cols, "matrix values")?;
         let host: Vec<bf16> = data.into_iter().map(bf16::from_f32).collect();

@@ -6,7 +6,7 @@
 //! scale through the layers), norms in `1 ± 0.3`, embeddings in `±1`.
 
 use crate::engine::backend::Backend;
-use crate::engine::llama::{Attention, Block, Linear, Llama, Mlp};
+use crate::engine::llama::{Attention, Block, Linear, Llama, Lora, Mlp};
 use crate::engine::{EngineError, Result};
 use crate::model::LlamaConfig;
 
@@ -126,6 +126,44 @@ pub fn llama(cfg: LlamaConfig, backend: CudaBackend, seed: u64) -> Result<Llama<
     Ok(Llama::from_parts(
         cfg, backend, embed, blocks, final_norm, lm_head,
     ))
+}
+
+/// Attaches one random unmerged LoRA adapter of rank `rank` (scale 2, as alpha = 2r)
+/// to every projection of every block, as adapter 0 of the model's sessions
+/// (`State::adapter = Some(0)` applies it; `None` runs the base model).
+pub fn attach_random_lora(
+    llama: Llama<CudaBackend>,
+    rank: usize,
+    seed: u64,
+) -> Result<Llama<CudaBackend>> {
+    let mut llama = llama;
+    let b = &llama.backend;
+    let mut n = 0u64;
+    for blk in &mut llama.blocks {
+        let linears = [
+            &mut blk.attn.q,
+            &mut blk.attn.k,
+            &mut blk.attn.v,
+            &mut blk.attn.o,
+            &mut blk.mlp.gate,
+            &mut blk.mlp.up,
+            &mut blk.mlp.down,
+        ];
+        for lin in linears {
+            let (out, inp) = (lin.w.rows(), lin.w.cols());
+            n += 1;
+            let s = seed.wrapping_mul(1_000_003).wrapping_add(n);
+            let a = b.random_mat(rank, inp, s, 1.0 / (inp as f32).sqrt())?;
+            let bm = b.random_mat(out, rank, s ^ 0x5eed, 1.0 / (rank as f32).sqrt())?;
+            lin.lora = vec![Some(Lora {
+                a,
+                b: bm,
+                scale: 2.0,
+            })];
+        }
+    }
+    b.synchronize()?;
+    Ok(llama.with_max_lora_rank(rank))
 }
 
 #[cfg(test)]
