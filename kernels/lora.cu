@@ -154,7 +154,10 @@ extern "C" __global__ void __launch_bounds__(256)
         const int rr = i / max_rank, k = i - rr * max_rank;
         const int seg = lora_segment(p, r_begin + rr);
         if (seg < 0 || k >= p.rank[seg]) continue;  // never read below
+        // Unrolled so the chunks' loads are in flight together (a chain of dependent
+        // loads here cost ~0.5 µs per chunk: 22 chunks for an 11008-wide input).
         float sum = 0.0f;
+#pragma unroll 8
         for (int c = 0; c < n_splits; ++c)
             sum += tp[((size_t)c * rows_total + r_begin + rr) * max_rank + k];
         ts[i] = sum;
