@@ -13,11 +13,16 @@
 #   sanitize  (not in the default) tests/cuda_ops.rs under compute-sanitizer
 #           memcheck with PALR_CUDA_SYNC_CHECK=1, filtered by
 #           GPU_CHECK_SANITIZE_FILTER (a test-name substring; slow: minutes)
+#   profile (not in the default) Nsight Compute on the LoRA SGMV kernels at 7B
+#           widths, one row and five (palr bench gpu --parts lora --quick): each
+#           kernel's duration, DRAM and SM throughput -> ncu-lora.csv; compare the
+#           kernels' sum with bench.log's per-projection overhead to tell kernel
+#           time from launch gaps
 #   bench   palr bench gpu (ceilings, attention, LoRA, SmolLM2 and 7B shapes)
 #   torch   scripts/gpu_torch_bench.py: the same figures with PyTorch
 #   report  scripts/gpu_report.py: the table (also printed last)
-# Writes to RESULTS_DIR (6 files): env.txt tests.log bench.log palr-bench.json
-# torch-bench.json report.txt. Keeps to a time budget (GPU_CHECK_BUDGET_S,
+# Writes to RESULTS_DIR (6 files, 7 with profile): env.txt tests.log bench.log
+# palr-bench.json torch-bench.json report.txt [ncu-lora.csv]. Keeps to a time budget (GPU_CHECK_BUDGET_S,
 # default 500 s): each part gets what is left, so the table still comes out.
 # Exit status: 1 if a test failed, 2 on a setup error, else 0.
 set -uo pipefail
@@ -104,6 +109,14 @@ if [[ $parts == *,sanitize,* ]]; then
     rc=${PIPESTATUS[0]}
     echo "== sanitizer exit $rc" | tee -a "$res/tests.log"
     [ "$rc" -ne 0 ] && status=1
+fi
+if [[ $parts == *,profile,* ]]; then
+    lim=$(allow 150 10)
+    echo "== ncu on the LoRA kernels (limit ${lim}s)" | tee -a "$res/bench.log"
+    timeout "$lim" ncu --clock-control none --kernel-name regex:'lora_|cast_' --csv \
+        --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
+        "$work/bin/palr" bench gpu --parts lora --quick --runs 2 > "$res/ncu-lora.csv" 2> >(tail -20 >> "$res/bench.log")
+    echo "== ncu exit $? ($(grep -c lora_ "$res/ncu-lora.csv" 2>/dev/null) LoRA kernel rows)" | tee -a "$res/bench.log"
 fi
 if [[ $parts == *,bench,* ]]; then
     rm -f "$res/palr-bench.json"
