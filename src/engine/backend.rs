@@ -48,6 +48,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// A weight matrix from a checkpoint tensor of shape `(rows, cols)`.
     fn load_mat(&self, t: &TensorRef<'_>) -> Result<Self::Mat>;
+    /// A projection's weight `(out_features, in_features)` from a checkpoint tensor. A
+    /// backend may store it in the layout its matrix products prefer (the CPU: transposed);
+    /// only [`Backend::linear`], [`Backend::linear_acc`] and [`Backend::lora_update`] read
+    /// it. Default: [`Backend::load_mat`].
+    fn load_linear(&self, t: &TensorRef<'_>) -> Result<Self::Mat> {
+        self.load_mat(t)
+    }
+    /// [`Backend::load_linear`] from host values (e.g. a LoRA-merged weight), row-major
+    /// `(rows, cols)`. Default: [`Backend::mat_from_f32`].
+    fn linear_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self::Mat> {
+        self.mat_from_f32(rows, cols, data)
+    }
     /// Copies `out.len()` elements starting at `offset` back to the host.
     fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Copies `rows` rows of `width` elements from `src` (starting at row `src_row`)

@@ -95,9 +95,9 @@ impl<B: Backend> Linear<B> {
                     p.a.shape[0],
                     p.scale,
                 );
-                b.mat_from_f32(out, inp, wf)?
+                b.linear_from_f32(out, inp, wf)?
             }
-            None => b.load_mat(&t)?,
+            None => b.load_linear(&t)?,
         };
         let bias = if bias {
             Some(b.upload(&ck.get_shaped(&format!("{name}.bias"), &[out])?.to_f32())?)

@@ -110,6 +110,51 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `acc[r·n + j] += Σ_{kk in rows} x[r·k + kk] · w[kk·n + j]` for `r < m` (at most
+/// [`ROWS`]) and `j < n`: part of the matrix-vector product of a weight stored transposed,
+/// `(k, n)` row-major, over a range of its rows — each row is read once, contiguously,
+/// and shared by the `m` input rows; the accumulators stay in L1.
+#[inline]
+pub fn gemv_t_f32(
+    acc: &mut [f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    w: &[f32],
+    n: usize,
+) {
+    debug_assert!((1..=ROWS).contains(&m) && acc.len() >= m * n && x.len() >= m * k);
+    debug_assert!(rows.end <= k && w.len() >= k * n);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time; extents checked above.
+        Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, false) },
+        _ => portable::gemv_t(acc, x, m, k, rows, w, n, |v| *v),
+    }
+}
+
+/// [`gemv_t_f32`] for bf16 weights, widened on the fly.
+#[inline]
+pub fn gemv_t_bf16(
+    acc: &mut [f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    w: &[bf16],
+    n: usize,
+) {
+    debug_assert!((1..=ROWS).contains(&m) && acc.len() >= m * n && x.len() >= m * k);
+    debug_assert!(rows.end <= k && w.len() >= k * n);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected at run time; extents checked above.
+        Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, true) },
+        _ => portable::gemv_t(acc, x, m, k, rows, w, n, |v| v.to_f32()),
+    }
+}
+
 /// `x[i] = exp(x[i] - max)` and returns the sum of the results.
 #[inline]
 pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
@@ -189,6 +234,28 @@ mod exp_poly {
 
 mod portable {
     use super::ROWS;
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_t<T>(
+        acc: &mut [f32],
+        x: &[f32],
+        m: usize,
+        k: usize,
+        rows: std::ops::Range<usize>,
+        w: &[T],
+        n: usize,
+        widen: impl Fn(&T) -> f32,
+    ) {
+        for kk in rows {
+            let row = &w[kk * n..(kk + 1) * n];
+            for r in 0..m {
+                let a = x[r * k + kk];
+                for (o, v) in acc[r * n..(r + 1) * n].iter_mut().zip(row) {
+                    *o += a * widen(v);
+                }
+            }
+        }
+    }
 
     pub fn dot4<T>(w: [&[T]; ROWS], x: &[f32], widen: impl Fn(&T) -> f32) -> [f32; ROWS] {
         let k = x.len();
@@ -353,6 +420,71 @@ mod avx512 {
             }
         }
         _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+    }
+
+    /// See [`super::gemv_t_f32`]; `w` points at f32 or (with `bf16`) bf16 values.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn gemv_t(
+        acc: &mut [f32],
+        x: &[f32],
+        m: usize,
+        k: usize,
+        rows: std::ops::Range<usize>,
+        w: *const u8,
+        n: usize,
+        bf16: bool,
+    ) {
+        // SAFETY (all four): forwarded from the caller's extents.
+        unsafe {
+            match m {
+                1 => gemv_t_m::<1>(acc, x, k, rows, w, n, bf16),
+                2 => gemv_t_m::<2>(acc, x, k, rows, w, n, bf16),
+                3 => gemv_t_m::<3>(acc, x, k, rows, w, n, bf16),
+                _ => gemv_t_m::<4>(acc, x, k, rows, w, n, bf16),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn gemv_t_m<const M: usize>(
+        acc: &mut [f32],
+        x: &[f32],
+        k: usize,
+        rows: std::ops::Range<usize>,
+        w: *const u8,
+        n: usize,
+        bf16: bool,
+    ) {
+        let ap = acc.as_mut_ptr();
+        // SAFETY: row kk < k of w holds n values at kk·n; acc holds M·n floats, x M·k;
+        // masked lanes are neither read nor written.
+        unsafe {
+            for kk in rows {
+                let xs: [__m512; M] =
+                    std::array::from_fn(|r| _mm512_set1_ps(*x.get_unchecked(r * k + kk)));
+                let mut j = 0;
+                while j < n {
+                    let cnt = (n - j).min(16);
+                    let mask: __mmask16 = ((1u32 << cnt) - 1) as u16;
+                    let off = kk * n + j;
+                    let wv = if bf16 {
+                        load_bf16_mask((w as *const bf16).add(off), mask)
+                    } else {
+                        _mm512_maskz_loadu_ps(mask, (w as *const f32).add(off))
+                    };
+                    for (r, xv) in xs.iter().enumerate() {
+                        let p = ap.add(r * n + j);
+                        _mm512_mask_storeu_ps(
+                            p,
+                            mask,
+                            _mm512_fmadd_ps(*xv, wv, _mm512_maskz_loadu_ps(mask, p)),
+                        );
+                    }
+                    j += cnt;
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
