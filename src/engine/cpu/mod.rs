@@ -447,6 +447,13 @@ impl Backend for CpuBackend {
             WeightDtype::Bf16 => MatData::Bf16(store_from(t, t.as_bf16_slice(), || t.to_bf16())),
         };
         debug_assert!(matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16));
+        if matches!(
+            &data,
+            MatData::F32(Store::Owned(_)) | MatData::Bf16(Store::Owned(_))
+        ) {
+            // Converted (e.g. an f32 checkpoint held in bf16): the mapped bytes were read once.
+            release_mapped(t, rows * cols * t.dtype.size());
+        }
         Ok(CpuMat {
             rows,
             cols,
