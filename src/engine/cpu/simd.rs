@@ -130,6 +130,9 @@ pub fn gemv_t_f32(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the ISA was detected at run time; extents checked above.
         Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, false) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, false) },
         _ => portable::gemv_t(acc, x, m, k, rows, w, n, |v| *v),
     }
 }
@@ -151,6 +154,9 @@ pub fn gemv_t_bf16(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the ISA was detected at run time; extents checked above.
         Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, true) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, true) },
         _ => portable::gemv_t(acc, x, m, k, rows, w, n, |v| v.to_f32()),
     }
 }
@@ -604,6 +610,56 @@ mod avx2 {
         }
     }
 
+    /// See [`super::gemv_t_f32`]: 8 columns per step, the tail of a row in scalar code.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemv_t(
+        acc: &mut [f32],
+        x: &[f32],
+        m: usize,
+        k: usize,
+        rows: std::ops::Range<usize>,
+        w: *const u8,
+        n: usize,
+        bf16: bool,
+    ) {
+        let ap = acc.as_mut_ptr();
+        let main = n / 8 * 8;
+        // SAFETY: row kk < k of w holds n values at kk·n; acc holds m·n floats, x m·k;
+        // vector loads cover columns 0..main, the scalar tail main..n.
+        unsafe {
+            for kk in rows {
+                let mut xs = [_mm256_setzero_ps(); ROWS];
+                for (r, xv) in xs.iter_mut().enumerate().take(m) {
+                    *xv = _mm256_set1_ps(*x.get_unchecked(r * k + kk));
+                }
+                for j in (0..main).step_by(8) {
+                    let off = kk * n + j;
+                    let wv = if bf16 {
+                        load_bf16((w as *const bf16).add(off))
+                    } else {
+                        _mm256_loadu_ps((w as *const f32).add(off))
+                    };
+                    for (r, xv) in xs.iter().enumerate().take(m) {
+                        let p = ap.add(r * n + j);
+                        _mm256_storeu_ps(p, _mm256_fmadd_ps(*xv, wv, _mm256_loadu_ps(p)));
+                    }
+                }
+                for j in main..n {
+                    let off = kk * n + j;
+                    let v = if bf16 {
+                        (*(w as *const bf16).add(off)).to_f32()
+                    } else {
+                        *(w as *const f32).add(off)
+                    };
+                    for r in 0..m {
+                        *ap.add(r * n + j) += *x.get_unchecked(r * k + kk) * v;
+                    }
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot4_f32(w: [&[f32]; ROWS], x: &[f32]) -> [f32; ROWS] {
         let k = x.len();
@@ -819,6 +875,91 @@ mod tests {
             axpy(&mut y, 0.5, &x);
             for i in 0..k {
                 assert!(close(y[i], w[i] as f64 + 0.5 * x[i] as f64, 1e-6));
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_gemv_kernels_match_f64_on_every_isa() {
+        type Kernel = fn(
+            &mut [f32],
+            &[f32],
+            usize,
+            usize,
+            std::ops::Range<usize>,
+            &[f32],
+            &[bf16],
+            usize,
+            bool,
+        );
+        let mut kernels: Vec<(&str, Kernel)> =
+            vec![("portable", |acc, x, m, k, rows, w, wb, n, b| {
+                if b {
+                    portable::gemv_t(acc, x, m, k, rows, wb, n, |v| v.to_f32())
+                } else {
+                    portable::gemv_t(acc, x, m, k, rows, w, n, |v| *v)
+                }
+            })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(("avx2", |acc, x, m, k, rows, w, wb, n, b| {
+                    let p: *const u8 = if b {
+                        wb.as_ptr().cast()
+                    } else {
+                        w.as_ptr().cast()
+                    };
+                    // SAFETY: AVX2 and FMA detected; extents as the test builds them.
+                    unsafe { avx2::gemv_t(acc, x, m, k, rows, p, n, b) }
+                }));
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                kernels.push(("avx512", |acc, x, m, k, rows, w, wb, n, b| {
+                    let p: *const u8 = if b {
+                        wb.as_ptr().cast()
+                    } else {
+                        w.as_ptr().cast()
+                    };
+                    // SAFETY: AVX-512 detected; extents as the test builds them.
+                    unsafe { avx512::gemv_t(acc, x, m, k, rows, p, n, b) }
+                }));
+            }
+        }
+        for (name, kernel) in &kernels {
+            for &(n, k) in &[(1usize, 5usize), (7, 33), (17, 64), (33, 100), (576, 40)] {
+                let w = data(k * n, (n * 7 + k) as u32);
+                let wb: Vec<bf16> = w.iter().map(|v| bf16::from_f32(*v)).collect();
+                for m in 1..=ROWS {
+                    let x = data(m * k, m as u32);
+                    // A middle range of the weight's rows, on top of non-zero accumulators.
+                    let rows = k / 4..k - k / 5;
+                    for b in [false, true] {
+                        let start = data(m * n, 5);
+                        let mut acc = start.clone();
+                        kernel(&mut acc, &x, m, k, rows.clone(), &w, &wb, n, b);
+                        for r in 0..m {
+                            for j in 0..n {
+                                let wv = |kk: usize| {
+                                    if b {
+                                        wb[kk * n + j].to_f64()
+                                    } else {
+                                        w[kk * n + j] as f64
+                                    }
+                                };
+                                let want = start[r * n + j] as f64
+                                    + rows
+                                        .clone()
+                                        .map(|kk| x[r * k + kk] as f64 * wv(kk))
+                                        .sum::<f64>();
+                                assert!(
+                                    close(acc[r * n + j], want, 1e-5),
+                                    "{name} bf16={b} n={n} k={k} m={m} ({r}, {j}): {} vs {want}",
+                                    acc[r * n + j]
+                                );
+                            }
+                        }
+                    }
+                }
             }
         }
     }
