@@ -268,6 +268,22 @@ impl CpuBackend {
         if m == 0 || n == 0 {
             return;
         }
+        if k == 0 {
+            if acc.is_none() {
+                out[..m * n].fill(0.0);
+            }
+            return;
+        }
+        if m > simd::ROWS {
+            // The kernel shares a weight row among at most ROWS input rows.
+            for (xs, os) in x[..m * k]
+                .chunks(simd::ROWS * k)
+                .zip(out[..m * n].chunks_mut(simd::ROWS * n))
+            {
+                self.gemv_transposed(xs, xs.len() / k, w, os, acc);
+            }
+            return;
+        }
         let tasks = if k >= 256 { self.threads.max(1) } else { 1 };
         let per_task = k.div_ceil(tasks);
         GEMV_ACC.with(|buf| {
