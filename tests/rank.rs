@@ -398,7 +398,7 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
     let mut ids = builder.prefix(RankMode::Score).to_vec();
     ids.extend(
         tok.encode(
-            &builder.suffix_text(RankMode::Score, &hist, &cands, candidates.len()),
+            &builder.suffix_text(RankMode::Score, &hist, None, &cands, candidates.len()),
             false,
         )
         .unwrap(),
@@ -487,7 +487,7 @@ fn prompt_is_the_chat_rendering_of_the_user_message() {
             )
             .unwrap();
         let prefix = tok.decode(b.prefix(mode), false).unwrap();
-        let got = format!("{prefix}{}", b.suffix_text(mode, &hist, &cands, 2));
+        let got = format!("{prefix}{}", b.suffix_text(mode, &hist, None, &cands, 2));
         assert_eq!(got, want, "{mode:?}");
         assert!(got.ends_with("<|im_start|>assistant\n"));
         assert!(user.contains("Toy Story (1995)\nHeat (1995)\n"));
@@ -551,4 +551,89 @@ fn score_prior_weight_pulls_the_order_toward_the_retriever() {
     );
     let total: f64 = strong.iter().map(|r| (r.score as f64).exp()).sum();
     assert!((total - 1.0).abs() < 1e-4, "{total}");
+}
+
+#[test]
+fn user_profile_prompts_and_cache() {
+    // The prompts: the profile instruction is the chat rendering of the history plus the
+    // keyword question; a ranking prompt carries the profile line right after the history.
+    let tok = tokenizer();
+    let chat = chat();
+    let pcfg = RankerConfig::default().prompt;
+    let b = palr::rank::PromptBuilder::new(&pcfg, &tok, Some(&chat)).unwrap();
+    let hist = ["Toy Story (1995)", "Heat (1995)"];
+    let (prefix, rest) = b.profile_prompt(&hist);
+    let text = format!("{}{rest}", tok.decode(prefix, false).unwrap());
+    assert!(text.contains("Toy Story (1995)\nHeat (1995)\n\nDescribe this user's taste"), "{text}");
+    assert!(text.ends_with("<|im_start|>assistant\n"));
+    let with = b.suffix_text(RankMode::Score, &hist, Some("noir, crime"), &["Se7en (1995)"], 1);
+    assert!(with.contains("Heat (1995)\n\nThe user's tastes: noir, crime\n\nCandidate movies:"), "{with}");
+    let without = b.suffix_text(RankMode::Score, &hist, None, &["Se7en (1995)"], 1);
+    assert!(!without.contains("tastes"));
+    // A profile line without its placeholder is a config error.
+    let bad = palr::rank::PromptConfig {
+        profile_line: "tastes".into(),
+        ..pcfg.clone()
+    };
+    let e = palr::rank::PromptBuilder::new(&bad, &tok, Some(&chat)).unwrap_err();
+    assert!(e.to_string().contains("{profile}"), "{e}");
+
+    // The ranker: one profile per (history, adapter), reused; the prompt grows by the line.
+    let ranker = |profile: bool| {
+        let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
+        mcfg.vocab_size = tok.vocab_size();
+        let model = Arc::new(RandomModel {
+            cfg: mcfg,
+            seed: 3.into(),
+        });
+        let cfg = RankerConfig {
+            user_profile: profile,
+            profile_max_tokens: 6,
+            ..RankerConfig::default()
+        };
+        Ranker::new(model, tok.clone(), Some(&chat), tricky_catalog(), cfg).unwrap()
+    };
+    let candidates: Vec<u32> = (0..5).collect();
+    let rank = |r: &Ranker, history: &[u32]| {
+        r.rank(&RankRequest {
+            history,
+            candidates: &candidates,
+            k: 5,
+            mode: RankMode::Score,
+            adapter: None,
+            deadline: None,
+            cancel: None,
+        })
+        .unwrap()
+    };
+    let on = ranker(true);
+    let first = rank(&on, &[21, 22]);
+    assert_eq!(on.cached_profiles(), 1);
+    let again = rank(&on, &[21, 22]);
+    assert_eq!(on.cached_profiles(), 1, "the same history reuses its profile");
+    assert_eq!(first.timings.prompt_tokens, again.timings.prompt_tokens);
+    rank(&on, &[23]);
+    assert_eq!(on.cached_profiles(), 2);
+    let off = ranker(false);
+    let plain = rank(&off, &[21, 22]);
+    assert_eq!(off.cached_profiles(), 0);
+    assert!(
+        first.timings.prompt_tokens > plain.timings.prompt_tokens,
+        "{} vs {}",
+        first.timings.prompt_tokens,
+        plain.timings.prompt_tokens
+    );
+    // An expired deadline stops profile generation like any other stage.
+    let e = on
+        .rank(&RankRequest {
+            history: &[20, 23],
+            candidates: &candidates,
+            k: 5,
+            mode: RankMode::Score,
+            adapter: None,
+            deadline: Some(Instant::now()),
+            cancel: None,
+        })
+        .unwrap_err();
+    assert!(matches!(e, RankError::DeadlineExceeded("profile")), "{e}");
 }

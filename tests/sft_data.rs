@@ -264,7 +264,7 @@ fn retrieval_examples_are_the_serving_prompt() {
             let serving = format!(
                 "{}{}",
                 m.tok.decode(m.prompts.prefix(mode), false).unwrap(),
-                m.prompts.suffix_text(mode, &hist, &cands, k)
+                m.prompts.suffix_text(mode, &hist, None, &cands, k)
             );
             assert_eq!(rendered, serving, "{:?}", ex.task);
             assert_eq!(

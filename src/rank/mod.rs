@@ -95,6 +95,14 @@ pub struct RankerConfig {
     /// `log p_llm(c) − w · ln(1 + position of c)`, renormalised over the candidates
     /// (see [`apply_retriever_prior`]). 0 = the LLM alone.
     pub score_prior_weight: f32,
+    /// PALR's user profile: before ranking, the model summarises the history into a few
+    /// preference keywords (`prompt.profile_template`, greedy), which the ranking prompt
+    /// then carries (`prompt.profile_line`). Cached per (history, adapter).
+    pub user_profile: bool,
+    /// Most tokens of a profile.
+    pub profile_max_tokens: usize,
+    /// Profiles kept in the cache (the cache is emptied when full).
+    pub profile_cache: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -116,6 +124,9 @@ impl Default for RankerConfig {
             title_style: TitleStyleConfig::AsInData,
             session_pool: 4,
             score_prior_weight: 0.0,
+            user_profile: false,
+            profile_max_tokens: 24,
+            profile_cache: 10_000,
         }
     }
 }
@@ -152,6 +163,7 @@ pub struct Ranked {
 /// Where the time went.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RankTimings {
+    /// Building and tokenizing the prompt, and the user profile when it is on.
     pub prompt_s: f64,
     pub prefill_s: f64,
     pub decode_s: f64,
@@ -185,6 +197,8 @@ pub struct Ranker {
     pool: Mutex<Vec<Box<dyn Session>>>,
     /// Each item's title as written in the answer, tokenized (filled on first use).
     answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
+    /// User profiles by (adapter, history), when `user_profile` is on.
+    profiles: Mutex<HashMap<(Option<String>, Vec<u32>), Arc<str>>>,
 }
 
 impl Ranker {
@@ -203,6 +217,11 @@ impl Ranker {
                 cfg.max_prompt_tokens, cfg.max_generated_tokens
             )));
         }
+        if cfg.user_profile && cfg.profile_max_tokens == 0 {
+            return Err(RankError::Config(
+                "profile_max_tokens must be positive when user_profile is on".into(),
+            ));
+        }
         if cfg.max_history == 0 || cfg.max_prompt_tokens == 0 {
             return Err(RankError::Config(
                 "max_history and max_prompt_tokens must be positive".into(),
@@ -217,6 +236,7 @@ impl Ranker {
             prefixes: Mutex::new(HashMap::new()),
             pool: Mutex::new(Vec::new()),
             answer_tokens: RwLock::new(HashMap::new()),
+            profiles: Mutex::new(HashMap::new()),
         })
     }
 
@@ -348,9 +368,18 @@ impl Ranker {
             RankMode::Score => k,
             RankMode::Generate => k.min(self.cfg.max_generated_items),
         };
-        let suffix_text = self
-            .prompts
-            .suffix_text(req.mode, &hist_refs, &cand_refs, llm_k);
+        let profile = if self.cfg.user_profile {
+            Some(self.profile(req, hist, &hist_refs)?)
+        } else {
+            None
+        };
+        let suffix_text = self.prompts.suffix_text(
+            req.mode,
+            &hist_refs,
+            profile.as_deref(),
+            &cand_refs,
+            llm_k,
+        );
         let suffix = self.tok.encode(&suffix_text, false)?;
         let prefix_len = self.prompts.prefix(req.mode).len();
         timings.prompt_tokens = prefix_len + suffix.len();
@@ -391,6 +420,76 @@ impl Ranker {
         }
         items.truncate(k);
         Ok(RankOutput { items, timings })
+    }
+
+    /// Profiles cached so far.
+    pub fn cached_profiles(&self) -> usize {
+        self.profiles.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The user profile for `hist` (the history the prompt shows): from the cache, or
+    /// generated greedily (first line, at most `profile_max_tokens` tokens) and cached.
+    fn profile(
+        &self,
+        req: &RankRequest<'_>,
+        hist: &[u32],
+        hist_refs: &[&str],
+    ) -> Result<Arc<str>, RankError> {
+        let key = (req.adapter.map(str::to_owned), hist.to_vec());
+        if let Some(p) = self
+            .profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let (prefix, rest) = self.prompts.profile_prompt(hist_refs);
+        let mut ids = prefix.to_vec();
+        ids.extend(self.tok.encode(&rest, false)?);
+        let mut s = self.take_session()?;
+        let result = (|| -> Result<String, RankError> {
+            s.set_adapter(req.adapter)?;
+            if ids.len() + self.cfg.profile_max_tokens > s.capacity() {
+                return Err(RankError::Invalid(format!(
+                    "the profile prompt is {} tokens, too long for the session ({}): send fewer history items",
+                    ids.len(),
+                    s.capacity()
+                )));
+            }
+            Self::check_deadline(req, "profile")?;
+            let mut logits = s.feed(&ids, Logits::Last)?.to_vec();
+            let mut eos = self.model.config().eos_token_ids.clone();
+            eos.extend(self.tok.eos_id());
+            let mut out: Vec<u32> = Vec::new();
+            for _ in 0..self.cfg.profile_max_tokens {
+                Self::check_deadline(req, "profile")?;
+                let best = logits
+                    .iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .0 as u32;
+                if eos.contains(&best) {
+                    break;
+                }
+                out.push(best);
+                if self.tok.decode(&out, true)?.contains('\n') {
+                    break;
+                }
+                logits = s.feed(&[best], Logits::Last)?.to_vec();
+            }
+            let text = self.tok.decode(&out, true)?;
+            Ok(text.lines().next().unwrap_or("").trim().to_string())
+        })();
+        self.return_session(s);
+        let profile: Arc<str> = result?.into();
+        tracing::debug!(profile = %profile, history_items = hist.len(), "user profile generated");
+        let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.cfg.profile_cache.max(1) {
+            cache.clear();
+        }
+        cache.insert(key, profile.clone());
+        Ok(profile)
     }
 
     /// Stops work whose deadline has passed or whose caller has gone.

@@ -33,6 +33,12 @@ pub struct PromptConfig {
     pub score_labels: String,
     /// Wrap the instruction in the model's chat template (instruct models). Off: raw text.
     pub use_chat_template: bool,
+    /// PALR's user profile (used when `ranking.user_profile` is on): the instruction that
+    /// asks the model to summarise a history (`{history}`, one title per line, must start a
+    /// line) into a few preference keywords.
+    pub profile_template: String,
+    /// The line the profile adds to ranking prompts, after the history (`{profile}`).
+    pub profile_line: String,
 }
 
 impl Default for PromptConfig {
@@ -55,6 +61,12 @@ impl Default for PromptConfig {
                 .into(),
             score_labels: "ABCDEFGHIJKLMNOPQRSTUVWXYZ".into(),
             use_chat_template: true,
+            profile_template: "The user has watched these movies, from the oldest to the most recent:\n\
+                               {history}\n\n\
+                               Describe this user's taste in movies in at most five keywords (genres, \
+                               themes, eras), separated by commas. Answer with the keywords only."
+                .into(),
+            profile_line: "The user's tastes: {profile}".into(),
         }
     }
 }
@@ -77,6 +89,9 @@ struct Layout {
 pub struct PromptBuilder {
     generate: Layout,
     score: Layout,
+    /// The user-profile instruction (no candidates).
+    profile: Layout,
+    profile_line: String,
     /// Score-mode labels and their token ids.
     labels: Vec<(char, u32)>,
 }
@@ -123,11 +138,15 @@ impl PromptBuilder {
                     "ranking.prompt.{name} has no {{history}} placeholder"
                 ))
             })?;
-            let c = template.find("{candidates}").ok_or_else(|| {
-                bad(format!(
-                    "ranking.prompt.{name} has no {{candidates}} placeholder"
-                ))
-            })?;
+            let c = match (name, template.find("{candidates}")) {
+                (_, Some(c)) => c,
+                ("profile_template", None) => usize::MAX,
+                (_, None) => {
+                    return Err(bad(format!(
+                        "ranking.prompt.{name} has no {{candidates}} placeholder"
+                    )));
+                }
+            };
             if c < at {
                 return Err(bad(format!(
                     "ranking.prompt.{name}: {{history}} must come before {{candidates}}"
@@ -172,9 +191,16 @@ impl PromptBuilder {
         if labels.is_empty() {
             return Err(bad("ranking.prompt.score_labels is empty".into()));
         }
+        if !cfg.profile_line.contains("{profile}") {
+            return Err(bad(
+                "ranking.prompt.profile_line has no {profile} placeholder".into(),
+            ));
+        }
         Ok(PromptBuilder {
             generate: layout("generate_template", &cfg.generate_template)?,
             score: layout("score_template", &cfg.score_template)?,
+            profile: layout("profile_template", &cfg.profile_template)?,
+            profile_line: cfg.profile_line.clone(),
             labels,
         })
     }
@@ -210,7 +236,21 @@ impl PromptBuilder {
         format!(
             "{}{}",
             l.before_history,
-            self.fill(l, mode, history, candidates, k)
+            self.fill(l, mode, history, None, candidates, k)
+        )
+    }
+
+    /// The user-profile prompt's shared prefix (the chat opening and the instruction up to
+    /// the history) as tokens, and the rest for `history` as text.
+    pub fn profile_prompt(&self, history: &[&str]) -> (&[u32], String) {
+        let l = &self.profile;
+        (
+            &l.prefix,
+            format!(
+                "{}{}",
+                self.fill(l, RankMode::Generate, history, None, &[], 0),
+                l.chat_tail
+            ),
         )
     }
 
@@ -234,13 +274,14 @@ impl PromptBuilder {
         &self,
         mode: RankMode,
         history: &[&str],
+        profile: Option<&str>,
         candidates: &[&str],
         k: usize,
     ) -> String {
         let l = self.layout(mode);
         format!(
             "{}{}",
-            self.fill(l, mode, history, candidates, k),
+            self.fill(l, mode, history, profile, candidates, k),
             l.chat_tail
         )
     }
@@ -251,10 +292,15 @@ impl PromptBuilder {
         l: &Layout,
         mode: RankMode,
         history: &[&str],
+        profile: Option<&str>,
         candidates: &[&str],
         k: usize,
     ) -> String {
-        let history = history.join("\n");
+        let mut history = history.join("\n");
+        if let Some(p) = profile {
+            history.push_str("\n\n");
+            history.push_str(&self.profile_line.replace("{profile}", p));
+        }
         let candidates = match mode {
             RankMode::Score => candidates
                 .iter()
