@@ -564,10 +564,22 @@ fn user_profile_prompts_and_cache() {
     let hist = ["Toy Story (1995)", "Heat (1995)"];
     let (prefix, rest) = b.profile_prompt(&hist);
     let text = format!("{}{rest}", tok.decode(prefix, false).unwrap());
-    assert!(text.contains("Toy Story (1995)\nHeat (1995)\n\nDescribe this user's taste"), "{text}");
+    assert!(
+        text.contains("Toy Story (1995)\nHeat (1995)\n\nDescribe this user's taste"),
+        "{text}"
+    );
     assert!(text.ends_with("<|im_start|>assistant\n"));
-    let with = b.suffix_text(RankMode::Score, &hist, Some("noir, crime"), &["Se7en (1995)"], 1);
-    assert!(with.contains("Heat (1995)\n\nThe user's tastes: noir, crime\n\nCandidate movies:"), "{with}");
+    let with = b.suffix_text(
+        RankMode::Score,
+        &hist,
+        Some("noir, crime"),
+        &["Se7en (1995)"],
+        1,
+    );
+    assert!(
+        with.contains("Heat (1995)\n\nThe user's tastes: noir, crime\n\nCandidate movies:"),
+        "{with}"
+    );
     let without = b.suffix_text(RankMode::Score, &hist, None, &["Se7en (1995)"], 1);
     assert!(!without.contains("tastes"));
     // A profile line without its placeholder is a config error.
@@ -610,7 +622,11 @@ fn user_profile_prompts_and_cache() {
     let first = rank(&on, &[21, 22]);
     assert_eq!(on.cached_profiles(), 1);
     let again = rank(&on, &[21, 22]);
-    assert_eq!(on.cached_profiles(), 1, "the same history reuses its profile");
+    assert_eq!(
+        on.cached_profiles(),
+        1,
+        "the same history reuses its profile"
+    );
     assert_eq!(first.timings.prompt_tokens, again.timings.prompt_tokens);
     rank(&on, &[23]);
     assert_eq!(on.cached_profiles(), 2);

@@ -373,13 +373,9 @@ impl Ranker {
         } else {
             None
         };
-        let suffix_text = self.prompts.suffix_text(
-            req.mode,
-            &hist_refs,
-            profile.as_deref(),
-            &cand_refs,
-            llm_k,
-        );
+        let suffix_text =
+            self.prompts
+                .suffix_text(req.mode, &hist_refs, profile.as_deref(), &cand_refs, llm_k);
         let suffix = self.tok.encode(&suffix_text, false)?;
         let prefix_len = self.prompts.prefix(req.mode).len();
         timings.prompt_tokens = prefix_len + suffix.len();
@@ -424,7 +420,10 @@ impl Ranker {
 
     /// Profiles cached so far.
     pub fn cached_profiles(&self) -> usize {
-        self.profiles.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The user profile for `hist` (the history the prompt shows): from the cache, or
@@ -467,7 +466,9 @@ impl Ranker {
                 let best = logits
                     .iter()
                     .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
+                        if v > b.1 { (i, v) } else { b }
+                    })
                     .0 as u32;
                 if eos.contains(&best) {
                     break;
