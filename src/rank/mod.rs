@@ -182,6 +182,8 @@ pub struct RankOutput {
 
 /// A shared prefix is per rank mode and adapter.
 type PrefixKey = (RankMode, Option<String>);
+/// A user profile is per adapter and (shown) history.
+type ProfileKey = (Option<String>, Vec<u32>);
 /// A lazily computed prefix session, locked while it is filled or copied from.
 type PrefixSlot = Arc<Mutex<Option<Box<dyn Session>>>>;
 
@@ -198,7 +200,7 @@ pub struct Ranker {
     /// Each item's title as written in the answer, tokenized (filled on first use).
     answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
     /// User profiles by (adapter, history), when `user_profile` is on.
-    profiles: Mutex<HashMap<(Option<String>, Vec<u32>), Arc<str>>>,
+    profiles: Mutex<HashMap<ProfileKey, Arc<str>>>,
 }
 
 impl Ranker {
