@@ -522,3 +522,52 @@ fn bench_first_token_is_the_prefill_argmax() {
     assert_eq!(json["first_token"].as_u64(), Some(want as u64));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn concurrent_sessions_share_one_cpu_backend() {
+    // Wide enough (inner dimension >= 256) that the matrix-vector kernel and the bf16
+    // widening run parallel work, during which rayon may run another session's job on a
+    // waiting thread: per-thread scratch must not be borrowed across that. Each thread's
+    // logits must equal the same session run alone.
+    let cfg_json = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":256,"intermediate_size":512,
+        "num_hidden_layers":2,"vocab_size":61,"max_position_embeddings":64,"rms_norm_eps":1e-5,
+        "hidden_act":"silu","num_attention_heads":4,"num_key_value_heads":2,
+        "tie_word_embeddings":false,"rope_theta":10000.0}"#;
+    let cfg = LlamaConfig::from_json(cfg_json).unwrap();
+    let mut rng = Rng(4242);
+    let w = make_weights(&cfg, &mut rng);
+    let dir = tmpdir("concurrent-sessions");
+    write_checkpoint(&dir, cfg_json, &w, safetensors::Dtype::F32);
+    for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+        let opts = LoadOptions {
+            dtype,
+            threads: 2,
+            ..LoadOptions::default()
+        };
+        let model = engine::load(&dir, &opts).unwrap();
+        let run = |seed: u32| -> Vec<Vec<f32>> {
+            let tokens: Vec<u32> = (0..30).map(|i| (i * 7 + seed * 13) % 61).collect();
+            let mut s = model.clone().new_session(tokens.len()).unwrap();
+            let mut out = vec![s.feed(&tokens[..16], Logits::Last).unwrap().to_vec()];
+            for &t in &tokens[16..] {
+                out.push(s.feed(&[t], Logits::Last).unwrap().to_vec());
+            }
+            out
+        };
+        let alone: Vec<_> = (0..4).map(run).collect();
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..4u32)
+                .map(|seed| sc.spawn(move || (0..3).map(|_| run(seed)).collect::<Vec<_>>()))
+                .collect();
+            for (seed, h) in handles.into_iter().enumerate() {
+                for got in h.join().expect("a session thread panicked") {
+                    assert_eq!(
+                        got, alone[seed],
+                        "{dtype}: session {seed} differs when run concurrently"
+                    );
+                }
+            }
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -286,13 +286,8 @@ impl CpuBackend {
         }
         let tasks = if k >= 256 { self.threads.max(1) } else { 1 };
         let per_task = k.div_ceil(tasks);
-        GEMV_ACC.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let part = m * n;
-            if buf.len() < tasks * part {
-                buf.resize(tasks * part, 0.0);
-            }
-            let parts = &mut buf[..tasks * part];
+        let part = m * n;
+        with_scratch(&GEMV_ACC, tasks * part, |parts| {
             parts.fill(0.0);
             let run = |(t, p): (usize, &mut [f32])| {
                 let rows = t * per_task..((t + 1) * per_task).min(k);
@@ -365,12 +360,7 @@ impl CpuBackend {
         };
         match &w.data {
             MatData::F32(d) => run(d, out),
-            MatData::Bf16(d) => WIDEN.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.len() < n * k {
-                    buf.resize(n * k, 0.0);
-                }
-                let wide = &mut buf[..n * k];
+            MatData::Bf16(d) => with_scratch(&WIDEN, n * k, |wide| {
                 wide.par_chunks_mut(1 << 16)
                     .zip(d.par_chunks(1 << 16))
                     .for_each(|(dst, src)| simd::bf16_to_f32(src, dst));
@@ -748,6 +738,30 @@ impl Backend for CpuBackend {
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
     }
+}
+
+/// Runs `f` on this thread's scratch vector `key`, grown to at least `len`, taken out of
+/// the thread-local while `f` runs: `f` runs parallel work, and while this thread waits
+/// rayon may run another job here that wants the same scratch (another session's
+/// forward pass); that job then gets a vector of its own instead of a double borrow.
+/// The larger vector is kept, so the steady state allocates nothing.
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    key.with(|b| {
+        let mut slot = b.borrow_mut();
+        if slot.len() < buf.len() {
+            *slot = buf;
+        }
+    });
+    r
 }
 
 pub(crate) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
