@@ -138,9 +138,14 @@ fn transposed<T: Copy + Send + Sync + Default>(src: &[T], rows: usize, cols: usi
     dst
 }
 
+/// Without `madvise` the copied pages stay resident until the map is dropped.
+#[cfg(not(unix))]
+fn release_mapped(_t: &TensorRef<'_>, _bytes: usize) {}
+
 /// Drops the pages of `t`'s bytes in the checkpoint's memory map from this process's
 /// resident set once they have been copied (a transposed weight owns its values), so
 /// a model does not hold every weight twice. Only whole pages inside the tensor.
+#[cfg(unix)]
 fn release_mapped(t: &TensorRef<'_>, bytes: usize) {
     const PAGE: usize = 4096;
     let (map, start) = t.mapping();
