@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::engine::{EngineError, LanguageModel, Logits};
+use crate::engine::{EngineError, LanguageModel, Logits, Session};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -39,8 +39,10 @@ pub enum FinishReason {
     Stop(String),
     /// `max_tokens` new tokens.
     Length,
-    /// The model's context is full.
+    /// The model's context (or the session's capacity) is full.
     ContextFull,
+    /// The caller's `interrupted` check said to stop ([`generate_in`]).
+    Interrupted,
 }
 
 /// The result of [`generate`].
@@ -62,12 +64,8 @@ pub fn generate(
     tok: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<Generation, GenerateError> {
-    params.sampling.validate().map_err(GenerateError::Invalid)?;
-    if prompt.is_empty() {
-        return Err(GenerateError::Invalid("the prompt is empty".into()));
-    }
     let max_ctx = model.config().max_position_embeddings;
     if prompt.len() >= max_ctx {
         return Err(GenerateError::Invalid(format!(
@@ -77,10 +75,38 @@ pub fn generate(
     }
     let capacity = (prompt.len() + params.max_tokens).min(max_ctx);
     let mut session = model.clone().new_session(capacity)?;
+    generate_in(&mut *session, tok, prompt, params, on_text, || false)
+}
+
+/// [`generate`] on a session the caller holds (its adapter set, empty or holding context
+/// the prompt continues), asking `interrupted` before each forward pass: when it says
+/// yes, generation ends with [`FinishReason::Interrupted`] (e.g. a passed deadline).
+pub fn generate_in(
+    session: &mut dyn Session,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut on_text: impl FnMut(&str),
+    mut interrupted: impl FnMut() -> bool,
+) -> Result<Generation, GenerateError> {
+    params.sampling.validate().map_err(GenerateError::Invalid)?;
+    if prompt.is_empty() {
+        return Err(GenerateError::Invalid("the prompt is empty".into()));
+    }
     let mut sampler = Sampler::new(params.sampling.clone());
     let mut decoder = tok.stream_decoder(true);
 
     let t0 = Instant::now();
+    if interrupted() {
+        return Ok(Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Interrupted,
+            prompt_tokens: prompt.len(),
+            prefill_s: 0.0,
+            decode_s: 0.0,
+        });
+    }
     let mut next = sampler.sample(session.feed(prompt, Logits::Last)?);
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -119,11 +145,17 @@ pub fn generate(
         if session.len() >= session.capacity() {
             break FinishReason::ContextFull;
         }
+        if interrupted() {
+            break FinishReason::Interrupted;
+        }
         next = sampler.sample(session.feed(&[next], Logits::Last)?);
     };
     if matches!(
         finish,
-        FinishReason::Eos | FinishReason::Length | FinishReason::ContextFull
+        FinishReason::Eos
+            | FinishReason::Length
+            | FinishReason::ContextFull
+            | FinishReason::Interrupted
     ) {
         text.push_str(&decoder.finish());
     }

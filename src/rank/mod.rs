@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::chat::ChatTemplate;
 use crate::data::{Catalog, TitleStyle};
 use crate::engine::{EngineError, LanguageModel, Logits, Session};
+use crate::generate::{FinishReason, GenerateError, GenerateParams, generate_in};
+use crate::sampling::SamplingParams;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 pub use prompt::{PromptBuilder, PromptConfig};
@@ -458,31 +460,26 @@ impl Ranker {
                     s.capacity()
                 )));
             }
-            Self::check_deadline(req, "profile")?;
-            let mut logits = s.feed(&ids, Logits::Last)?.to_vec();
-            let mut eos = self.model.config().eos_token_ids.clone();
-            eos.extend(self.tok.eos_id());
-            let mut out: Vec<u32> = Vec::new();
-            for _ in 0..self.cfg.profile_max_tokens {
+            let mut eos_token_ids = self.model.config().eos_token_ids.clone();
+            eos_token_ids.extend(self.tok.eos_id());
+            let params = GenerateParams {
+                sampling: SamplingParams::default(), // greedy
+                max_tokens: self.cfg.profile_max_tokens,
+                stop: vec!["\n".into()],
+                eos_token_ids,
+            };
+            let interrupted = || Self::check_deadline(req, "profile").is_err();
+            let g = generate_in(&mut *s, &self.tok, &ids, &params, |_| {}, interrupted).map_err(
+                |e| match e {
+                    GenerateError::Engine(e) => RankError::Engine(e),
+                    GenerateError::Tokenizer(e) => RankError::Tokenizer(e),
+                    GenerateError::Invalid(m) => RankError::Invalid(m),
+                },
+            )?;
+            if g.finish == FinishReason::Interrupted {
                 Self::check_deadline(req, "profile")?;
-                let best = logits
-                    .iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
-                        if v > b.1 { (i, v) } else { b }
-                    })
-                    .0 as u32;
-                if eos.contains(&best) {
-                    break;
-                }
-                out.push(best);
-                if self.tok.decode(&out, true)?.contains('\n') {
-                    break;
-                }
-                logits = s.feed(&[best], Logits::Last)?.to_vec();
             }
-            let text = self.tok.decode(&out, true)?;
-            Ok(text.lines().next().unwrap_or("").trim().to_string())
+            Ok(g.text.trim().to_string())
         })();
         self.return_session(s);
         let profile: Arc<str> = result?.into();
