@@ -266,7 +266,7 @@ impl CpuBackend {
 
     /// [`Self::gemv`] for a transposed weight `(k, n)`: the weight's rows are split into
     /// one contiguous range per task, each task streams its rows once into its own
-    /// partial sums ([`simd::gemv_t_f32`]), and the partials are added up at the end
+    /// partial sums ([`simd::gemv_t`]), and the partials are added up at the end
     /// (buffers thread-local to the caller, reused: no allocation per token).
     fn gemv_transposed(&self, x: &[f32], m: usize, w: &CpuMat, out: &mut [f32], acc: Option<f32>) {
         let (n, k) = (w.rows, w.cols);
@@ -297,8 +297,8 @@ impl CpuBackend {
             let run = |(t, p): (usize, &mut [f32])| {
                 let rows = t * per_task..((t + 1) * per_task).min(k);
                 match &w.data {
-                    MatData::F32(d) => simd::gemv_t_f32(p, x, m, k, rows, d, n),
-                    MatData::Bf16(d) => simd::gemv_t_bf16(p, x, m, k, rows, d, n),
+                    MatData::F32(d) => simd::gemv_t(p, x, m, k, rows, d, n),
+                    MatData::Bf16(d) => simd::gemv_t(p, x, m, k, rows, d, n),
                 }
             };
             if tasks == 1 {

@@ -110,18 +110,39 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// An element type of stored weights: f32, or bf16 widened on the fly.
+pub trait WeightElem: Copy + Sync {
+    /// Whether the values are bf16 (the SIMD kernels' load differs).
+    const BF16: bool;
+    fn widen(&self) -> f32;
+}
+
+impl WeightElem for f32 {
+    const BF16: bool = false;
+    fn widen(&self) -> f32 {
+        *self
+    }
+}
+
+impl WeightElem for bf16 {
+    const BF16: bool = true;
+    fn widen(&self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// `acc[r·n + j] += Σ_{kk in rows} x[r·k + kk] · w[kk·n + j]` for `r < m` (at most
 /// [`ROWS`]) and `j < n`: part of the matrix-vector product of a weight stored transposed,
 /// `(k, n)` row-major, over a range of its rows — each row is read once, contiguously,
 /// and shared by the `m` input rows; the accumulators stay in L1.
 #[inline]
-pub fn gemv_t_f32(
+pub fn gemv_t<T: WeightElem>(
     acc: &mut [f32],
     x: &[f32],
     m: usize,
     k: usize,
     rows: std::ops::Range<usize>,
-    w: &[f32],
+    w: &[T],
     n: usize,
 ) {
     debug_assert!((1..=ROWS).contains(&m) && acc.len() >= m * n && x.len() >= m * k);
@@ -129,35 +150,11 @@ pub fn gemv_t_f32(
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the ISA was detected at run time; extents checked above.
-        Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, false) },
+        Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, T::BF16) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { avx2::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, false) },
-        _ => portable::gemv_t(acc, x, m, k, rows, w, n, |v| *v),
-    }
-}
-
-/// [`gemv_t_f32`] for bf16 weights, widened on the fly.
-#[inline]
-pub fn gemv_t_bf16(
-    acc: &mut [f32],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    rows: std::ops::Range<usize>,
-    w: &[bf16],
-    n: usize,
-) {
-    debug_assert!((1..=ROWS).contains(&m) && acc.len() >= m * n && x.len() >= m * k);
-    debug_assert!(rows.end <= k && w.len() >= k * n);
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the ISA was detected at run time; extents checked above.
-        Isa::Avx512 => unsafe { avx512::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, true) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { avx2::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, true) },
-        _ => portable::gemv_t(acc, x, m, k, rows, w, n, |v| v.to_f32()),
+        Isa::Avx2 => unsafe { avx2::gemv_t(acc, x, m, k, rows, w.as_ptr().cast(), n, T::BF16) },
+        _ => portable::gemv_t(acc, x, m, k, rows, w, n),
     }
 }
 
@@ -241,8 +238,7 @@ mod exp_poly {
 mod portable {
     use super::ROWS;
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv_t<T>(
+    pub fn gemv_t<T: super::WeightElem>(
         acc: &mut [f32],
         x: &[f32],
         m: usize,
@@ -250,14 +246,13 @@ mod portable {
         rows: std::ops::Range<usize>,
         w: &[T],
         n: usize,
-        widen: impl Fn(&T) -> f32,
     ) {
         for kk in rows {
             let row = &w[kk * n..(kk + 1) * n];
             for r in 0..m {
                 let a = x[r * k + kk];
                 for (o, v) in acc[r * n..(r + 1) * n].iter_mut().zip(row) {
-                    *o += a * widen(v);
+                    *o += a * v.widen();
                 }
             }
         }
@@ -428,7 +423,7 @@ mod avx512 {
         _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
     }
 
-    /// See [`super::gemv_t_f32`]; `w` points at f32 or (with `bf16`) bf16 values.
+    /// See [`super::gemv_t`]; `w` points at f32 or (with `bf16`) bf16 values.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn gemv_t(
@@ -610,7 +605,7 @@ mod avx2 {
         }
     }
 
-    /// See [`super::gemv_t_f32`]: 8 columns per step, the tail of a row in scalar code.
+    /// See [`super::gemv_t`]: 8 columns per step, the tail of a row in scalar code.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_t(
@@ -895,9 +890,9 @@ mod tests {
         let mut kernels: Vec<(&str, Kernel)> =
             vec![("portable", |acc, x, m, k, rows, w, wb, n, b| {
                 if b {
-                    portable::gemv_t(acc, x, m, k, rows, wb, n, |v| v.to_f32())
+                    portable::gemv_t(acc, x, m, k, rows, wb, n)
                 } else {
-                    portable::gemv_t(acc, x, m, k, rows, w, n, |v| *v)
+                    portable::gemv_t(acc, x, m, k, rows, w, n)
                 }
             })];
         #[cfg(target_arch = "x86_64")]
