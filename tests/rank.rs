@@ -139,14 +139,19 @@ fn tricky_catalog() -> Arc<Catalog> {
 }
 
 fn random_ranker(catalog: Arc<Catalog>) -> Ranker {
+    random_ranker_with(catalog, RankerConfig::default(), 1)
+}
+
+/// A ranker over [`RandomModel`] whose sessions are seeded from `seed` on, with `cfg`.
+fn random_ranker_with(catalog: Arc<Catalog>, cfg: RankerConfig, seed: u64) -> Ranker {
     let tok = tokenizer();
-    let mut cfg = LlamaConfig::from_dir(&model_dir()).unwrap();
-    cfg.vocab_size = tok.vocab_size();
+    let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
+    mcfg.vocab_size = tok.vocab_size();
     let model = Arc::new(RandomModel {
-        cfg,
-        seed: 1.into(),
+        cfg: mcfg,
+        seed: seed.into(),
     });
-    Ranker::new(model, tok, Some(&chat()), catalog, RankerConfig::default()).unwrap()
+    Ranker::new(model, tok, Some(&chat()), catalog, cfg).unwrap()
 }
 
 #[test]
@@ -511,19 +516,11 @@ fn score_prior_weight_pulls_the_order_toward_the_retriever() {
     // with and without a strong retriever prior.
     let candidates: Vec<u32> = (0..20).collect();
     let rank = |weight: f32| {
-        let tok = tokenizer();
-        let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
-        mcfg.vocab_size = tok.vocab_size();
-        let model = Arc::new(RandomModel {
-            cfg: mcfg,
-            seed: 7.into(),
-        });
         let cfg = RankerConfig {
             score_prior_weight: weight,
             ..RankerConfig::default()
         };
-        let ranker = Ranker::new(model, tok, Some(&chat()), tricky_catalog(), cfg).unwrap();
-        ranker
+        random_ranker_with(tricky_catalog(), cfg, 7)
             .rank(&RankRequest {
                 history: &[21, 22],
                 candidates: &candidates,
@@ -592,18 +589,12 @@ fn user_profile_prompts_and_cache() {
 
     // The ranker: one profile per (history, adapter), reused; the prompt grows by the line.
     let ranker = |profile: bool| {
-        let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
-        mcfg.vocab_size = tok.vocab_size();
-        let model = Arc::new(RandomModel {
-            cfg: mcfg,
-            seed: 3.into(),
-        });
         let cfg = RankerConfig {
             user_profile: profile,
             profile_max_tokens: 6,
             ..RankerConfig::default()
         };
-        Ranker::new(model, tok.clone(), Some(&chat), tricky_catalog(), cfg).unwrap()
+        random_ranker_with(tricky_catalog(), cfg, 3)
     };
     let candidates: Vec<u32> = (0..5).collect();
     let rank = |r: &Ranker, history: &[u32]| {
