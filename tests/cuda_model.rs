@@ -13,6 +13,7 @@
 //! a few 1e-3 relative, not bit for bit. Where no GPU exists each test prints
 //! `skipped: ...` and returns (see tests/cuda_common).
 
+mod common;
 mod cuda_common;
 
 use std::collections::{HashMap, HashSet};
@@ -615,19 +616,6 @@ fn service_config(model: &Path, data: &Path, device: Device) -> ServerConfig {
     c
 }
 
-/// `GET /metrics` over plain HTTP/1.1.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palr\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
-    buf
-}
-
 fn item_pairs(items: &[pb::RankedItem]) -> Vec<(String, f32)> {
     items.iter().map(|i| (i.item_id.clone(), i.score)).collect()
 }
@@ -779,7 +767,7 @@ fn service_end_to_end_on_cuda() {
             named, t.generated_tokens
         );
 
-        let text = scrape(gpu_srv.metrics_addr.expect("metrics on")).await;
+        let text = common::scrape(gpu_srv.metrics_addr.expect("metrics on")).await;
         for (series, want) in [
             (r#"palr_requests_total{code="OK",rpc="Rank"}"#, 4.0),
             (r#"palr_requests_total{code="OK",rpc="Recommend"}"#, 2.0),
@@ -795,7 +783,7 @@ fn service_end_to_end_on_cuda() {
                 .any(|l| l.starts_with("palr_build_info{") && l.contains("backend=\"cuda:")),
             "palr_build_info names the CUDA backend"
         );
-        scrape(cpu_srv.metrics_addr.expect("metrics on")).await;
+        common::scrape(cpu_srv.metrics_addr.expect("metrics on")).await;
         for srv in [&mut cpu_srv, &mut gpu_srv] {
             srv.shutdown();
         }

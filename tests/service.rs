@@ -22,7 +22,6 @@ use palr::proto::v1 as pb;
 use palr::retrieval::RetrieverSpec;
 use palr::service::{Drained, Metrics, Recommender, RunningServer, ServerConfig};
 use pb::recommender_client::RecommenderClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -161,19 +160,6 @@ fn recommend(history: Vec<String>, k: u32, n: u32, mode: pb::RankMode) -> pb::Re
         user_id: "test-user".into(),
         ..Default::default()
     }
-}
-
-/// `GET /metrics` over a plain HTTP/1.1 connection.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palr\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
-    assert!(buf.contains("text/plain; version=0.0.4"), "{buf}");
-    buf
 }
 
 /// The value of one series (exact name and labels as rendered), 0 if absent.
@@ -490,7 +476,7 @@ fn health_and_reflection() {
 fn metrics_count_requests_stages_tokens_and_errors() {
     let _llm = llm_lock();
     block_on(async {
-        let before = scrape(metrics_addr()).await;
+        let before = common::scrape(metrics_addr()).await;
         let mut c = client().await;
         c.recommend(recommend(history(), 3, 6, pb::RankMode::Score))
             .await
@@ -499,7 +485,7 @@ fn metrics_count_requests_stages_tokens_and_errors() {
             .recommend(recommend(ids(&[999_999]), 3, 6, pb::RankMode::Score))
             .await
             .unwrap_err();
-        let after = scrape(metrics_addr()).await;
+        let after = common::scrape(metrics_addr()).await;
         let grew = |s: &str, by: f64| {
             let (a, b) = (series(&before, s), series(&after, s));
             assert!(b >= a + by, "{s}: {a} -> {b}");
@@ -793,7 +779,7 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
             series(t, r#"palr_rank_deadline_stops_total{stage="prefill"}"#)
                 + series(t, r#"palr_rank_deadline_stops_total{stage="decode"}"#)
         };
-        let before = stops(&scrape(metrics_addr()).await);
+        let before = stops(&common::scrape(metrics_addr()).await);
         // Generate mode over 20 candidates with a 20-item history: far more than 100 ms.
         let slow = recommend(
             ids(&(1..=20).collect::<Vec<_>>()),
@@ -813,7 +799,7 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
         // The ranking job itself stops at its next check and frees the slot.
         let waited = Instant::now();
         loop {
-            let text = scrape(metrics_addr()).await;
+            let text = common::scrape(metrics_addr()).await;
             if stops(&text) > before && series(&text, "palr_rank_running") == 0.0 {
                 break;
             }
@@ -870,7 +856,7 @@ fn deadline_stops_the_ranker_and_the_server_keeps_serving() {
 #[test]
 fn a_slow_plugin_times_out_as_unavailable_and_others_keep_working() {
     block_on(async {
-        let before = scrape(metrics_addr()).await;
+        let before = common::scrape(metrics_addr()).await;
         let mut c = client().await;
         let t = Instant::now();
         let r = c
@@ -896,7 +882,7 @@ fn a_slow_plugin_times_out_as_unavailable_and_others_keep_working() {
             .unwrap()
             .into_inner();
         assert_eq!(r.items.len(), 3);
-        let after = scrape(metrics_addr()).await;
+        let after = common::scrape(metrics_addr()).await;
         let s = r#"palr_plugin_errors_total{kind="timeout",retriever="sleepy"}"#;
         assert!(
             series(&after, s) >= series(&before, s) + 1.0,
@@ -908,7 +894,7 @@ fn a_slow_plugin_times_out_as_unavailable_and_others_keep_working() {
 #[test]
 fn failing_plugins_are_internal_and_others_keep_working() {
     block_on(async {
-        let before = scrape(metrics_addr()).await;
+        let before = common::scrape(metrics_addr()).await;
         let mut c = client().await;
         let with = |name: &str| pb::RecommendRequest {
             retriever: name.into(),
@@ -942,7 +928,7 @@ fn failing_plugins_are_internal_and_others_keep_working() {
             let r = c.recommend(with(name)).await.unwrap().into_inner();
             assert_eq!(r.items.len(), 3, "{name}");
         }
-        let after = scrape(metrics_addr()).await;
+        let after = common::scrape(metrics_addr()).await;
         for (retriever, kind, by) in [
             ("broken", "error", 2.0),
             ("panicky", "panic", 1.0),

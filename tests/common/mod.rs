@@ -56,3 +56,18 @@ pub fn argmax(x: &[f32]) -> usize {
     }
     best
 }
+
+/// `GET /metrics` of a running server over a plain HTTP/1.1 connection: the whole
+/// response, after checking it is a 200 in Prometheus' text format.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palr\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
+    assert!(buf.contains("text/plain; version=0.0.4"), "{buf}");
+    buf
+}
