@@ -644,3 +644,105 @@ fn user_profile_prompts_and_cache() {
         .unwrap_err();
     assert!(matches!(e, RankError::DeadlineExceeded("profile")), "{e}");
 }
+
+/// `ranking.item_line`: the ranker lists history and candidates with their year and genres
+/// (the prompt is exactly the builder's text with those lines), generate mode still answers
+/// with candidate titles, and a broken line is refused when the ranker is built.
+#[test]
+fn item_line_writes_year_and_genres_into_the_lists() {
+    let films = [
+        ("Heat", Some(1995), &["Action", "Crime", "Thriller"][..]),
+        (
+            "Toy Story",
+            Some(1995),
+            &["Animation", "Children's", "Comedy"][..],
+        ),
+        ("Se7en", Some(1995), &["Crime", "Thriller"][..]),
+        ("Amélie", None, &["Comedy", "Romance"][..]),
+        ("Chasing Amy", Some(1997), &[][..]),
+        ("Star Wars", Some(1977), &["Action", "Sci-Fi"][..]),
+    ];
+    let items = films
+        .iter()
+        .enumerate()
+        .map(|(i, (t, y, g))| {
+            let mut it = Item::new(format!("m{i}"), t);
+            it.year = *y;
+            it.genres = g.iter().map(|s| s.to_string()).collect();
+            it
+        })
+        .collect();
+    let catalog = Arc::new(Catalog::from_items(items).unwrap());
+    let cfg = RankerConfig {
+        item_line: "{title} ({year}) [{genres}]".into(),
+        ..RankerConfig::default()
+    };
+    assert_eq!(
+        cfg.item_text(&catalog, 0),
+        "Heat (1995) [Action, Crime, Thriller]"
+    );
+    assert_eq!(cfg.item_text(&catalog, 3), "Amélie [Comedy, Romance]");
+    assert_eq!(cfg.item_text(&catalog, 4), "Chasing Amy (1997)");
+    let ranker = random_ranker_with(catalog.clone(), cfg.clone(), 5);
+    let plain = random_ranker_with(catalog.clone(), RankerConfig::default(), 5);
+    let tok = tokenizer();
+    let b = palr::rank::PromptBuilder::new(&cfg.prompt, &tok, Some(&chat())).unwrap();
+    let history = [0u32, 1];
+    let candidates = [2u32, 3, 4, 5];
+    let lines = |items: &[u32]| -> Vec<String> {
+        items.iter().map(|&i| cfg.item_text(&catalog, i)).collect()
+    };
+    let (h, c) = (lines(&history), lines(&candidates));
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let c: Vec<&str> = c.iter().map(String::as_str).collect();
+    for (mode, k) in [(RankMode::Score, 4), (RankMode::Generate, 2)] {
+        let req = RankRequest {
+            history: &history,
+            candidates: &candidates,
+            k,
+            mode,
+            adapter: None,
+            deadline: None,
+            cancel: None,
+        };
+        let out = ranker.rank(&req).unwrap();
+        let want = b.prefix(mode).len()
+            + tok
+                .encode(&b.suffix_text(mode, &h, None, &c, k), false)
+                .unwrap()
+                .len();
+        assert_eq!(out.timings.prompt_tokens, want, "{mode:?}");
+        assert!(
+            out.timings.prompt_tokens > plain.rank(&req).unwrap().timings.prompt_tokens,
+            "{mode:?}: the lines are longer than titles"
+        );
+        let mut named: Vec<u32> = out.items.iter().map(|r| r.item).collect();
+        assert_eq!(named.len(), k);
+        named.sort_unstable();
+        named.dedup();
+        assert_eq!(named.len(), k, "{mode:?}: no item twice");
+        assert!(named.iter().all(|i| candidates.contains(i)));
+        if mode == RankMode::Generate {
+            assert!(out.items.iter().any(|r| r.by_llm), "titles can be written");
+        }
+    }
+    let tok = tokenizer();
+    let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
+    mcfg.vocab_size = tok.vocab_size();
+    let model = Arc::new(RandomModel {
+        cfg: mcfg,
+        seed: 0.into(),
+    });
+    let bad = RankerConfig {
+        item_line: "{title} ({rating})".into(),
+        ..RankerConfig::default()
+    };
+    let e = match Ranker::new(model, tok, Some(&chat()), catalog, bad) {
+        Ok(_) => panic!("an unknown placeholder must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("ranking.item_line") && e.contains("unknown placeholder"),
+        "{e}"
+    );
+}

@@ -18,7 +18,7 @@ use palr::chat::{ChatTemplate, Message};
 use palr::data::{Catalog, Dataset, InteractionsBuilder, Item, LoadOptions, Split, Stage};
 use palr::rank::{PromptBuilder, RankMode, RankerConfig};
 use palr::retrieval::{Retriever, RetrieverRegistry, RetrieverSpec};
-use palr::sft::{self, SftBuilder, SftConfig, Task};
+use palr::sft::{self, CandidateOrder, SftBuilder, SftConfig, Task};
 use palr::tokenizer::Tokenizer;
 
 struct Model {
@@ -276,6 +276,175 @@ fn retrieval_examples_are_the_serving_prompt() {
         }
     }
     assert!(checked >= 10);
+}
+
+/// Markov over every user's training part only (what `palr sft-data` builds for hard
+/// negatives).
+fn markov(ds: &Dataset, split: &Split) -> Arc<Retriever> {
+    let view = palr::eval::training_view(
+        split,
+        &ds.interactions,
+        ds.catalog.len() as u32,
+        Stage::Valid,
+    )
+    .unwrap();
+    let reg = RetrieverRegistry::new(Arc::new(view));
+    reg.load(&RetrieverSpec::new("markov", "palr_retriever_markov", "{}"))
+        .unwrap();
+    reg.get("markov").unwrap()
+}
+
+/// `retriever` lists are the retriever's own top 20 for the history in its order (the
+/// user's other items left out, positions it misses skipped); `retriever-shuffled` lists hold
+/// the same items in another order, and the score answer names the target's label wherever
+/// it lands.
+#[test]
+fn retriever_lists_in_served_and_shuffled_order() {
+    let m = model();
+    let (ds, split) = ml100k();
+    let mk = markov(&ds, &split);
+    let labels: Vec<char> = m.ranker.prompt.score_labels.chars().collect();
+    let (mut checked, mut reordered) = (0, 0);
+    for order in [CandidateOrder::Retriever, CandidateOrder::RetrieverShuffled] {
+        let b = SftBuilder::new(
+            &split,
+            &ds.interactions,
+            &ds.catalog,
+            &m.prompts,
+            &m.ranker,
+            SftConfig {
+                candidate_order: order,
+                ..config(3)
+            },
+            Some(mk.clone()),
+        )
+        .unwrap();
+        for u in [0u32, 5, 42, 300, 900] {
+            let user_items: HashSet<u32> = ds.interactions.items_of(u).iter().copied().collect();
+            let seq = b.sequence(u);
+            for ex in b
+                .user_examples(u, &[Task::RecommendRetrievalScore], 1)
+                .unwrap()
+            {
+                let n = ex.history.len();
+                let t = n + seq
+                    .windows(n + 1)
+                    .position(|w| w[..n] == ex.history[..] && w[n] == ex.targets[0])
+                    .unwrap();
+                let mut exclude = seq[..t].to_vec();
+                exclude.sort_unstable();
+                exclude.dedup();
+                let served: Vec<u32> = mk
+                    .retrieve(&seq[..t], 2000, &exclude)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(i, _)| i)
+                    .filter(|i| ex.targets.contains(i) || !user_items.contains(i))
+                    .take(20)
+                    .collect();
+                if order == CandidateOrder::Retriever {
+                    assert_eq!(ex.candidates, served, "user {u}");
+                } else {
+                    let mut x = ex.candidates.clone();
+                    reordered += usize::from(x != served);
+                    x.sort_unstable();
+                    let mut y = served.clone();
+                    y.sort_unstable();
+                    assert_eq!(x, y, "user {u}: the served items");
+                }
+                let at = ex
+                    .candidates
+                    .iter()
+                    .position(|&c| c == ex.targets[0])
+                    .unwrap();
+                assert_eq!(ex.messages[2].content, labels[at].to_string());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+    assert!(
+        reordered * 2 >= checked * 9 / 10,
+        "{reordered} of {checked} lists reordered"
+    );
+}
+
+/// `ranking.item_line` writes history and candidate items with their year and genres in
+/// the training text exactly as the ranker does when serving; answers stay titles.
+#[test]
+fn item_line_reaches_training_prompts() {
+    let mut m = model();
+    m.ranker.item_line = "{title} ({year}) [{genres}]".into();
+    let (ds, split) = ml100k();
+    let b = SftBuilder::new(
+        &split,
+        &ds.interactions,
+        &ds.catalog,
+        &m.prompts,
+        &m.ranker,
+        config(2),
+        None,
+    )
+    .unwrap();
+    let ex = b
+        .user_examples(
+            0,
+            &[Task::RecommendRetrieval, Task::RecommendRetrievalScore],
+            3,
+        )
+        .unwrap();
+    assert!(ex.len() >= 2);
+    for ex in &ex {
+        let line = |i: &u32| m.ranker.item_text(&ds.catalog, *i);
+        let hist: Vec<String> = ex.history.iter().map(line).collect();
+        let cands: Vec<String> = ex.candidates.iter().map(line).collect();
+        let it = ds.catalog.item(ex.history[0]).unwrap();
+        assert_eq!(
+            hist[0],
+            format!(
+                "{} ({}) [{}]",
+                it.title,
+                it.year.unwrap(),
+                it.genres.join(", ")
+            )
+        );
+        let h: Vec<&str> = hist.iter().map(String::as_str).collect();
+        let c: Vec<&str> = cands.iter().map(String::as_str).collect();
+        let (mode, k) = match ex.task {
+            Task::RecommendRetrieval => (RankMode::Generate, ex.targets.len()),
+            _ => (RankMode::Score, c.len()),
+        };
+        let serving = format!(
+            "{}{}",
+            m.tok.decode(m.prompts.prefix(mode), false).unwrap(),
+            m.prompts.suffix_text(mode, &h, None, &c, k)
+        );
+        assert_eq!(m.chat.render(&ex.messages[..2], true).unwrap(), serving);
+        if ex.task == Task::RecommendRetrieval {
+            // Answers name titles only.
+            let first = ds.catalog.title(ex.targets[0]).unwrap();
+            assert!(
+                ex.messages[2].content.starts_with(&format!("{first}\n")),
+                "{:?}",
+                ex.messages[2]
+            );
+        }
+    }
+    // A broken item line is refused before any example is built.
+    m.ranker.item_line = "{name}".into();
+    let e = SftBuilder::new(
+        &split,
+        &ds.interactions,
+        &ds.catalog,
+        &m.prompts,
+        &m.ranker,
+        config(2),
+        None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("must contain {title}"), "{e}");
 }
 
 fn jsonl(m: &Model, ds: &Dataset, split: &Split, seed: u64) -> Vec<u8> {

@@ -36,8 +36,9 @@ pub struct SftArgs {
     /// Share of negatives from the hard-negative retriever, 0..=1 [default: 0.5]
     #[arg(long)]
     pub hard_negatives: Option<f64>,
-    /// Candidate lists: `shuffled` (targets + negatives) or `retriever` (the hard-negative
-    /// retriever's list in its order, as served; positions it misses are skipped).
+    /// Candidate lists: `shuffled` (targets + negatives), `retriever` (the hard-negative
+    /// retriever's list in its order, as served; positions it misses are skipped) or
+    /// `retriever-shuffled` (that list in random order).
     #[arg(long, value_parser = parse_order)]
     pub candidate_order: Option<crate::sft::CandidateOrder>,
     /// Retriever plugin library proposing hard negatives ("none" = popularity-sampled only).
@@ -143,8 +144,9 @@ fn parse_order(s: &str) -> Result<crate::sft::CandidateOrder, String> {
     match s {
         "shuffled" => Ok(crate::sft::CandidateOrder::Shuffled),
         "retriever" => Ok(crate::sft::CandidateOrder::Retriever),
+        "retriever-shuffled" => Ok(crate::sft::CandidateOrder::RetrieverShuffled),
         other => Err(format!(
-            "unknown candidate order {other:?}; use shuffled or retriever"
+            "unknown candidate order {other:?}; use shuffled, retriever or retriever-shuffled"
         )),
     }
 }

@@ -91,6 +91,10 @@ pub struct RankerConfig {
     pub max_generated_items: usize,
     /// Titles as in the data, or with a trailing article moved first ("article-first").
     pub title_style: TitleStyleConfig,
+    /// How an item is written in the prompt's history and candidate lists (see
+    /// [`RankerConfig::item_text`]): `{title}` (required), `{year}`, `{genres}`. Generate
+    /// mode still answers with titles alone.
+    pub item_line: String,
     /// Sessions (KV caches) kept for reuse between requests.
     pub session_pool: usize,
     /// Score mode: weight `w` of the retriever's order in the final score,
@@ -124,12 +128,100 @@ impl Default for RankerConfig {
             max_generated_tokens: 512,
             max_generated_items: 20,
             title_style: TitleStyleConfig::AsInData,
+            item_line: "{title}".into(),
             session_pool: 4,
             score_prior_weight: 0.0,
             user_profile: false,
             profile_max_tokens: 24,
             profile_cache: 10_000,
         }
+    }
+}
+
+/// Placeholders of [`RankerConfig::item_line`].
+const ITEM_LINE_FIELDS: [&str; 3] = ["{title}", "{year}", "{genres}"];
+
+impl RankerConfig {
+    /// Checks `item_line`: it names `{title}`, only known placeholders, and stays on one line.
+    pub fn check_item_line(&self) -> Result<(), RankError> {
+        let line = &self.item_line;
+        let bad = |why: &str| {
+            Err(RankError::Config(format!(
+                "ranking.item_line {line:?} {why}; write e.g. \"{{title}} ({{year}}) [{{genres}}]\""
+            )))
+        };
+        if !line.contains("{title}") {
+            return bad("must contain {title}");
+        }
+        if line.contains('\n') || line.contains('\r') {
+            return bad("must be a single line");
+        }
+        let mut rest = line.as_str();
+        while let Some(at) = rest.find('{') {
+            let tail = &rest[at..];
+            match ITEM_LINE_FIELDS.iter().find(|f| tail.starts_with(**f)) {
+                Some(f) => rest = &tail[f.len()..],
+                None => {
+                    return bad("has an unknown placeholder (known: {title}, {year}, {genres})");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `item`'s title in the configured style (what generate mode writes).
+    pub fn title_text(&self, catalog: &Catalog, item: u32) -> String {
+        let style = match self.title_style {
+            TitleStyleConfig::AsInData => TitleStyle::AsInData,
+            TitleStyleConfig::ArticleFirst => TitleStyle::ArticleFirst,
+        };
+        catalog
+            .title_styled(item, style)
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `item` as the prompt lists it: `item_line` with `{title}`, `{year}` and `{genres}`
+    /// (comma-separated) filled in. A year or genre list the catalog lacks is empty, and a
+    /// bracket pair left empty by it is dropped with its spacing ("Heat ()" → "Heat").
+    pub fn item_text(&self, catalog: &Catalog, item: u32) -> String {
+        let title = self.title_text(catalog, item);
+        if self.item_line == "{title}" {
+            return title;
+        }
+        let it = catalog.item(item);
+        let year = it
+            .and_then(|i| i.year)
+            .map(|y| y.to_string())
+            .unwrap_or_default();
+        let genres = it.map(|i| i.genres.join(", ")).unwrap_or_default();
+        // Fill the template piece by piece, so text inside a title is never re-read as a
+        // placeholder.
+        let mut out = String::with_capacity(self.item_line.len() + title.len() + 32);
+        let mut rest = self.item_line.as_str();
+        while let Some(at) = rest.find('{') {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            let (field, value) = if tail.starts_with("{title}") {
+                ("{title}", title.as_str())
+            } else if tail.starts_with("{year}") {
+                ("{year}", year.as_str())
+            } else if tail.starts_with("{genres}") {
+                ("{genres}", genres.as_str())
+            } else {
+                ("{", "{")
+            };
+            out.push_str(value);
+            rest = &tail[field.len()..];
+        }
+        out.push_str(rest);
+        if year.is_empty() || genres.is_empty() {
+            for empty in ["()", "[]"] {
+                out = out.replace(empty, "");
+            }
+            out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        }
+        out
     }
 }
 
@@ -231,6 +323,7 @@ impl Ranker {
                 "max_history and max_prompt_tokens must be positive".into(),
             ));
         }
+        cfg.check_item_line()?;
         Ok(Ranker {
             model,
             tok,
@@ -264,14 +357,12 @@ impl Ranker {
     }
 
     fn title(&self, item: u32) -> String {
-        let style = match self.cfg.title_style {
-            TitleStyleConfig::AsInData => TitleStyle::AsInData,
-            TitleStyleConfig::ArticleFirst => TitleStyle::ArticleFirst,
-        };
-        self.catalog
-            .title_styled(item, style)
-            .map(|t| t.into_owned())
-            .unwrap_or_default()
+        self.cfg.title_text(&self.catalog, item)
+    }
+
+    /// `item` as the history and candidate lists write it (`item_line`).
+    fn item_text(&self, item: u32) -> String {
+        self.cfg.item_text(&self.catalog, item)
     }
 
     /// The tokens the model writes for `item` in generate mode: its title and the line end.
@@ -363,8 +454,8 @@ impl Ranker {
         let t0 = Instant::now();
         let mut timings = RankTimings::default();
         let hist = &req.history[req.history.len().saturating_sub(self.cfg.max_history)..];
-        let hist_titles: Vec<String> = hist.iter().map(|&i| self.title(i)).collect();
-        let cand_titles: Vec<String> = req.candidates.iter().map(|&i| self.title(i)).collect();
+        let hist_titles: Vec<String> = hist.iter().map(|&i| self.item_text(i)).collect();
+        let cand_titles: Vec<String> = req.candidates.iter().map(|&i| self.item_text(i)).collect();
         let hist_refs: Vec<&str> = hist_titles.iter().map(String::as_str).collect();
         let cand_refs: Vec<&str> = cand_titles.iter().map(String::as_str).collect();
         let k = req.k.min(req.candidates.len());
@@ -709,6 +800,7 @@ pub fn apply_retriever_prior(items: &mut [Ranked], weight: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Item;
 
     fn item(item: u32, logp: f32, pos: u32) -> Ranked {
         Ranked {
@@ -716,6 +808,52 @@ mod tests {
             score: logp,
             candidate_rank: pos,
             by_llm: true,
+        }
+    }
+
+    #[test]
+    fn item_lines_fill_year_and_genres_and_drop_what_is_missing() {
+        let mut heat = Item::new("1", "Heat");
+        heat.year = Some(1995);
+        heat.genres = vec!["Action".into(), "Crime".into()];
+        let mut bare = Item::new("2", "Godfather, The");
+        bare.attrs
+            .insert("note".into(), "{year} in a title is text".into());
+        let odd = Item::new("3", "Title {genres} (Director's Cut)");
+        let cat = Catalog::from_items(vec![heat, bare, odd]).unwrap();
+        let cfg = |line: &str| RankerConfig {
+            item_line: line.into(),
+            ..RankerConfig::default()
+        };
+        let full = cfg("{title} ({year}) [{genres}]");
+        full.check_item_line().unwrap();
+        assert_eq!(full.item_text(&cat, 0), "Heat (1995) [Action, Crime]");
+        assert_eq!(full.item_text(&cat, 1), "Godfather, The");
+        // Placeholders inside a title are the title's text, not filled again.
+        assert_eq!(
+            cfg("{title}").item_text(&cat, 2),
+            "Title {genres} (Director's Cut)"
+        );
+        assert_eq!(
+            cfg("{genres}: {title}").item_text(&cat, 0),
+            "Action, Crime: Heat"
+        );
+        let styled = RankerConfig {
+            title_style: TitleStyleConfig::ArticleFirst,
+            ..cfg("{title} / {year}")
+        };
+        assert_eq!(styled.item_text(&cat, 1), "The Godfather /");
+        assert_eq!(styled.title_text(&cat, 1), "The Godfather");
+        for (line, why) in [
+            ("{year} [{genres}]", "must contain {title}"),
+            ("{title} {rating}", "unknown placeholder"),
+            ("{title}\n{year}", "single line"),
+        ] {
+            let e = cfg(line).check_item_line().unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains("ranking.item_line"),
+                "{line}: {e}"
+            );
         }
     }
 

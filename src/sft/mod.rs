@@ -48,8 +48,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::Message;
-use crate::data::{Catalog, Interactions, Split, TitleStyle};
-use crate::rank::{PromptBuilder, RankMode, RankerConfig, TitleStyleConfig};
+use crate::data::{Catalog, Interactions, Split};
+use crate::rank::{PromptBuilder, RankMode, RankerConfig};
 use crate::retrieval::{RetrievalError, Retriever};
 
 /// Errors of the fine-tuning data builder.
@@ -153,10 +153,13 @@ pub struct SftConfig {
     /// Fewest history items an example has.
     pub min_history: usize,
     /// How candidate lists of the retrieval tasks are made: `shuffled` (targets plus
-    /// negatives in random order) or `retriever` (the hard-negative retriever's top
+    /// negatives in random order), `retriever` (the hard-negative retriever's top
     /// `negatives + 1` items for the history, in its order, as the ranker sees them at
     /// serving time; positions whose target the retriever does not propose are skipped,
-    /// and `max_examples_per_user` then counts kept examples).
+    /// and `max_examples_per_user` then counts kept examples) or `retriever-shuffled` (the
+    /// same lists in random order: the served candidates, but their position says nothing,
+    /// so a model must learn from the items themselves; pair it with
+    /// `ranking.score_prior_weight` to add the retriever's order back at serving time).
     pub candidate_order: CandidateOrder,
 }
 
@@ -167,6 +170,8 @@ pub enum CandidateOrder {
     #[default]
     Shuffled,
     Retriever,
+    #[serde(rename = "retriever-shuffled")]
+    RetrieverShuffled,
 }
 
 impl Default for SftConfig {
@@ -262,6 +267,9 @@ impl<'a> SftBuilder<'a> {
         if cfg.min_history == 0 {
             return bad("sft.min_history must be at least 1 (the ranker needs a history)".into());
         }
+        if let Err(e) = ranker.check_item_line() {
+            return bad(e.to_string());
+        }
         let n = catalog.len();
         let mut counts = vec![0u64; n];
         for u in 0..split.n_users() as u32 {
@@ -306,19 +314,20 @@ impl<'a> SftBuilder<'a> {
         Ok(())
     }
 
-    fn title(&self, item: u32) -> String {
-        let style = match self.ranker.title_style {
-            TitleStyleConfig::AsInData => TitleStyle::AsInData,
-            TitleStyleConfig::ArticleFirst => TitleStyle::ArticleFirst,
-        };
-        self.catalog
-            .title_styled(item, style)
-            .map(|t| t.into_owned())
-            .unwrap_or_default()
+    /// Titles, as answers name them.
+    fn titles(&self, items: &[u32]) -> Vec<String> {
+        items
+            .iter()
+            .map(|&i| self.ranker.title_text(self.catalog, i))
+            .collect()
     }
 
-    fn titles(&self, items: &[u32]) -> Vec<String> {
-        items.iter().map(|&i| self.title(i)).collect()
+    /// Items as the prompt's lists write them (the ranker's `item_line`).
+    fn item_texts(&self, items: &[u32]) -> Vec<String> {
+        items
+            .iter()
+            .map(|&i| self.ranker.item_text(self.catalog, i))
+            .collect()
     }
 
     /// The sequence `u`'s examples slide over: the training part, without the user's own
@@ -345,8 +354,10 @@ impl<'a> SftBuilder<'a> {
         for &task in tasks {
             let mut rng =
                 StdRng::seed_from_u64(mix(seed ^ mix(u as u64) ^ mix(0x5F7 + task as u64)));
-            let in_retriever_order =
-                self.cfg.candidate_order == CandidateOrder::Retriever && task != Task::Recommend;
+            let in_retriever_order = matches!(
+                self.cfg.candidate_order,
+                CandidateOrder::Retriever | CandidateOrder::RetrieverShuffled
+            ) && task != Task::Recommend;
             if in_retriever_order {
                 // Every position the retriever covers, then a seeded sample of them.
                 let mut kept = Vec::new();
@@ -416,7 +427,7 @@ impl<'a> SftBuilder<'a> {
             return Ok(None);
         }
         let system = |s: &str| (!s.is_empty()).then(|| Message::new("system", s));
-        let hist_titles = self.titles(&history);
+        let hist_titles = self.item_texts(&history);
         let hist_refs: Vec<&str> = hist_titles.iter().map(String::as_str).collect();
         let target_titles = self.titles(&targets);
         let target_refs: Vec<&str> = target_titles.iter().map(String::as_str).collect();
@@ -450,8 +461,17 @@ impl<'a> SftBuilder<'a> {
                             None => return Ok(None),
                         }
                     }
+                    CandidateOrder::RetrieverShuffled => {
+                        match self.retrieved_candidates(seq, t, &targets, user_items)? {
+                            Some(mut c) => {
+                                c.shuffle(rng);
+                                c
+                            }
+                            None => return Ok(None),
+                        }
+                    }
                 };
-                let titles = self.titles(&candidates);
+                let titles = self.item_texts(&candidates);
                 let refs: Vec<&str> = titles.iter().map(String::as_str).collect();
                 let (mode, k, answer) = if task == Task::RecommendRetrieval {
                     let a = self.prompts.answer(RankMode::Generate, &target_refs, 0);
@@ -497,15 +517,16 @@ impl<'a> SftBuilder<'a> {
     ) -> Result<Option<Vec<u32>>> {
         let hard = self.hard.as_ref().ok_or_else(|| {
             SftError::Config(
-                "candidate_order = \"retriever\" needs a hard-negative retriever".into(),
+                "candidate_order = \"retriever\" or \"retriever-shuffled\" needs a hard-negative retriever".into(),
             )
         })?;
         let want = self.cfg.negatives + 1;
         let mut history: Vec<u32> = seq[..t].to_vec();
         history.sort_unstable();
         history.dedup();
-        // Ask for extra: the user's own later items are dropped afterwards.
-        let got = hard.retrieve(&seq[..t], want + 32, &history)?;
+        // Ask for enough extra that dropping the user's own other items (at most all of
+        // them) still leaves a full list.
+        let got = hard.retrieve(&seq[..t], want + user_items.len(), &history)?;
         let list: Vec<u32> = got
             .into_iter()
             .map(|(i, _)| i)
