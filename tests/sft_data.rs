@@ -369,6 +369,84 @@ fn retriever_lists_in_served_and_shuffled_order() {
     );
 }
 
+/// With a tail, examples target only each user's last `tail` training positions, and their
+/// lists come from a retriever fitted on every user's training part without that tail: no
+/// list is made by a retriever that counted the example's own transition.
+#[test]
+fn tail_examples_come_after_what_the_retriever_saw() {
+    let m = model();
+    let (ds, split) = ml100k();
+    let tail = 5;
+    let n_items = ds.catalog.len() as u32;
+    let view = sft::training_view_before_tail(&split, &ds.interactions, n_items, tail).unwrap();
+    for u in [0u32, 17, 942] {
+        let (a, b) = (view.offsets()[u as usize], view.offsets()[u as usize + 1]);
+        let train = split.train(u);
+        assert_eq!(
+            &view.items()[a as usize..b as usize],
+            &train[..train.len() - tail]
+        );
+    }
+    let full = palr::eval::training_view(&split, &ds.interactions, n_items, Stage::Valid).unwrap();
+    assert_eq!(
+        view.n_interactions() + tail * split.n_users(),
+        full.n_interactions()
+    );
+    let reg = RetrieverRegistry::new(Arc::new(view));
+    reg.load(&RetrieverSpec::new("markov", "palr_retriever_markov", "{}"))
+        .unwrap();
+    let mk = reg.get("markov").unwrap();
+    let b = SftBuilder::new(
+        &split,
+        &ds.interactions,
+        &ds.catalog,
+        &m.prompts,
+        &m.ranker,
+        SftConfig {
+            candidate_order: CandidateOrder::Retriever,
+            tail,
+            ..config(0)
+        },
+        Some(mk.clone()),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for u in 0..200u32 {
+        let seq = b.sequence(u);
+        let user_items: HashSet<u32> = ds.interactions.items_of(u).iter().copied().collect();
+        let examples = b
+            .user_examples(u, &[Task::RecommendRetrievalScore], 1)
+            .unwrap();
+        assert!(examples.len() <= tail);
+        for ex in examples {
+            let n = ex.history.len();
+            let t = n + seq
+                .windows(n + 1)
+                .rposition(|w| w[..n] == ex.history[..] && w[n] == ex.targets[0])
+                .unwrap();
+            assert!(
+                t + tail >= seq.len(),
+                "user {u}: position {t} of {}",
+                seq.len()
+            );
+            let mut exclude = seq[..t].to_vec();
+            exclude.sort_unstable();
+            exclude.dedup();
+            let served: Vec<u32> = mk
+                .retrieve(&seq[..t], 2000, &exclude)
+                .unwrap()
+                .into_iter()
+                .map(|(i, _)| i)
+                .filter(|i| ex.targets.contains(i) || !user_items.contains(i))
+                .take(20)
+                .collect();
+            assert_eq!(ex.candidates, served, "user {u}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 100, "{checked}");
+}
+
 /// `ranking.item_line` writes history and candidate items with their year and genres in
 /// the training text exactly as the ranker does when serving; answers stay titles.
 #[test]
@@ -598,7 +676,50 @@ fn cli_writes_chat_jsonl() {
         "3 targets + 9 negatives: {listed}"
     );
 
+    // Served lists, shuffled, from the last 6 training positions only (a retriever fitted
+    // on what comes before them), items with their genres.
+    let ranker_toml = dir.path().join("ranker.toml");
+    std::fs::write(&ranker_toml, "item_line = \"{title} [{genres}]\"\n").unwrap();
+    let out = run(&[
+        "--tasks",
+        "recommend_retrieval_score",
+        "--candidate-order",
+        "retriever-shuffled",
+        "--tail",
+        "6",
+        "--hard-negative-retriever",
+        "palr_retriever_markov",
+        "--max-examples-per-user",
+        "0",
+        "--ranker-config",
+        ranker_toml.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let mut per_user = std::collections::HashMap::<String, usize>::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *per_user
+            .entry(v["user"].as_str().unwrap().into())
+            .or_default() += 1;
+        let user = v["messages"][1]["content"].as_str().unwrap();
+        assert!(user.contains("A. ") && user.contains(" ["), "{user}");
+    }
+    let most = per_user.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= 6 && text.lines().count() > 500,
+        "{most}, {}",
+        text.lines().count()
+    );
+
     for (args, want) in [
+        (vec!["--candidate-order", "random"], "retriever-shuffled"),
         (vec!["--tasks", "recommend,bogus"], "unknown task \"bogus\""),
         (vec!["--hard-negatives", "1.5"], "between 0 and 1"),
         (vec!["--hard-negative-retriever", "nosuchlib"], "not found"),

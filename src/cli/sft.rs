@@ -41,6 +41,12 @@ pub struct SftArgs {
     /// `retriever-shuffled` (that list in random order).
     #[arg(long, value_parser = parse_order)]
     pub candidate_order: Option<crate::sft::CandidateOrder>,
+    /// Examples only from each user's last N training positions, the hard-negative retriever
+    /// fitted on what comes before them (so no list is made by a retriever that saw its
+    /// target, as at serving time); 0 = every position, retriever fitted on all training data
+    /// [default: 0]
+    #[arg(long)]
+    pub tail: Option<usize>,
     /// Retriever plugin library proposing hard negatives ("none" = popularity-sampled only).
     #[arg(long, default_value = "palr_retriever_itemknn")]
     pub hard_negative_retriever: String,
@@ -75,6 +81,9 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     if let Some(o) = args.candidate_order {
         cfg.candidate_order = o;
     }
+    if let Some(n) = args.tail {
+        cfg.tail = n;
+    }
     if let Some(f) = args.hard_negatives {
         cfg.hard_negative_share = f;
     }
@@ -89,13 +98,14 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     let hard = if args.hard_negative_retriever == "none" {
         None
     } else {
-        // Built from every user's training part only (the validation stage's view).
-        let view = training_view(
-            &split,
-            &ds.interactions,
-            ds.catalog.len() as u32,
-            Stage::Valid,
-        )?;
+        // Built from every user's training part only (the validation stage's view), without
+        // the tail examples are made from when there is one.
+        let n_items = ds.catalog.len() as u32;
+        let view = if cfg.tail == 0 {
+            training_view(&split, &ds.interactions, n_items, Stage::Valid)?
+        } else {
+            sft::training_view_before_tail(&split, &ds.interactions, n_items, cfg.tail)?
+        };
         let reg = RetrieverRegistry::new(Arc::new(view));
         reg.load(&RetrieverSpec::new(
             "hard-negatives",

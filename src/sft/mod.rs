@@ -22,6 +22,12 @@
 //! (probability ∝ training count + 1, without replacement). A negative is never an item the
 //! user ever interacted with (training, validation or test) nor a target.
 //!
+//! Candidate lists ([`SftConfig::candidate_order`]) can instead be the hard-negative
+//! retriever's own list (as served, or shuffled). With [`SftConfig::tail`] the examples come
+//! only from each user's last training positions and that retriever is fitted on what comes
+//! before them, so, as at serving time, no list is made by a retriever that counted the
+//! example's own transition.
+//!
 //! Guarantees (tested on MovieLens-100k):
 //! - every example of user `u` is built from `u`'s training sequence, the catalog and
 //!   statistics of all users' training sequences only (popularity counts; the retriever's
@@ -50,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::Message;
 use crate::data::{Catalog, Interactions, Split};
 use crate::rank::{PromptBuilder, RankMode, RankerConfig};
-use crate::retrieval::{RetrievalError, Retriever};
+use crate::retrieval::{RetrievalError, Retriever, TrainingView};
 
 /// Errors of the fine-tuning data builder.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +167,13 @@ pub struct SftConfig {
     /// so a model must learn from the items themselves; pair it with
     /// `ranking.score_prior_weight` to add the retriever's order back at serving time).
     pub candidate_order: CandidateOrder,
+    /// 0: examples from every training position, the hard-negative retriever fitted on every
+    /// user's whole training part — so an example's own transition (last item → target) is
+    /// in the retriever's counts, which puts targets higher in its lists than at serving
+    /// time. N > 0: examples only from each user's last N training positions, with a
+    /// retriever fitted on what comes before them ([`training_view_before_tail`]), so every
+    /// list is made as at serving time: by a retriever that never saw the target.
+    pub tail: usize,
 }
 
 /// See [`SftConfig::candidate_order`].
@@ -189,6 +202,7 @@ impl Default for SftConfig {
             max_examples_per_user: 20,
             min_history: 1,
             candidate_order: CandidateOrder::Shuffled,
+            tail: 0,
         }
     }
 }
@@ -206,6 +220,29 @@ pub struct Example {
     pub candidates: Vec<u32>,
     /// system (when set), user, assistant.
     pub messages: Vec<Message>,
+}
+
+/// The hard-negative retriever's training data for [`SftConfig::tail`] `tail`: every user's
+/// training part without its last `tail` items (`tail = 0`: the whole training part, as
+/// `eval::training_view(.., Stage::Valid)`).
+pub fn training_view_before_tail(
+    split: &Split,
+    inter: &Interactions,
+    n_items: u32,
+    tail: usize,
+) -> std::result::Result<TrainingView, RetrievalError> {
+    let mut offsets = vec![0u64];
+    let mut items = Vec::new();
+    let mut timestamps = Vec::new();
+    for u in 0..split.n_users() as u32 {
+        let train = split.train(u);
+        let keep = train.len().saturating_sub(tail);
+        items.extend_from_slice(&train[..keep]);
+        // `Split::train` is the start of the user's ordered interactions.
+        timestamps.extend_from_slice(&inter.timestamps_of(u)[..keep]);
+        offsets.push(items.len() as u64);
+    }
+    TrainingView::new(n_items, offsets, items, Some(timestamps))
 }
 
 /// Builds examples; see the module docs.
@@ -234,7 +271,8 @@ fn mix(mut z: u64) -> u64 {
 
 impl<'a> SftBuilder<'a> {
     /// `hard` must have been built from the training view of the validation stage
-    /// (`eval::training_view(.., Stage::Valid)`, every user's `Split::train`).
+    /// (`eval::training_view(.., Stage::Valid)`, every user's `Split::train`), or with
+    /// `cfg.tail > 0` from [`training_view_before_tail`] with the same tail.
     pub fn new(
         split: &'a Split,
         inter: &'a Interactions,
@@ -333,11 +371,7 @@ impl<'a> SftBuilder<'a> {
     /// The sequence `u`'s examples slide over: the training part, without the user's own
     /// validation and test items (which only a repeat could put there).
     pub fn sequence(&self, u: u32) -> Vec<u32> {
-        let held_out: Vec<u32> = [self.split.valid(u), self.split.test(u)]
-            .iter()
-            .flatten()
-            .map(|e| e.target)
-            .collect();
+        let held_out = self.held_out(u);
         self.split
             .train(u)
             .iter()
@@ -346,9 +380,19 @@ impl<'a> SftBuilder<'a> {
             .collect()
     }
 
+    /// `u`'s validation and test items.
+    fn held_out(&self, u: u32) -> Vec<u32> {
+        [self.split.valid(u), self.split.test(u)]
+            .iter()
+            .flatten()
+            .map(|e| e.target)
+            .collect()
+    }
+
     /// All of user `u`'s examples for `tasks`, tasks in the given order, positions ascending.
     pub fn user_examples(&self, u: u32, tasks: &[Task], seed: u64) -> Result<Vec<Example>> {
         let seq = self.sequence(u);
+        let first = self.first_position(u);
         let user_items: HashSet<u32> = self.inter.items_of(u).iter().copied().collect();
         let mut out = Vec::new();
         for &task in tasks {
@@ -361,7 +405,7 @@ impl<'a> SftBuilder<'a> {
             if in_retriever_order {
                 // Every position the retriever covers, then a seeded sample of them.
                 let mut kept = Vec::new();
-                for t in self.cfg.min_history..seq.len() {
+                for t in first..seq.len() {
                     if let Some(ex) = self.example(task, u, &seq, t, &user_items, &mut rng)? {
                         kept.push(ex);
                     }
@@ -376,7 +420,7 @@ impl<'a> SftBuilder<'a> {
                 out.extend(kept);
                 continue;
             }
-            let positions = self.positions(&seq, &mut rng);
+            let positions = self.positions(first, &seq, &mut rng);
             for t in positions {
                 if let Some(ex) = self.example(task, u, &seq, t, &user_items, &mut rng)? {
                     out.push(ex);
@@ -386,9 +430,26 @@ impl<'a> SftBuilder<'a> {
         Ok(out)
     }
 
+    /// The first position of `u`'s sequence an example may target: `min_history`, or with a
+    /// tail the first position after what the hard-negative retriever was fitted on.
+    fn first_position(&self, u: u32) -> usize {
+        if self.cfg.tail == 0 {
+            return self.cfg.min_history;
+        }
+        // The retriever saw `train[..cut]`; the sequence is `train` minus held-out repeats.
+        let train = self.split.train(u);
+        let cut = train.len().saturating_sub(self.cfg.tail);
+        let held_out = self.held_out(u);
+        let fitted = train[..cut]
+            .iter()
+            .filter(|i| !held_out.contains(i))
+            .count();
+        fitted.max(self.cfg.min_history)
+    }
+
     /// Target positions of one user and task.
-    fn positions(&self, seq: &[u32], rng: &mut StdRng) -> Vec<usize> {
-        let all: Vec<usize> = (self.cfg.min_history..seq.len()).collect();
+    fn positions(&self, first: usize, seq: &[u32], rng: &mut StdRng) -> Vec<usize> {
+        let all: Vec<usize> = (first..seq.len()).collect();
         let max = self.cfg.max_examples_per_user;
         if max == 0 || all.len() <= max {
             return all;
