@@ -17,8 +17,8 @@ use common::model_dir;
 use palr::chat::{ChatTemplate, Message};
 use palr::data::{Catalog, Dataset, InteractionsBuilder, Item, LoadOptions, Split, Stage};
 use palr::rank::{PromptBuilder, RankMode, RankerConfig};
-use palr::retrieval::{Retriever, RetrieverRegistry, RetrieverSpec};
-use palr::sft::{self, CandidateOrder, SftBuilder, SftConfig, Task};
+use palr::retrieval::{Retriever, RetrieverRegistry, RetrieverSpec, TrainingView};
+use palr::sft::{self, CandidateOrder, Example, SftBuilder, SftConfig, Task};
 use palr::tokenizer::Tokenizer;
 
 struct Model {
@@ -49,19 +49,27 @@ fn ml100k() -> (Dataset, Split) {
     (ds, split)
 }
 
-/// item-kNN over every user's training part only.
-fn hard_negatives(ds: &Dataset, split: &Split) -> Arc<Retriever> {
-    let view = palr::eval::training_view(
+/// Every user's training part (what `palr sft-data` fits its hard-negative retriever on).
+fn train_view(ds: &Dataset, split: &Split) -> TrainingView {
+    palr::eval::training_view(
         split,
         &ds.interactions,
         ds.catalog.len() as u32,
         Stage::Valid,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The retriever plugin `library` fitted on `view`.
+fn retriever_on(view: TrainingView, library: &str) -> Arc<Retriever> {
     let reg = RetrieverRegistry::new(Arc::new(view));
-    reg.load(&RetrieverSpec::new("knn", "palr_retriever_itemknn", "{}"))
-        .unwrap();
-    reg.get("knn").unwrap()
+    reg.load(&RetrieverSpec::new("r", library, "{}")).unwrap();
+    reg.get("r").unwrap()
+}
+
+/// item-kNN over every user's training part only.
+fn hard_negatives(ds: &Dataset, split: &Split) -> Arc<Retriever> {
+    retriever_on(train_view(ds, split), "palr_retriever_itemknn")
 }
 
 fn config(max: usize) -> SftConfig {
@@ -278,20 +286,34 @@ fn retrieval_examples_are_the_serving_prompt() {
     assert!(checked >= 10);
 }
 
-/// Markov over every user's training part only (what `palr sft-data` builds for hard
-/// negatives).
-fn markov(ds: &Dataset, split: &Split) -> Arc<Retriever> {
-    let view = palr::eval::training_view(
-        split,
-        &ds.interactions,
-        ds.catalog.len() as u32,
-        Stage::Valid,
-    )
-    .unwrap();
-    let reg = RetrieverRegistry::new(Arc::new(view));
-    reg.load(&RetrieverSpec::new("markov", "palr_retriever_markov", "{}"))
+/// Where user `u`'s example `ex` sits in the sequence `seq` (its target's position), and the
+/// list the ranker would be served for the history before it: `r`'s top 20, the user's
+/// other items left out.
+fn served_list(
+    r: &Retriever,
+    ds: &Dataset,
+    u: u32,
+    seq: &[u32],
+    ex: &Example,
+) -> (usize, Vec<u32>) {
+    let n = ex.history.len();
+    let t = n + seq
+        .windows(n + 1)
+        .rposition(|w| w[..n] == ex.history[..] && w[n] == ex.targets[0])
         .unwrap();
-    reg.get("markov").unwrap()
+    let user_items: HashSet<u32> = ds.interactions.items_of(u).iter().copied().collect();
+    let mut exclude = seq[..t].to_vec();
+    exclude.sort_unstable();
+    exclude.dedup();
+    let list = r
+        .retrieve(&seq[..t], 2000, &exclude)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i)
+        .filter(|i| ex.targets.contains(i) || !user_items.contains(i))
+        .take(20)
+        .collect();
+    (t, list)
 }
 
 /// `retriever` lists are the retriever's own top 20 for the history in its order (the
@@ -302,7 +324,7 @@ fn markov(ds: &Dataset, split: &Split) -> Arc<Retriever> {
 fn retriever_lists_in_served_and_shuffled_order() {
     let m = model();
     let (ds, split) = ml100k();
-    let mk = markov(&ds, &split);
+    let mk = retriever_on(train_view(&ds, &split), "palr_retriever_markov");
     let labels: Vec<char> = m.ranker.prompt.score_labels.chars().collect();
     let (mut checked, mut reordered) = (0, 0);
     for order in [CandidateOrder::Retriever, CandidateOrder::RetrieverShuffled] {
@@ -320,28 +342,12 @@ fn retriever_lists_in_served_and_shuffled_order() {
         )
         .unwrap();
         for u in [0u32, 5, 42, 300, 900] {
-            let user_items: HashSet<u32> = ds.interactions.items_of(u).iter().copied().collect();
             let seq = b.sequence(u);
             for ex in b
                 .user_examples(u, &[Task::RecommendRetrievalScore], 1)
                 .unwrap()
             {
-                let n = ex.history.len();
-                let t = n + seq
-                    .windows(n + 1)
-                    .position(|w| w[..n] == ex.history[..] && w[n] == ex.targets[0])
-                    .unwrap();
-                let mut exclude = seq[..t].to_vec();
-                exclude.sort_unstable();
-                exclude.dedup();
-                let served: Vec<u32> = mk
-                    .retrieve(&seq[..t], 2000, &exclude)
-                    .unwrap()
-                    .into_iter()
-                    .map(|(i, _)| i)
-                    .filter(|i| ex.targets.contains(i) || !user_items.contains(i))
-                    .take(20)
-                    .collect();
+                let (_, served) = served_list(&mk, &ds, u, &seq, &ex);
                 if order == CandidateOrder::Retriever {
                     assert_eq!(ex.candidates, served, "user {u}");
                 } else {
@@ -378,7 +384,8 @@ fn tail_examples_come_after_what_the_retriever_saw() {
     let (ds, split) = ml100k();
     let tail = 5;
     let n_items = ds.catalog.len() as u32;
-    let view = sft::training_view_before_tail(&split, &ds.interactions, n_items, tail).unwrap();
+    let view =
+        palr::eval::training_view_before_tail(&split, &ds.interactions, n_items, tail).unwrap();
     for u in [0u32, 17, 942] {
         let (a, b) = (view.offsets()[u as usize], view.offsets()[u as usize + 1]);
         let train = split.train(u);
@@ -387,15 +394,11 @@ fn tail_examples_come_after_what_the_retriever_saw() {
             &train[..train.len() - tail]
         );
     }
-    let full = palr::eval::training_view(&split, &ds.interactions, n_items, Stage::Valid).unwrap();
     assert_eq!(
         view.n_interactions() + tail * split.n_users(),
-        full.n_interactions()
+        train_view(&ds, &split).n_interactions()
     );
-    let reg = RetrieverRegistry::new(Arc::new(view));
-    reg.load(&RetrieverSpec::new("markov", "palr_retriever_markov", "{}"))
-        .unwrap();
-    let mk = reg.get("markov").unwrap();
+    let mk = retriever_on(view, "palr_retriever_markov");
     let b = SftBuilder::new(
         &split,
         &ds.interactions,
@@ -413,33 +416,17 @@ fn tail_examples_come_after_what_the_retriever_saw() {
     let mut checked = 0;
     for u in 0..200u32 {
         let seq = b.sequence(u);
-        let user_items: HashSet<u32> = ds.interactions.items_of(u).iter().copied().collect();
         let examples = b
             .user_examples(u, &[Task::RecommendRetrievalScore], 1)
             .unwrap();
         assert!(examples.len() <= tail);
         for ex in examples {
-            let n = ex.history.len();
-            let t = n + seq
-                .windows(n + 1)
-                .rposition(|w| w[..n] == ex.history[..] && w[n] == ex.targets[0])
-                .unwrap();
+            let (t, served) = served_list(&mk, &ds, u, &seq, &ex);
             assert!(
                 t + tail >= seq.len(),
                 "user {u}: position {t} of {}",
                 seq.len()
             );
-            let mut exclude = seq[..t].to_vec();
-            exclude.sort_unstable();
-            exclude.dedup();
-            let served: Vec<u32> = mk
-                .retrieve(&seq[..t], 2000, &exclude)
-                .unwrap()
-                .into_iter()
-                .map(|(i, _)| i)
-                .filter(|i| ex.targets.contains(i) || !user_items.contains(i))
-                .take(20)
-                .collect();
             assert_eq!(ex.candidates, served, "user {u}");
             checked += 1;
         }

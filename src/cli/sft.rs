@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::eval::{DataArgs, RankerArgs, progress_bar};
-use crate::data::{Split, Stage};
-use crate::eval::training_view;
+use crate::data::Split;
+use crate::eval::training_view_before_tail;
 use crate::rank::PromptBuilder;
 use crate::retrieval::{RetrieverRegistry, RetrieverSpec};
 use crate::sft::{self, SftBuilder, SftConfig, Task};
@@ -100,12 +100,8 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     } else {
         // Built from every user's training part only (the validation stage's view), without
         // the tail examples are made from when there is one.
-        let n_items = ds.catalog.len() as u32;
-        let view = if cfg.tail == 0 {
-            training_view(&split, &ds.interactions, n_items, Stage::Valid)?
-        } else {
-            sft::training_view_before_tail(&split, &ds.interactions, n_items, cfg.tail)?
-        };
+        let view =
+            training_view_before_tail(&split, &ds.interactions, ds.catalog.len() as u32, cfg.tail)?;
         let reg = RetrieverRegistry::new(Arc::new(view));
         reg.load(&RetrieverSpec::new(
             "hard-negatives",

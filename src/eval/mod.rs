@@ -35,7 +35,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::data::{Catalog, DataError, Interactions, Split, Stage};
+use crate::data::{Catalog, DataError, Interactions, Sequences, Split, Stage};
 use crate::rank::{RankError, RankMode, RankRequest, RankTimings, Ranker};
 use crate::retrieval::{RetrievalError, RetrieverRegistry, RetrieverSpec, TrainingView};
 
@@ -249,7 +249,28 @@ pub fn training_view(
     n_items: u32,
     stage: Stage,
 ) -> Result<TrainingView> {
-    let rows = split.histories(stage);
+    view_of_prefixes(&split.histories(stage), inter, n_items)
+}
+
+/// The training data of `palr sft-data --tail N`'s list-making retriever: every user's
+/// training part ([`Split::train`]) without its last `tail` items (`tail = 0`: the training
+/// view of [`Stage::Valid`]), with their timestamps.
+pub fn training_view_before_tail(
+    split: &Split,
+    inter: &Interactions,
+    n_items: u32,
+    tail: usize,
+) -> Result<TrainingView> {
+    let rows = Sequences::from_slices((0..split.n_users() as u32).map(|u| {
+        let train = split.train(u);
+        &train[..train.len().saturating_sub(tail)]
+    }));
+    view_of_prefixes(&rows, inter, n_items)
+}
+
+/// A retriever's view of `rows`, one per user, each the beginning of that user's ordered
+/// interactions, with their timestamps.
+fn view_of_prefixes(rows: &Sequences, inter: &Interactions, n_items: u32) -> Result<TrainingView> {
     let mut timestamps = Vec::with_capacity(rows.items().len());
     for (u, row) in rows.iter() {
         let full = inter.items_of(u);

@@ -141,6 +141,32 @@ impl Default for RankerConfig {
 /// Placeholders of [`RankerConfig::item_line`].
 const ITEM_LINE_FIELDS: [&str; 3] = ["{title}", "{year}", "{genres}"];
 
+/// `line` with each placeholder of [`ITEM_LINE_FIELDS`] replaced by the value at its index,
+/// filled piece by piece so that a value is never re-read as a placeholder; and whether an
+/// unknown `{` placeholder was met (kept as written).
+fn fill_item_line(line: &str, values: [&str; 3]) -> (String, bool) {
+    let mut out = String::with_capacity(line.len() + values.iter().map(|v| v.len()).sum::<usize>());
+    let mut unknown = false;
+    let mut rest = line;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        match ITEM_LINE_FIELDS.iter().position(|f| tail.starts_with(f)) {
+            Some(i) => {
+                out.push_str(values[i]);
+                rest = &tail[ITEM_LINE_FIELDS[i].len()..];
+            }
+            None => {
+                unknown = true;
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, unknown)
+}
+
 impl RankerConfig {
     /// Checks `item_line`: it names `{title}`, only known placeholders, and stays on one line.
     pub fn check_item_line(&self) -> Result<(), RankError> {
@@ -156,15 +182,8 @@ impl RankerConfig {
         if line.contains('\n') || line.contains('\r') {
             return bad("must be a single line");
         }
-        let mut rest = line.as_str();
-        while let Some(at) = rest.find('{') {
-            let tail = &rest[at..];
-            match ITEM_LINE_FIELDS.iter().find(|f| tail.starts_with(**f)) {
-                Some(f) => rest = &tail[f.len()..],
-                None => {
-                    return bad("has an unknown placeholder (known: {title}, {year}, {genres})");
-                }
-            }
+        if fill_item_line(line, ["", "", ""]).1 {
+            return bad("has an unknown placeholder (known: {title}, {year}, {genres})");
         }
         Ok(())
     }
@@ -195,26 +214,7 @@ impl RankerConfig {
             .map(|y| y.to_string())
             .unwrap_or_default();
         let genres = it.map(|i| i.genres.join(", ")).unwrap_or_default();
-        // Fill the template piece by piece, so text inside a title is never re-read as a
-        // placeholder.
-        let mut out = String::with_capacity(self.item_line.len() + title.len() + 32);
-        let mut rest = self.item_line.as_str();
-        while let Some(at) = rest.find('{') {
-            out.push_str(&rest[..at]);
-            let tail = &rest[at..];
-            let (field, value) = if tail.starts_with("{title}") {
-                ("{title}", title.as_str())
-            } else if tail.starts_with("{year}") {
-                ("{year}", year.as_str())
-            } else if tail.starts_with("{genres}") {
-                ("{genres}", genres.as_str())
-            } else {
-                ("{", "{")
-            };
-            out.push_str(value);
-            rest = &tail[field.len()..];
-        }
-        out.push_str(rest);
+        let (mut out, _) = fill_item_line(&self.item_line, [&title, &year, &genres]);
         if year.is_empty() || genres.is_empty() {
             for empty in ["()", "[]"] {
                 out = out.replace(empty, "");

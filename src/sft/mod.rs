@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::Message;
 use crate::data::{Catalog, Interactions, Split};
 use crate::rank::{PromptBuilder, RankMode, RankerConfig};
-use crate::retrieval::{RetrievalError, Retriever, TrainingView};
+use crate::retrieval::{RetrievalError, Retriever};
 
 /// Errors of the fine-tuning data builder.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,8 @@ pub struct SftConfig {
     /// user's whole training part — so an example's own transition (last item → target) is
     /// in the retriever's counts, which puts targets higher in its lists than at serving
     /// time. N > 0: examples only from each user's last N training positions, with a
-    /// retriever fitted on what comes before them ([`training_view_before_tail`]), so every
+    /// retriever fitted on what comes before them
+    /// ([`crate::eval::training_view_before_tail`]), so every
     /// list is made as at serving time: by a retriever that never saw the target.
     pub tail: usize,
 }
@@ -222,29 +223,6 @@ pub struct Example {
     pub messages: Vec<Message>,
 }
 
-/// The hard-negative retriever's training data for [`SftConfig::tail`] `tail`: every user's
-/// training part without its last `tail` items (`tail = 0`: the whole training part, as
-/// `eval::training_view(.., Stage::Valid)`).
-pub fn training_view_before_tail(
-    split: &Split,
-    inter: &Interactions,
-    n_items: u32,
-    tail: usize,
-) -> std::result::Result<TrainingView, RetrievalError> {
-    let mut offsets = vec![0u64];
-    let mut items = Vec::new();
-    let mut timestamps = Vec::new();
-    for u in 0..split.n_users() as u32 {
-        let train = split.train(u);
-        let keep = train.len().saturating_sub(tail);
-        items.extend_from_slice(&train[..keep]);
-        // `Split::train` is the start of the user's ordered interactions.
-        timestamps.extend_from_slice(&inter.timestamps_of(u)[..keep]);
-        offsets.push(items.len() as u64);
-    }
-    TrainingView::new(n_items, offsets, items, Some(timestamps))
-}
-
 /// Builds examples; see the module docs.
 pub struct SftBuilder<'a> {
     split: &'a Split,
@@ -272,7 +250,7 @@ fn mix(mut z: u64) -> u64 {
 impl<'a> SftBuilder<'a> {
     /// `hard` must have been built from the training view of the validation stage
     /// (`eval::training_view(.., Stage::Valid)`, every user's `Split::train`), or with
-    /// `cfg.tail > 0` from [`training_view_before_tail`] with the same tail.
+    /// `cfg.tail > 0` from [`crate::eval::training_view_before_tail`] with the same tail.
     pub fn new(
         split: &'a Split,
         inter: &'a Interactions,
