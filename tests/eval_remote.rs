@@ -13,6 +13,7 @@ use palr::data::{Catalog, Dataset, LoadOptions, Split, Stage};
 use palr::eval::remote::RemoteBackend;
 use palr::eval::{
     self, Backend, EvalOptions, LlmRanking, LocalBackend, Method, Report, Result as EvalResult,
+    ViewStage,
 };
 use palr::proto::v1 as pb;
 use palr::proto::v1::recommender_server::{Recommender, RecommenderServer};
@@ -159,6 +160,8 @@ impl Recommender for Mock {
             max_num_candidates: 200,
             max_k: 50,
             adapters: vec!["same".into()],
+            training_view_stage: self.registry.view().stage().into(),
+            training_view_fingerprint: self.registry.view().fingerprint().into(),
             ..Default::default()
         }))
     }
@@ -189,8 +192,8 @@ impl Backend for Reverse {
     fn describe(&self) -> String {
         "reverse".into()
     }
-    fn training_stage(&self) -> Option<Stage> {
-        self.0.training_stage()
+    fn training_view(&self) -> Option<(String, String)> {
+        self.0.training_view()
     }
     fn check(&self, _: &[Method], _: usize, _: usize) -> EvalResult<()> {
         Ok(())
@@ -238,13 +241,13 @@ fn setup() -> Setup {
 impl Setup {
     /// A server whose retrievers are built, as they must be, on the test split's view.
     fn server(&self, fault: Fault) -> SocketAddr {
-        let view = eval::training_view(
-            &self.split,
-            &self.ds.interactions,
-            self.ds.catalog.len() as u32,
-            Stage::Test,
-        )
-        .unwrap();
+        self.server_on(fault, ViewStage::Test)
+    }
+
+    /// A server whose retrievers learn from `view`.
+    fn server_on(&self, fault: Fault, view: ViewStage) -> SocketAddr {
+        let view = eval::training_view(&self.split, &self.ds.interactions, &self.ds.catalog, view)
+            .unwrap();
         let registry = RetrieverRegistry::new(Arc::new(view));
         registry.load_all(&self.specs).unwrap();
         serve(Mock {
@@ -338,6 +341,20 @@ fn setup_mistakes_are_named_before_any_user_runs() {
     let other = s.connect(s.server(Fault::OtherCatalog));
     let e = s.eval(&other, "markov").unwrap_err().to_string();
     assert!(e.contains("serve the same data set"), "{e}");
+
+    // A server whose retrievers learnt from every interaction (the default `training =
+    // "all"`) has seen the test targets: refused, with the setting that fixes it. So is one
+    // built on the validation view.
+    for (view, got) in [(ViewStage::All, "all"), (ViewStage::Valid, "valid")] {
+        let leaky = s.connect(s.server_on(Fault::None, view));
+        let e = s.eval(&leaky, "markov").unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("learn from the {got} view"))
+                && e.contains("training = \"test\"")
+                && e.contains("PALR_RETRIEVAL__TRAINING=test"),
+            "{e}"
+        );
+    }
 
     // Nobody listening.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -458,3 +458,180 @@ fn concurrent_retrieval_matches_sequential() {
     // Histories have at most 4 of the 8 items, so every call reaches a plugin and is counted.
     assert_eq!(calls, 8 * 200 + 3 * 32);
 }
+
+/// The view with the catalogue (ids, titles, years, genres), user ids and a stage.
+fn view_with_items(stage: &str) -> Arc<TrainingView> {
+    let catalog = palr::data::Catalog::from_items(
+        (0..8)
+            .map(|i| {
+                let mut it = palr::data::Item::new(format!("m{i}"), &format!("Movie {i}"));
+                if i == 0 {
+                    it.year = Some(1995);
+                    it.genres = vec!["Action".into(), "Crime".into()];
+                }
+                it
+            })
+            .collect(),
+    )
+    .unwrap();
+    let v = Arc::try_unwrap(view()).unwrap();
+    let users = (0..v.n_users()).map(|u| format!("u{u}")).collect();
+    Arc::new(
+        v.with_items(palr::retrieval::item_table(&catalog))
+            .unwrap()
+            .with_user_ids(users)
+            .unwrap()
+            .with_stage(stage),
+    )
+}
+
+#[test]
+fn item_data_and_the_views_identity_reach_the_plugin() {
+    let view = view_with_items("valid");
+    let reg = RetrieverRegistry::new(Arc::clone(&view));
+    let info = reg
+        .load(&RetrieverSpec::new("tk", "palr_retriever_testkit", "{}"))
+        .unwrap();
+    // The testkit's note echoes what the SDK read through the ABI.
+    assert_eq!(
+        info.note.as_deref().unwrap(),
+        format!(
+            "stage=valid fingerprint={} user0=u0 item0=m0|Movie 0|Some(1995)|Action,Crime",
+            view.fingerprint()
+        )
+    );
+    assert_eq!(info.view_stage, "valid");
+    assert_eq!((info.trained_on, info.stale_snapshot), (None, false));
+    assert_eq!(info.abi_version, 2);
+}
+
+#[test]
+fn pre_trained_state_from_another_view_is_refused_unless_serving() {
+    let trained =
+        |fp: &str| format!(r#"{{"trained_on": {{"stage": "test", "fingerprint": "{fp}"}}}}"#);
+    let other = "ab".repeat(32);
+    // An evaluation view: weights fitted elsewhere may have seen its targets.
+    let reg = RetrieverRegistry::new(view_with_items("valid"));
+    let e = reg
+        .load(&RetrieverSpec::new(
+            "tk",
+            "palr_retriever_testkit",
+            trained(&other),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(e, RetrievalError::TrainedOnOtherView { .. }),
+        "{e}"
+    );
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("fitted on the view test (abababababab)")
+            && msg.contains("given the view valid")
+            && msg.contains("palr data export-view"),
+        "{msg}"
+    );
+    assert!(reg.names().is_empty(), "nothing is registered");
+    // Fitted on exactly this view: fine.
+    let info = reg
+        .load(&RetrieverSpec::new(
+            "tk",
+            "palr_retriever_testkit",
+            trained("view"),
+        ))
+        .unwrap();
+    assert_eq!(
+        info.trained_on.unwrap().fingerprint,
+        reg.view().fingerprint()
+    );
+    assert!(!info.stale_snapshot);
+    // Serving on all interactions: an older snapshot is allowed and reported.
+    let reg = RetrieverRegistry::new(view_with_items("all"));
+    let info = reg
+        .load(&RetrieverSpec::new(
+            "tk",
+            "palr_retriever_testkit",
+            trained(&other),
+        ))
+        .unwrap();
+    assert!(info.stale_snapshot);
+    assert_eq!(info.trained_on.unwrap().stage, "test");
+    // `describe` must write JSON of the documented shape.
+    let e = reg
+        .load(&RetrieverSpec::new(
+            "raw",
+            "palr_retriever_testkit_raw",
+            "bad_describe",
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(e, RetrievalError::Contract { .. }) && e.to_string().contains("not a JSON object"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fusions_merge_loaded_retrievers_by_name() {
+    use palr::retrieval::{FusionMethod, FusionSpec};
+    for lib in ["palr_retriever_popularity", "palr_retriever_markov"] {
+        require_built(lib);
+    }
+    let reg = registry();
+    reg.load_all(&[
+        RetrieverSpec::new("pop", "palr_retriever_popularity", ""),
+        RetrieverSpec::new("markov", "palr_retriever_markov", ""),
+    ])
+    .unwrap();
+    let mut spec = FusionSpec::new("blend", FusionMethod::Rrf, &["pop", "markov"]);
+    spec.weights = vec![0.5, 1.0];
+    spec.depth = 8;
+    reg.add_fusion(spec.clone()).unwrap();
+    assert_eq!(reg.names(), ["blend", "markov", "pop"]);
+    // What the fusion returns is the merge of what its members return at its depth.
+    let history = [0u32, 1];
+    let lists: Vec<_> = ["pop", "markov"]
+        .iter()
+        .map(|m| reg.retrieve(m, &history, 8, &[3]).unwrap())
+        .collect();
+    let fused = reg.retrieve("blend", &history, 4, &[3]).unwrap();
+    assert_eq!(fused, spec.merge(&lists, 4));
+    assert!(fused.iter().all(|(i, _)| !history.contains(i) && *i != 3));
+    // Mistakes are named.
+    let bad = |s: FusionSpec| reg.add_fusion(s).unwrap_err().to_string();
+    assert!(
+        bad(FusionSpec::new("b2", FusionMethod::Rrf, &["pop", "nope"]))
+            .contains("\"nope\" is not a loaded retriever")
+    );
+    assert!(
+        bad(FusionSpec::new("b3", FusionMethod::Rrf, &["pop", "blend"])).contains("is a fusion")
+    );
+    assert!(
+        bad(FusionSpec::new(
+            "pop",
+            FusionMethod::Rrf,
+            &["pop", "markov"]
+        ))
+        .contains("plugin has this name")
+    );
+    let e = reg
+        .load(&RetrieverSpec::new(
+            "blend",
+            "palr_retriever_popularity",
+            "",
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("a fusion has this name"), "{e}");
+    // A member that goes away makes the fusion fail clearly.
+    assert!(reg.remove("markov"));
+    let e = reg.retrieve("blend", &history, 4, &[]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("member \"markov\" is no longer loaded"),
+        "{e}"
+    );
+    let e = reg.retrieve("nothing", &history, 4, &[]).unwrap_err();
+    assert!(
+        e.to_string().contains("blend"),
+        "not-found lists fusions too: {e}"
+    );
+}

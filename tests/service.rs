@@ -335,6 +335,7 @@ fn retrieve_excludes_history_old_and_new_and_exclusions() {
                     num_candidates: 40,
                     retriever: retriever.into(),
                     exclude: exclude.clone(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -51,13 +51,7 @@ fn ml100k() -> (Dataset, Split) {
 
 /// Every user's training part (what `palr sft-data` fits its hard-negative retriever on).
 fn train_view(ds: &Dataset, split: &Split) -> TrainingView {
-    palr::eval::training_view(
-        split,
-        &ds.interactions,
-        ds.catalog.len() as u32,
-        Stage::Valid,
-    )
-    .unwrap()
+    palr::eval::training_view(split, &ds.interactions, &ds.catalog, Stage::Valid).unwrap()
 }
 
 /// The retriever plugin `library` fitted on `view`.
@@ -383,9 +377,8 @@ fn tail_examples_come_after_what_the_retriever_saw() {
     let m = model();
     let (ds, split) = ml100k();
     let tail = 5;
-    let n_items = ds.catalog.len() as u32;
     let view =
-        palr::eval::training_view_before_tail(&split, &ds.interactions, n_items, tail).unwrap();
+        palr::eval::training_view_before_tail(&split, &ds.interactions, &ds.catalog, tail).unwrap();
     for u in [0u32, 17, 942] {
         let (a, b) = (view.offsets()[u as usize], view.offsets()[u as usize + 1]);
         let train = split.train(u);

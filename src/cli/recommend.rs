@@ -171,6 +171,8 @@ async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
                 num_candidates: args.num_candidates,
                 retriever: args.retriever.clone(),
                 exclude: args.exclude.clone(),
+                user_id: args.user_id.clone(),
+                history_timestamps: Vec::new(),
             })
             .await?;
         if args.json {
@@ -192,18 +194,17 @@ async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
     }
     let r = if args.candidates.is_empty() {
         client
-            .recommend(
-                &RecommendParams {
-                    history: args.history.clone(),
-                    k: args.k,
-                    retriever: args.retriever.clone(),
-                    num_candidates: args.num_candidates,
-                    adapter: args.adapter.clone(),
-                    mode: args.mode,
-                    exclude: args.exclude.clone(),
-                },
-                &args.user_id,
-            )
+            .recommend(&RecommendParams {
+                history: args.history.clone(),
+                k: args.k,
+                retriever: args.retriever.clone(),
+                num_candidates: args.num_candidates,
+                adapter: args.adapter.clone(),
+                mode: args.mode,
+                exclude: args.exclude.clone(),
+                user_id: args.user_id.clone(),
+                history_timestamps: Vec::new(),
+            })
             .await?
     } else {
         client

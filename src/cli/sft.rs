@@ -100,8 +100,7 @@ pub fn run(args: &SftArgs) -> anyhow::Result<()> {
     } else {
         // Built from every user's training part only (the validation stage's view), without
         // the tail examples are made from when there is one.
-        let view =
-            training_view_before_tail(&split, &ds.interactions, ds.catalog.len() as u32, cfg.tail)?;
+        let view = training_view_before_tail(&split, &ds.interactions, &ds.catalog, cfg.tail)?;
         let reg = RetrieverRegistry::new(Arc::new(view));
         reg.load(&RetrieverSpec::new(
             "hard-negatives",

@@ -222,9 +222,77 @@ pub fn mode_name(mode: RankMode) -> &'static str {
 
 /// `valid` / `test`.
 pub fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Valid => "valid",
-        Stage::Test => "test",
+    ViewStage::from(stage).name()
+}
+
+/// Which interactions a retriever learns from: the evaluation views of the leave-one-out
+/// protocol, or everything (serving). The name is the view's stage as plugins see it
+/// (`palr_retriever_sdk::abi`); the server's `retrieval.training` takes it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViewStage {
+    /// Every user's training part ([`Split::train`]): what a validation evaluation's
+    /// retrievers may learn from.
+    #[serde(alias = "train-split")]
+    Valid,
+    /// The training parts plus each user's validation item ([`Split::histories`] at
+    /// [`Stage::Test`]): what a test evaluation's retrievers may learn from.
+    #[serde(alias = "test-split")]
+    Test,
+    /// Every interaction (serving; never for evaluation).
+    All,
+}
+
+impl ViewStage {
+    /// Every stage, in the order above.
+    pub const ALL: [ViewStage; 3] = [ViewStage::Valid, ViewStage::Test, ViewStage::All];
+
+    /// `valid`, `test` or `all`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewStage::Valid => "valid",
+            ViewStage::Test => "test",
+            ViewStage::All => palr_retriever_sdk::abi::STAGE_ALL,
+        }
+    }
+
+    /// The evaluation stage whose targets this view leaves out, if any.
+    pub fn evaluates(self) -> Option<Stage> {
+        match self {
+            ViewStage::Valid => Some(Stage::Valid),
+            ViewStage::Test => Some(Stage::Test),
+            ViewStage::All => None,
+        }
+    }
+}
+
+impl From<Stage> for ViewStage {
+    fn from(stage: Stage) -> Self {
+        match stage {
+            Stage::Valid => ViewStage::Valid,
+            Stage::Test => ViewStage::Test,
+        }
+    }
+}
+
+impl FromStr for ViewStage {
+    type Err = EvalError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "valid" | "train-split" => Ok(ViewStage::Valid),
+            "test" | "test-split" => Ok(ViewStage::Test),
+            "all" => Ok(ViewStage::All),
+            other => Err(EvalError::Config(format!(
+                "unknown view stage {other:?}: use valid, test or all"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ViewStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -239,38 +307,55 @@ pub fn training_view_description(stage: Stage) -> &'static str {
     }
 }
 
-/// The interactions a retriever may learn from before being evaluated at `stage`
-/// ([`Split::histories`]), with their timestamps. Every user's row is the beginning of that
-/// user's ordered sequence and, for users with targets, exactly the history the user is
-/// evaluated with at `stage`: it ends before the target's position.
+/// The interactions a retriever may learn from at `stage`, with their timestamps, the
+/// catalogue's item data, the users' ids and the stage's name. For an evaluation stage every
+/// user's row is the beginning of that user's ordered sequence and, for users with targets,
+/// exactly the history the user is evaluated with ([`Split::histories`]): it ends before the
+/// target's position. [`ViewStage::All`] holds every interaction.
 pub fn training_view(
     split: &Split,
     inter: &Interactions,
-    n_items: u32,
-    stage: Stage,
+    catalog: &Catalog,
+    stage: impl Into<ViewStage>,
 ) -> Result<TrainingView> {
-    view_of_prefixes(&split.histories(stage), inter, n_items)
+    let stage = stage.into();
+    let rows = match stage.evaluates() {
+        Some(s) => split.histories(s),
+        None => inter.sequences().clone(),
+    };
+    view_of_prefixes(&rows, inter, catalog, stage.name())
 }
 
 /// The training data of `palr sft-data --tail N`'s list-making retriever: every user's
 /// training part ([`Split::train`]) without its last `tail` items (`tail = 0`: the training
-/// view of [`Stage::Valid`]), with their timestamps.
+/// view of [`Stage::Valid`]), with their timestamps; its stage is `valid-before-tail-N`.
 pub fn training_view_before_tail(
     split: &Split,
     inter: &Interactions,
-    n_items: u32,
+    catalog: &Catalog,
     tail: usize,
 ) -> Result<TrainingView> {
     let rows = Sequences::from_slices((0..split.n_users() as u32).map(|u| {
         let train = split.train(u);
         &train[..train.len().saturating_sub(tail)]
     }));
-    view_of_prefixes(&rows, inter, n_items)
+    let stage = match tail {
+        0 => ViewStage::Valid.name().to_owned(),
+        n => format!("valid-before-tail-{n}"),
+    };
+    view_of_prefixes(&rows, inter, catalog, &stage)
 }
 
 /// A retriever's view of `rows`, one per user, each the beginning of that user's ordered
-/// interactions, with their timestamps.
-fn view_of_prefixes(rows: &Sequences, inter: &Interactions, n_items: u32) -> Result<TrainingView> {
+/// interactions, with their timestamps, item data and user ids.
+fn view_of_prefixes(
+    rows: &Sequences,
+    inter: &Interactions,
+    catalog: &Catalog,
+    stage: &str,
+) -> Result<TrainingView> {
+    let n_items = u32::try_from(catalog.len())
+        .map_err(|_| EvalError::Config("more than u32::MAX items".into()))?;
     let mut timestamps = Vec::with_capacity(rows.items().len());
     for (u, row) in rows.iter() {
         let full = inter.items_of(u);
@@ -289,7 +374,10 @@ fn view_of_prefixes(rows: &Sequences, inter: &Interactions, n_items: u32) -> Res
         rows.offsets().to_vec(),
         rows.items().to_vec(),
         Some(timestamps),
-    )?)
+    )?
+    .with_items(crate::retrieval::item_table(catalog))?
+    .with_user_ids(inter.user_ids().to_vec())?
+    .with_stage(stage))
 }
 
 /// The users evaluated at `stage` (those with a target), all of them or `n` drawn without
@@ -355,8 +443,10 @@ impl LlmRanking {
 pub trait Backend {
     /// What runs (for the report).
     fn describe(&self) -> String;
-    /// The stage the retrievers' training view was built for, when known (in process).
-    fn training_stage(&self) -> Option<Stage>;
+    /// The view of the data the retrievers learn from: its stage and fingerprint, when the
+    /// backend can tell. An evaluation runs only when it is exactly the evaluated stage's
+    /// view ([`training_view`]): a retriever that learnt from more has seen the targets.
+    fn training_view(&self) -> Option<(String, String)>;
     /// Checks that every method can run (retrievers and adapters exist, limits allow `depth`
     /// and `candidates`) before any user is evaluated.
     fn check(&self, methods: &[Method], depth: usize, candidates: usize) -> Result<()>;
@@ -376,7 +466,6 @@ pub trait Backend {
 /// In-process backend: retriever plugins over a training view built by [`training_view`],
 /// and rankers keyed by adapter (`None` = the base model).
 pub struct LocalBackend {
-    stage: Stage,
     registry: RetrieverRegistry,
     rankers: BTreeMap<Option<String>, Arc<Ranker>>,
 }
@@ -390,13 +479,10 @@ impl LocalBackend {
         stage: Stage,
         specs: &[RetrieverSpec],
     ) -> Result<Self> {
-        let n_items = u32::try_from(catalog.len())
-            .map_err(|_| EvalError::Config("more than u32::MAX items".into()))?;
-        let view = training_view(split, inter, n_items, stage)?;
+        let view = training_view(split, inter, catalog, stage)?;
         let registry = RetrieverRegistry::new(Arc::new(view));
         registry.load_all(specs)?;
         Ok(LocalBackend {
-            stage,
             registry,
             rankers: BTreeMap::new(),
         })
@@ -421,8 +507,9 @@ impl Backend for LocalBackend {
         "in process".into()
     }
 
-    fn training_stage(&self) -> Option<Stage> {
-        Some(self.stage)
+    fn training_view(&self) -> Option<(String, String)> {
+        let v = self.registry.view();
+        Some((v.stage().to_owned(), v.fingerprint().to_owned()))
     }
 
     fn check(&self, methods: &[Method], _depth: usize, candidates: usize) -> Result<()> {
@@ -546,6 +633,36 @@ pub fn merge_llm_order(retrieved: &[u32], n_candidates: usize, llm: &[u32]) -> R
     Ok(out)
 }
 
+/// Refuses a backend whose retrievers did not learn from exactly `expected`, the training view
+/// of the evaluated `stage`.
+fn check_training_view(backend: &dyn Backend, expected: &TrainingView, stage: Stage) -> Result<()> {
+    let split = stage_name(stage);
+    let short = |fp: &str| fp[..fp.len().min(12)].to_owned();
+    match backend.training_view() {
+        Some((_, fp)) if fp == expected.fingerprint() => Ok(()),
+        Some((got, fp)) => Err(EvalError::Config(format!(
+            "the retrievers learn from the {got} view ({}) but the {split} split must be \
+             evaluated with retrievers built on the {split} view ({}): a retriever that learnt \
+             from other interactions may have seen the targets. {}",
+            short(&fp),
+            short(expected.fingerprint()),
+            if backend.describe().starts_with("server") {
+                format!(
+                    "Serve the same data set with `[retrieval] training = \"{split}\"` \
+                     (PALR_RETRIEVAL__TRAINING={split})"
+                )
+            } else {
+                format!("Build the retrievers on the {split} view")
+            }
+        ))),
+        None => Err(EvalError::Config(format!(
+            "{} does not say which interactions its retrievers learn from (an older palr?), \
+             so the {split} split cannot be checked for leaked targets",
+            backend.describe()
+        ))),
+    }
+}
+
 /// Runs the protocol of the module docs over `backend`; `progress(done, total)` is called after
 /// each user.
 pub fn evaluate(
@@ -570,15 +687,8 @@ pub fn evaluate(
             "--users must be at least 1 (leave it out to evaluate every user)".into(),
         ));
     }
-    if let Some(s) = backend.training_stage()
-        && s != opts.stage
-    {
-        return Err(EvalError::Config(format!(
-            "the retrievers were built for the {} split but the evaluation is on the {} split",
-            stage_name(s),
-            stage_name(opts.stage)
-        )));
-    }
+    let expected = training_view(split, inter, catalog, opts.stage)?;
+    check_training_view(backend, &expected, opts.stage)?;
     let depth = RETRIEVE_DEPTH.max(opts.candidates);
     backend.check(&opts.methods, depth, opts.candidates)?;
 
@@ -806,9 +916,9 @@ mod tests {
     #[test]
     fn training_view_rows_end_before_the_target() {
         let (cat, inter, split) = data(9, &[&[0, 1, 2, 3, 4], &[5, 6], &[7, 8, 0]]);
-        let n = cat.len() as u32;
-        let valid = training_view(&split, &inter, n, Stage::Valid).unwrap();
-        let test = training_view(&split, &inter, n, Stage::Test).unwrap();
+        let valid = training_view(&split, &inter, &cat, Stage::Valid).unwrap();
+        let test = training_view(&split, &inter, &cat, Stage::Test).unwrap();
+        let all = training_view(&split, &inter, &cat, ViewStage::All).unwrap();
         let row = |v: &TrainingView, u: usize| {
             let o = v.offsets();
             v.items()[o[u] as usize..o[u + 1] as usize].to_vec()
@@ -820,8 +930,23 @@ mod tests {
         assert_eq!(row(&test, 1), [5, 6]);
         assert_eq!(row(&valid, 2), [7]);
         assert_eq!(row(&test, 2), [7, 8]);
+        assert_eq!(all.items(), inter.sequences().items());
         // Timestamps run parallel (time = position in these sequences).
         assert_eq!(test.timestamps().unwrap(), [0, 1, 2, 3, 0, 1, 0, 1]);
+        // Each view names its stage and carries the catalogue and user ids; the fingerprints
+        // of the three views differ.
+        assert_eq!(
+            (valid.stage(), test.stage(), all.stage()),
+            ("valid", "test", "all")
+        );
+        assert_eq!(valid.user_ids().unwrap(), ["0", "1", "2"]);
+        assert_eq!(valid.item_data().unwrap().ids()[8], "8");
+        assert_ne!(valid.fingerprint(), test.fingerprint());
+        assert_ne!(test.fingerprint(), all.fingerprint());
+        for s in ViewStage::ALL {
+            assert_eq!(s.name().parse::<ViewStage>().unwrap(), s);
+        }
+        assert!("train".parse::<ViewStage>().is_err());
         assert_eq!(select_users(&split, Stage::Test, None, 0), [0, 2]);
         assert_eq!(select_users(&split, Stage::Test, Some(1), 3).len(), 1);
     }
@@ -829,7 +954,8 @@ mod tests {
     /// A backend with fixed lists: retrieval returns items by descending index, the LLM
     /// reverses the candidates.
     struct Fixed {
-        stage: Stage,
+        /// What `training_view` reports.
+        view: Option<(String, String)>,
         n_items: u32,
     }
 
@@ -837,8 +963,8 @@ mod tests {
         fn describe(&self) -> String {
             "fixed".into()
         }
-        fn training_stage(&self) -> Option<Stage> {
-            Some(self.stage)
+        fn training_view(&self) -> Option<(String, String)> {
+            self.view.clone()
         }
         fn check(&self, _: &[Method], _: usize, _: usize) -> Result<()> {
             Ok(())
@@ -882,8 +1008,12 @@ mod tests {
             seed: 0,
             per_user: true,
         };
+        let view_of = |stage: ViewStage| {
+            let v = training_view(&split, &inter, &cat, stage).unwrap();
+            Some((v.stage().to_owned(), v.fingerprint().to_owned()))
+        };
         let backend = Fixed {
-            stage: Stage::Test,
+            view: view_of(ViewStage::Test),
             n_items: 10,
         };
         let mut calls = Vec::new();
@@ -921,13 +1051,21 @@ mod tests {
         let md = rep.markdown();
         assert!(md.contains("| r+score |"), "{md}");
 
-        // A view built for another split is refused.
-        let wrong = Fixed {
-            stage: Stage::Valid,
-            n_items: 10,
-        };
-        let e = evaluate(&wrong, &split, &cat, &inter, &opts, &mut |_, _| {}).unwrap_err();
-        assert!(e.to_string().contains("built for the valid split"), "{e}");
+        // Retrievers built on another view are refused: one that learnt from more (all
+        // interactions: the test targets included) or less, or one that cannot tell.
+        for (view, needle) in [
+            (view_of(ViewStage::All), "learn from the all view"),
+            (view_of(ViewStage::Valid), "learn from the valid view"),
+            (None, "does not say which interactions"),
+        ] {
+            let wrong = Fixed { view, n_items: 10 };
+            let e = evaluate(&wrong, &split, &cat, &inter, &opts, &mut |_, _| {}).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(
+                e.to_string().contains("built on the test view") || wrong.view.is_none(),
+                "{e}"
+            );
+        }
         let zero = EvalOptions {
             users: Some(0),
             ..opts.clone()

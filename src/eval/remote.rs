@@ -7,8 +7,9 @@
 //! catalog's indices, and the server's catalog must be the same data set.
 //!
 //! The server's retrievers must have been built from the training view of the evaluated
-//! split (see [`super::training_view`]): the client cannot see the server's view, so this is
-//! the operator's responsibility and the report says `backend: server at ...`.
+//! split (see [`super::training_view`]): the server reports its view's stage and fingerprint
+//! in `GetModelInfo`, and the evaluation refuses a server whose view is not exactly the
+//! evaluated split's (e.g. one serving on all interactions, whose retrievers saw the targets).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Backend, EvalError, LlmRanking, Method, Result};
-use crate::data::{Catalog, Stage};
+use crate::data::Catalog;
 use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_client::RecommenderClient;
 use crate::rank::{RankMode, RankTimings};
@@ -120,8 +121,14 @@ impl Backend for RemoteBackend {
         )
     }
 
-    fn training_stage(&self) -> Option<Stage> {
-        None
+    fn training_view(&self) -> Option<(String, String)> {
+        let i = &self.info;
+        (!i.training_view_fingerprint.is_empty()).then(|| {
+            (
+                i.training_view_stage.clone(),
+                i.training_view_fingerprint.clone(),
+            )
+        })
     }
 
     fn check(&self, methods: &[Method], depth: usize, candidates: usize) -> Result<()> {
@@ -171,6 +178,8 @@ impl Backend for RemoteBackend {
 
     fn retrieve(&self, retriever: &str, history: &[u32], n: usize) -> Result<Vec<u32>> {
         let req = self.request(pb::RetrieveRequest {
+            user_id: String::new(),
+            history_timestamps: Vec::new(),
             history: self.ids(history),
             num_candidates: n as u32,
             retriever: retriever.to_owned(),

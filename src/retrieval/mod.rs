@@ -20,15 +20,19 @@
 //! - this module knows nothing of gRPC or the engine; [`RetrievalError::code`] gives the
 //!   transport layer a status class to map.
 
+pub mod fusion;
 mod library;
 mod registry;
 mod retriever;
 mod view;
 
+pub use fusion::{FusionMethod, FusionSpec};
 pub use palr_retriever_sdk::abi::ABI_VERSION;
-pub use registry::{RetrieverRegistry, RetrieverSpec, default_search_dirs, resolve_library};
-pub use retriever::{Retriever, RetrieverInfo, RetrieverStats};
-pub use view::TrainingView;
+pub use registry::{
+    RetrieverRegistry, RetrieverSpec, Source, default_search_dirs, resolve_library,
+};
+pub use retriever::{QueryContext, Retriever, RetrieverInfo, RetrieverStats, TrainedOn};
+pub use view::{TrainingView, item_table};
 
 use std::path::PathBuf;
 
@@ -118,12 +122,14 @@ pub enum RetrievalError {
     },
     /// The plugin speaks another ABI version.
     #[error(
-        "retriever `{name}`: ABI version mismatch for `{}`: host speaks {host}, {}",
+        "retriever `{name}`: ABI version mismatch for `{}`: host speaks {host}, {}; rebuild the \
+         plugin with {}",
         path.display(),
         match plugin {
             Some(v) => format!("plugin's table says {v}"),
             None => "plugin does not support it (entry returned null)".to_owned(),
-        }
+        },
+        palr_retriever_sdk::abi::sdk_for_abi(*host).unwrap_or("the SDK of the host's ABI version")
     )]
     AbiMismatch {
         /// The retriever's name.
@@ -155,6 +161,22 @@ pub enum RetrievalError {
         /// The plugin's message.
         message: String,
     },
+    /// The plugin's pre-trained state was fitted on another view than the evaluation view it
+    /// was given: it may have seen the targets.
+    #[error(
+        "retriever `{name}`: its pre-trained state was fitted on the view {trained_on}, but it \
+         was given the view {view}; a model fitted on other interactions than the evaluated \
+         view may have seen the targets. Train it on this view (`palr data export-view \
+         --stage STAGE`, then the plugin's trainer) or point it at weights for this view"
+    )]
+    TrainedOnOtherView {
+        /// The retriever's name.
+        name: String,
+        /// What the plugin declared, `stage (fingerprint prefix)`.
+        trained_on: String,
+        /// The view it was given, `stage (fingerprint prefix)`.
+        view: String,
+    },
     /// The plugin returned something the ABI forbids.
     #[error("retriever `{name}` broke the plugin ABI contract: {problem}")]
     Contract {
@@ -176,6 +198,7 @@ impl RetrievalError {
             | Self::LibraryNotFound { .. }
             | Self::Load { .. }
             | Self::AbiMismatch { .. }
+            | Self::TrainedOnOtherView { .. }
             | Self::Init { .. } => ErrorCode::FailedPrecondition,
             Self::Retrieve {
                 failure: PluginFailure::Error,
@@ -232,6 +255,14 @@ mod plugin_tests {
         );
         assert!(
             e.to_string().contains(&format!("table says {ABI_VERSION}")),
+            "{e}"
+        );
+        // The message names the SDK the host's version needs.
+        assert!(
+            e.to_string().contains(&format!(
+                "rebuild the plugin with {}",
+                palr_retriever_sdk::abi::sdk_for_abi(ABI_VERSION + 1).unwrap_or("the SDK")
+            )),
             "{e}"
         );
         // Nothing was registered, and the same libraries load fine at the right version.

@@ -7,7 +7,10 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use super::{ABI_VERSION, Result, RetrievalError, Retriever, RetrieverInfo, TrainingView};
+use super::fusion::FusionSpec;
+use super::{
+    ABI_VERSION, QueryContext, Result, RetrievalError, Retriever, RetrieverInfo, TrainingView,
+};
 
 /// One configured retriever: which library to load under which name, with which config.
 ///
@@ -131,7 +134,41 @@ pub fn resolve_library(path: &str, search_dirs: &[PathBuf]) -> Result<PathBuf, V
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// The loaded retrievers, shared by all request threads.
+/// What a name resolves to: a plugin, or a fusion of plugins (resolved when asked for, so
+/// a member's reload reaches the fusion's next call).
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// One plugin instance.
+    Plugin(Arc<Retriever>),
+    /// A fusion and its members' instances, in the spec's order.
+    Fusion(Arc<FusionSpec>, Vec<Arc<Retriever>>),
+}
+
+impl Source {
+    /// Up to `k` candidates for `history` (see [`Retriever::retrieve`]); a fusion asks each
+    /// member for `max(k, depth)` and merges ([`FusionSpec::merge`]).
+    pub fn retrieve_with(
+        &self,
+        history: &[u32],
+        k: usize,
+        exclude: &[u32],
+        ctx: &QueryContext<'_>,
+    ) -> Result<Vec<(u32, f32)>> {
+        match self {
+            Source::Plugin(r) => r.retrieve_with(history, k, exclude, ctx),
+            Source::Fusion(spec, members) => {
+                let depth = k.max(spec.depth);
+                let lists = members
+                    .iter()
+                    .map(|m| m.retrieve_with(history, depth, exclude, ctx))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(spec.merge(&lists, k))
+            }
+        }
+    }
+}
+
+/// The loaded retrievers and the fusions over them, shared by all request threads.
 ///
 /// Loading a name that is already loaded replaces it (a reload): requests already running
 /// finish on the old instance, which the plugin destroys when the last of them is done; the
@@ -140,6 +177,7 @@ pub struct RetrieverRegistry {
     view: Arc<TrainingView>,
     search_dirs: Vec<PathBuf>,
     retrievers: RwLock<BTreeMap<String, Arc<Retriever>>>,
+    fusions: RwLock<BTreeMap<String, Arc<FusionSpec>>>,
 }
 
 impl std::fmt::Debug for RetrieverRegistry {
@@ -163,6 +201,7 @@ impl RetrieverRegistry {
             view,
             search_dirs,
             retrievers: RwLock::new(BTreeMap::new()),
+            fusions: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -188,6 +227,12 @@ impl RetrieverRegistry {
         host_abi: u32,
     ) -> Result<RetrieverInfo> {
         spec.check_name()?;
+        if self.fusion_map().contains_key(&spec.name) {
+            return Err(RetrievalError::Config {
+                name: spec.name.clone(),
+                problem: "a fusion has this name already; give the retriever its own".into(),
+            });
+        }
         let path = resolve_library(&spec.path, &self.search_dirs).map_err(|tried| {
             RetrievalError::LibraryNotFound {
                 name: spec.name.clone(),
@@ -229,16 +274,60 @@ impl RetrieverRegistry {
         specs.iter().map(|s| self.load(s)).collect()
     }
 
+    /// Adds (or replaces) a fusion of loaded retrievers. Its members must be loaded plugins,
+    /// not fusions, and its name no plugin's.
+    pub fn add_fusion(&self, spec: FusionSpec) -> Result<()> {
+        RetrieverSpec::new(spec.name.clone(), "fusion", "").check_name()?;
+        spec.check()?;
+        let bad = |problem: String| RetrievalError::Config {
+            name: spec.name.clone(),
+            problem,
+        };
+        let plugins = self.read();
+        if plugins.contains_key(&spec.name) {
+            return Err(bad(
+                "a retriever plugin has this name already; give the fusion its own".into(),
+            ));
+        }
+        for m in &spec.members {
+            if !plugins.contains_key(m) {
+                let what = if self.fusion_map().contains_key(m) {
+                    "is a fusion; members must be retriever plugins".to_owned()
+                } else {
+                    format!(
+                        "is not a loaded retriever (loaded: {})",
+                        plugins.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                return Err(bad(format!("member {m:?} {what}")));
+            }
+        }
+        drop(plugins);
+        self.fusions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.name.clone(), Arc::new(spec));
+        Ok(())
+    }
+
+    /// The configured fusions, by name.
+    pub fn fusions(&self) -> Vec<Arc<FusionSpec>> {
+        self.fusion_map().values().cloned().collect()
+    }
+
     /// Removes a retriever; returns whether it was loaded. Its instance is destroyed once no
-    /// request uses it; its library stays mapped.
+    /// request uses it; its library stays mapped. Fusions that name it fail until it is back.
     pub fn remove(&self, name: &str) -> bool {
         let old = self.write().remove(name);
         old.is_some()
     }
 
-    /// Names of the loaded retrievers, sorted.
+    /// Names of the loaded retrievers and fusions, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
+        let mut names: Vec<String> = self.read().keys().cloned().collect();
+        names.extend(self.fusion_map().keys().cloned());
+        names.sort();
+        names
     }
 
     /// Name, path, description, versions, generation and counters of every retriever, by name.
@@ -246,18 +335,43 @@ impl RetrieverRegistry {
         self.read().values().map(|r| r.info()).collect()
     }
 
-    /// The retriever called `name`.
+    /// The retriever plugin called `name`.
     pub fn get(&self, name: &str) -> Result<Arc<Retriever>> {
         let map = self.read();
-        map.get(name)
-            .cloned()
-            .ok_or_else(|| RetrievalError::NotFound {
-                name: name.to_owned(),
-                known: map.keys().cloned().collect(),
-            })
+        map.get(name).cloned().ok_or_else(|| self.not_found(name))
     }
 
-    /// Asks retriever `name` for up to `k` candidates; see [`Retriever::retrieve`].
+    fn not_found(&self, name: &str) -> RetrievalError {
+        RetrievalError::NotFound {
+            name: name.to_owned(),
+            known: self.names(),
+        }
+    }
+
+    /// What `name` resolves to: a plugin, or a fusion with its members' current instances.
+    pub fn source(&self, name: &str) -> Result<Source> {
+        if let Some(r) = self.read().get(name) {
+            return Ok(Source::Plugin(Arc::clone(r)));
+        }
+        let spec = self
+            .fusion_map()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.not_found(name))?;
+        let members = spec
+            .members
+            .iter()
+            .map(|m| {
+                self.get(m).map_err(|_| RetrievalError::Config {
+                    name: spec.name.clone(),
+                    problem: format!("member {m:?} is no longer loaded"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Source::Fusion(spec, members))
+    }
+
+    /// Asks retriever or fusion `name` for up to `k` candidates; see [`Retriever::retrieve`].
     pub fn retrieve(
         &self,
         name: &str,
@@ -265,7 +379,13 @@ impl RetrieverRegistry {
         k: usize,
         exclude: &[u32],
     ) -> Result<Vec<(u32, f32)>> {
-        self.get(name)?.retrieve(history, k, exclude)
+        self.source(name)?
+            .retrieve_with(history, k, exclude, &QueryContext::default())
+    }
+
+    fn fusion_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<FusionSpec>>> {
+        // Entries are only ever replaced whole; a poisoned lock still holds a valid map.
+        self.fusions.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Retriever>>> {

@@ -35,6 +35,37 @@ struct Counters {
     contract_violations: AtomicU64,
 }
 
+/// A view a plugin's pre-trained state was fitted on, as its `describe` declared it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainedOn {
+    /// `"valid"`, `"test"`, `"all"`, ...
+    pub stage: String,
+    /// The view's fingerprint (64 hex digits).
+    pub fingerprint: String,
+}
+
+impl TrainedOn {
+    /// `stage` with the first 12 digits of the fingerprint, for messages.
+    pub fn short(&self) -> String {
+        format!(
+            "{} ({})",
+            self.stage,
+            &self.fingerprint[..self.fingerprint.len().min(12)]
+        )
+    }
+}
+
+/// Request context passed to a plugin beside the history (ABI version 2).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryContext<'a> {
+    /// One timestamp per history item (seconds), when the caller sent them.
+    pub history_timestamps: Option<&'a [i64]>,
+    /// The caller's opaque user id; empty = none.
+    pub user_id: &'a str,
+    /// When the request arrived, ms since the Unix epoch; 0 = now.
+    pub request_time_ms: i64,
+}
+
 /// What `list()` shows about a retriever.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrieverInfo {
@@ -54,20 +85,36 @@ pub struct RetrieverInfo {
     pub abi_version: u32,
     /// Load generation: unique per load, increasing; a reload gets a new one.
     pub generation: u64,
+    /// The view the plugin's pre-trained state was fitted on, if it declares one.
+    pub trained_on: Option<TrainedOn>,
+    /// The stage of the view this instance serves (`"all"`, `"valid"`, `"test"`, ...).
+    pub view_stage: String,
+    /// Whether `trained_on` is another view than the one served (an older snapshot; only
+    /// allowed when serving on all interactions).
+    pub stale_snapshot: bool,
+    /// The plugin's own note about the instance, if any.
+    pub note: Option<String>,
     /// Counters at the time of the snapshot.
     pub stats: RetrieverStats,
 }
 
-/// A host-owned error-text buffer handed to the plugin.
+/// Size of the host buffer a plugin's `describe` writes its JSON into.
+const DESCRIBE_CAPACITY: usize = 16 * 1024;
+
+/// A host-owned text buffer handed to the plugin (errors, `describe`).
 struct ErrorText {
     bytes: Box<[u8]>,
-    raw: PalrErrorBuf,
+    raw: PalrTextBuf,
 }
 
 impl ErrorText {
     fn new() -> Self {
-        let mut bytes = vec![0u8; ERROR_CAPACITY].into_boxed_slice();
-        let raw = PalrErrorBuf {
+        Self::with_capacity(ERROR_CAPACITY)
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
+        let mut bytes = vec![0u8; capacity].into_boxed_slice();
+        let raw = PalrTextBuf {
             ptr: bytes.as_mut_ptr(),
             capacity: bytes.len(),
             len: 0,
@@ -229,15 +276,9 @@ impl Retriever {
         }
         let instance = NonNull::new(instance)
             .ok_or_else(|| contract("create reported success but returned no instance".into()))?;
-        tracing::info!(
-            retriever = name,
-            plugin = plugin_name,
-            version = plugin_version,
-            path = %path.display(),
-            generation,
-            "retriever loaded"
-        );
-        Ok(Self {
+        let view_stage = view.stage().to_owned();
+        // From here on `retriever` owns the instance: any error below drops it, which destroys it.
+        let mut retriever = Self {
             info: RetrieverInfo {
                 name: name.to_owned(),
                 path: path.to_owned(),
@@ -247,6 +288,10 @@ impl Retriever {
                 plugin_version,
                 abi_version: plugin_abi,
                 generation,
+                trained_on: None,
+                view_stage,
+                stale_snapshot: false,
+                note: None,
                 stats: RetrieverStats::default(),
             },
             retrieve_fn,
@@ -255,7 +300,105 @@ impl Retriever {
             _raw_view: raw_view,
             view,
             counters: Counters::default(),
-        })
+        };
+        if let Some(describe) = t.describe {
+            let (trained_on, note) = retriever.describe(describe)?;
+            retriever.info.note = note;
+            retriever.check_trained_on(trained_on)?;
+        }
+        let info = &retriever.info;
+        tracing::info!(
+            retriever = name,
+            plugin = info.plugin_name,
+            version = info.plugin_version,
+            abi = info.abi_version,
+            path = %path.display(),
+            generation,
+            view = info.view_stage,
+            trained_on = info.trained_on.as_ref().map(TrainedOn::short),
+            "retriever loaded"
+        );
+        Ok(retriever)
+    }
+
+    /// Calls the plugin's `describe` and reads the keys the host uses (ABI docs): what its
+    /// pre-trained state was fitted on, and its note.
+    fn describe(&self, describe: DescribeFn) -> Result<(Option<TrainedOn>, Option<String>)> {
+        let name = &self.info.name;
+        let contract = |problem: String| RetrievalError::Contract {
+            name: name.clone(),
+            problem,
+        };
+        let mut out = ErrorText::with_capacity(DESCRIBE_CAPACITY);
+        // SAFETY: ABI call on our live instance with a host buffer valid for the call.
+        let status = unsafe { describe(self.instance.as_ptr(), &mut out.raw) };
+        let text = out.message().map_err(contract)?;
+        if status != STATUS_OK {
+            return Err(match failure_of(status) {
+                Some(failure) => RetrievalError::Init {
+                    name: name.clone(),
+                    failure,
+                    message: format!("describe: {text}"),
+                },
+                None => contract(format!("describe returned unknown status {status}")),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Declared {
+            trained_on: Option<Trained>,
+            note: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Trained {
+            stage: String,
+            fingerprint: String,
+        }
+        let d: Declared = serde_json::from_str(&text).map_err(|e| {
+            contract(format!(
+                "describe wrote {:?}, not a JSON object of the documented keys: {e}",
+                text.chars().take(80).collect::<String>()
+            ))
+        })?;
+        Ok((
+            d.trained_on.map(|t| TrainedOn {
+                stage: t.stage,
+                fingerprint: t.fingerprint,
+            }),
+            d.note,
+        ))
+    }
+
+    /// The leak rule (ABI docs): pre-trained state fitted on another view than the one served
+    /// is refused, unless the view holds all interactions (serving), where an older snapshot is
+    /// allowed and reported.
+    fn check_trained_on(&mut self, trained_on: Option<TrainedOn>) -> Result<()> {
+        let Some(t) = trained_on else { return Ok(()) };
+        let view_fp = self.view.fingerprint();
+        if t.fingerprint != view_fp {
+            let view_stage = self.view.stage();
+            if view_stage != STAGE_ALL {
+                return Err(RetrievalError::TrainedOnOtherView {
+                    name: self.info.name.clone(),
+                    trained_on: t.short(),
+                    view: TrainedOn {
+                        stage: view_stage.to_owned(),
+                        fingerprint: view_fp.to_owned(),
+                    }
+                    .short(),
+                });
+            }
+            tracing::warn!(
+                retriever = self.info.name,
+                trained_on = t.short(),
+                view = view_fp,
+                "retriever serves pre-trained state from an older snapshot of the data: \
+                 interactions since then reach it only through the requests' histories; \
+                 retrain it on the current data to refresh it"
+            );
+            self.info.stale_snapshot = true;
+        }
+        self.info.trained_on = Some(t);
+        Ok(())
     }
 
     /// The configured name.
@@ -288,7 +431,28 @@ impl Retriever {
     /// Fewer than `k` come back when the catalogue minus the exclusions is smaller, or when
     /// the plugin has no more candidates. Thread-safe.
     pub fn retrieve(&self, history: &[u32], k: usize, exclude: &[u32]) -> Result<Vec<(u32, f32)>> {
+        self.retrieve_with(history, k, exclude, &QueryContext::default())
+    }
+
+    /// [`Retriever::retrieve`] with the request's context (history timestamps, user id,
+    /// request time) passed on to the plugin.
+    pub fn retrieve_with(
+        &self,
+        history: &[u32],
+        k: usize,
+        exclude: &[u32],
+        ctx: &QueryContext<'_>,
+    ) -> Result<Vec<(u32, f32)>> {
         let n_items = self.view.n_items();
+        if let Some(ts) = ctx.history_timestamps
+            && ts.len() != history.len()
+        {
+            return Err(RetrievalError::InvalidRequest(format!(
+                "{} history timestamps for {} history items: send one per item or none",
+                ts.len(),
+                history.len()
+            )));
+        }
         for (what, list) in [("history", history), ("exclude", exclude)] {
             if let Some(p) = list.iter().position(|&i| i >= n_items) {
                 return Err(RetrievalError::InvalidRequest(format!(
@@ -306,11 +470,22 @@ impl Retriever {
             return Ok(Vec::new());
         }
 
+        let request_time_ms = match ctx.request_time_ms {
+            0 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            t => t,
+        };
         let query = PalrQuery {
             history: history.as_ptr(),
             history_len: history.len(),
             exclude: excluded.as_ptr(),
             exclude_len: excluded.len(),
+            history_timestamps: ctx
+                .history_timestamps
+                .map_or(std::ptr::null(), <[i64]>::as_ptr),
+            request_time_ms,
+            user_id: PalrStr::borrow(ctx.user_id),
         };
         let mut out = vec![
             PalrScored {

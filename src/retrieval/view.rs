@@ -1,26 +1,81 @@
-//! The host-owned training view handed to every plugin instance.
+//! The host-owned training view handed to every plugin instance: interactions, the catalogue's
+//! item data, user ids, and which view of the data it is (stage and fingerprint).
 
-use palr_retriever_sdk::abi::PalrTrainingView;
+use std::sync::{Arc, OnceLock};
+
+use palr_retriever_sdk::abi::{PalrItems, PalrStr, PalrTrainingView};
+use palr_retriever_sdk::{ItemFields, ItemTable, StrTable};
+use sha2::{Digest, Sha256};
 
 use super::{Result, RetrievalError};
+use crate::data::Catalog;
 
 /// Per-user interaction sequences (oldest first) as flat arrays, as the data layer produces
-/// them: user `u` interacted with `items[offsets[u]..offsets[u + 1]]`.
+/// them: user `u` interacted with `items[offsets[u]..offsets[u + 1]]`; plus the catalogue's
+/// item data, the users' ids, and the view's stage (`"all"`, `"valid"`, `"test"`, ...).
 ///
 /// Immutable once built; plugin instances keep pointers into it, so retrievers hold it in an
 /// `Arc` for as long as their instance lives.
-#[derive(Debug, Clone, PartialEq)]
 pub struct TrainingView {
     n_items: u32,
     offsets: Vec<u64>,
     items: Vec<u32>,
     timestamps: Option<Vec<i64>>,
+    user_ids: Option<StrTable>,
+    item_data: Option<Arc<ItemTable>>,
+    stage: String,
+    fingerprint: OnceLock<String>,
+}
+
+impl std::fmt::Debug for TrainingView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainingView")
+            .field("stage", &self.stage)
+            .field("n_items", &self.n_items)
+            .field("n_users", &self.n_users())
+            .field("n_interactions", &self.n_interactions())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for TrainingView {
+    /// Equal interactions, timestamps and stage, and the same fingerprint (item ids).
+    fn eq(&self, other: &Self) -> bool {
+        self.n_items == other.n_items
+            && self.offsets == other.offsets
+            && self.items == other.items
+            && self.timestamps == other.timestamps
+            && self.stage == other.stage
+            && self.fingerprint() == other.fingerprint()
+    }
+}
+
+/// The catalogue as plugins receive it: ids, titles, years, genres and every other attribute.
+pub fn item_table(catalog: &Catalog) -> Arc<ItemTable> {
+    let items = catalog
+        .items()
+        .iter()
+        .map(|it| ItemFields {
+            id: it.id.clone(),
+            title: it.title.clone(),
+            year: it.year,
+            genres: it.genres.clone(),
+            attrs: it
+                .attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+        .collect();
+    // A catalog's ids are unique and non-empty by construction.
+    Arc::new(ItemTable::new(items).expect("catalog ids are unique and non-empty"))
 }
 
 impl TrainingView {
     /// Validates and wraps the arrays: `offsets` has `n_users + 1` entries starting at 0,
     /// non-decreasing, ending at `items.len()`; items `< n_items`; `timestamps`, if any,
-    /// parallel to `items`.
+    /// parallel to `items`. No item data, no user ids, no stage: add them with the `with_*`
+    /// methods.
     pub fn new(
         n_items: u32,
         offsets: Vec<u64>,
@@ -34,6 +89,10 @@ impl TrainingView {
             offsets,
             items,
             timestamps,
+            user_ids: None,
+            item_data: None,
+            stage: String::new(),
+            fingerprint: OnceLock::new(),
         })
     }
 
@@ -47,6 +106,39 @@ impl TrainingView {
             offsets.push(items.len() as u64);
         }
         Self::new(n_items, offsets, items, None)
+    }
+
+    /// Adds the catalogue's item data (one entry per item; see [`item_table`]).
+    pub fn with_items(mut self, table: Arc<ItemTable>) -> Result<Self> {
+        if table.len() != self.n_items as usize {
+            return Err(RetrievalError::InvalidView(format!(
+                "item data holds {} items but the view has {}",
+                table.len(),
+                self.n_items
+            )));
+        }
+        self.item_data = Some(table);
+        self.fingerprint = OnceLock::new();
+        Ok(self)
+    }
+
+    /// Adds the users' external ids (one per user).
+    pub fn with_user_ids(mut self, ids: Vec<String>) -> Result<Self> {
+        if ids.len() != self.n_users() {
+            return Err(RetrievalError::InvalidView(format!(
+                "{} user ids for {} users",
+                ids.len(),
+                self.n_users()
+            )));
+        }
+        self.user_ids = Some(StrTable::new(ids));
+        Ok(self)
+    }
+
+    /// Names the view's stage (`"all"`, `"valid"`, `"test"`, ...).
+    pub fn with_stage(mut self, stage: impl Into<String>) -> Self {
+        self.stage = stage.into();
+        self
     }
 
     /// Catalogue size: item indices are `0..n_items`.
@@ -74,14 +166,75 @@ impl TrainingView {
         &self.items
     }
 
+    /// User `u`'s items, oldest first. Panics if `u >= n_users()`.
+    pub fn sequence(&self, u: usize) -> &[u32] {
+        &self.items[self.offsets[u] as usize..self.offsets[u + 1] as usize]
+    }
+
     /// Timestamps parallel to `items`, if known.
     pub fn timestamps(&self) -> Option<&[i64]> {
         self.timestamps.as_deref()
     }
 
+    /// The item data, if added.
+    pub fn item_data(&self) -> Option<&Arc<ItemTable>> {
+        self.item_data.as_ref()
+    }
+
+    /// The users' external ids, if added.
+    pub fn user_ids(&self) -> Option<&[String]> {
+        self.user_ids.as_ref().map(StrTable::strings)
+    }
+
+    /// The view's stage; empty when not named.
+    pub fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    /// The view's content fingerprint, 64 lowercase hex digits: SHA-256 over the item ids and
+    /// the sequences, as `palr_retriever_sdk::abi` defines it. Without item data, item `i`'s
+    /// id counts as its decimal index.
+    pub fn fingerprint(&self) -> &str {
+        self.fingerprint.get_or_init(|| {
+            let mut h = Sha256::new();
+            h.update(b"palr-view-1\0");
+            h.update(self.n_items.to_le_bytes());
+            let mut put_id = |id: &str| {
+                h.update((id.len() as u32).to_le_bytes());
+                h.update(id.as_bytes());
+            };
+            match &self.item_data {
+                Some(t) => t.ids().iter().for_each(|id| put_id(id)),
+                None => (0..self.n_items).for_each(|i| put_id(&i.to_string())),
+            }
+            h.update((self.n_users() as u32).to_le_bytes());
+            for u in 0..self.n_users() {
+                let seq = self.sequence(u);
+                h.update((seq.len() as u32).to_le_bytes());
+                for &i in seq {
+                    h.update(i.to_le_bytes());
+                }
+            }
+            h.finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+    }
+
     /// The C view of this data. The pointers stay valid as long as `self` is neither dropped
-    /// nor moved out of its `Arc` (the vectors are never mutated).
+    /// nor moved out of its `Arc` (nothing in it is ever mutated).
     pub(crate) fn raw(&self) -> PalrTrainingView {
+        let no_items = PalrItems {
+            ids: std::ptr::null(),
+            titles: std::ptr::null(),
+            years: std::ptr::null(),
+            genre_offsets: std::ptr::null(),
+            genres: std::ptr::null(),
+            n_attrs: 0,
+            attr_names: std::ptr::null(),
+            attr_values: std::ptr::null(),
+        };
         PalrTrainingView {
             n_items: self.n_items,
             // `new` checked that the user count is below u32::MAX.
@@ -93,6 +246,13 @@ impl TrainingView {
                 .timestamps
                 .as_ref()
                 .map_or(std::ptr::null(), |t| t.as_ptr()),
+            user_ids: self
+                .user_ids
+                .as_ref()
+                .map_or(std::ptr::null(), |u| u.raw().as_ptr()),
+            item_data: self.item_data.as_ref().map_or(no_items, |t| t.raw()),
+            stage: PalrStr::borrow(&self.stage),
+            fingerprint: PalrStr::borrow(self.fingerprint()),
         }
     }
 }
@@ -100,6 +260,7 @@ impl TrainingView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Item;
 
     #[test]
     fn rejects_broken_arrays_with_the_reason() {
@@ -112,6 +273,9 @@ mod tests {
         assert!(bad(vec![0, 1], vec![0, 1], None).contains("end at 1"));
         assert!(bad(vec![0, 1], vec![3], None).contains("out of range"));
         assert!(bad(vec![0, 1], vec![0], Some(vec![])).contains("timestamps"));
+        let v = TrainingView::from_sequences(3, &[vec![0]]).unwrap();
+        let e = v.with_user_ids(vec![]).unwrap_err().to_string();
+        assert!(e.contains("0 user ids for 1 users"), "{e}");
     }
 
     #[test]
@@ -119,9 +283,47 @@ mod tests {
         let v = TrainingView::from_sequences(4, &[vec![1, 2], vec![], vec![3]]).unwrap();
         assert_eq!(v.offsets(), &[0, 2, 2, 3]);
         assert_eq!(v.items(), &[1, 2, 3]);
+        assert_eq!(v.sequence(2), &[3]);
         assert_eq!((v.n_users(), v.n_interactions()), (3, 3));
         let raw = v.raw();
         assert_eq!((raw.n_users, raw.n_interactions, raw.n_items), (3, 3, 4));
-        assert!(raw.timestamps.is_null());
+        assert!(raw.timestamps.is_null() && raw.user_ids.is_null() && raw.item_data.ids.is_null());
+    }
+
+    #[test]
+    fn fingerprint_follows_sequences_and_ids_only() {
+        let catalog = |ids: [&str; 3]| {
+            item_table(
+                &Catalog::from_items(ids.iter().map(|id| Item::new(*id, "t")).collect()).unwrap(),
+            )
+        };
+        let view = |seqs: &[Vec<u32>], ids| {
+            TrainingView::from_sequences(3, seqs)
+                .unwrap()
+                .with_items(catalog(ids))
+                .unwrap()
+        };
+        let a = view(&[vec![0, 1], vec![2]], ["a", "b", "c"]);
+        assert_eq!(a.fingerprint().len(), 64);
+        assert!(a.fingerprint().bytes().all(|b| b.is_ascii_hexdigit()));
+        // Stage, timestamps and user ids do not change it ...
+        let b = view(&[vec![0, 1], vec![2]], ["a", "b", "c"])
+            .with_stage("all")
+            .with_user_ids(vec!["u".into(), "v".into()])
+            .unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        // ... a moved boundary, another item or another id does.
+        for other in [
+            view(&[vec![0], vec![1, 2]], ["a", "b", "c"]),
+            view(&[vec![0, 1], vec![1]], ["a", "b", "c"]),
+            view(&[vec![0, 1], vec![2]], ["a", "b", "d"]),
+        ] {
+            assert_ne!(a.fingerprint(), other.fingerprint());
+        }
+        // Pinned: the definition in the ABI docs, computed independently (Python hashlib).
+        assert_eq!(
+            a.fingerprint(),
+            "4f5bdbb59affccfb9655856aab2ac6feefed203b8b18b5ce4f3dbf8365588263"
+        );
     }
 }

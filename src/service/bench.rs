@@ -179,11 +179,15 @@ pub async fn run(args: &RecommendBenchArgs) -> anyhow::Result<RecommendBenchRepo
         retriever: args.retriever.clone(),
         num_candidates: args.num_candidates,
         mode: Some(args.mode),
+        user_id: "bench".into(),
         ..RecommendParams::default()
     };
     for i in 0..args.warmup {
         client
-            .recommend(&params(args.requests + i), "bench-warmup")
+            .recommend(&RecommendParams {
+                user_id: "bench-warmup".into(),
+                ..params(args.requests + i)
+            })
             .await?;
     }
     let loadavg_before = loadavg();
@@ -202,7 +206,7 @@ pub async fn run(args: &RecommendBenchArgs) -> anyhow::Result<RecommendBenchRepo
                     return Ok::<_, anyhow::Error>(done);
                 }
                 let t = Instant::now();
-                let r = client.recommend(&all[i], "bench").await?;
+                let r = client.recommend(&all[i]).await?;
                 done.push((t.elapsed().as_secs_f64(), r));
             }
         }));

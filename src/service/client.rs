@@ -196,11 +196,7 @@ impl Client {
     }
 
     /// Recommend: retrieve, then rank.
-    pub async fn recommend(
-        &mut self,
-        p: &RecommendParams,
-        user_id: &str,
-    ) -> Result<Recommendation> {
+    pub async fn recommend(&mut self, p: &RecommendParams) -> Result<Recommendation> {
         let req = self.request(pb::RecommendRequest {
             history: p.history.clone(),
             k: p.k,
@@ -209,7 +205,8 @@ impl Client {
             adapter: p.adapter.clone(),
             rank_mode: mode_to_proto(p.mode),
             exclude: p.exclude.clone(),
-            user_id: user_id.to_owned(),
+            user_id: p.user_id.clone(),
+            history_timestamps: p.history_timestamps.clone(),
         });
         recommendation_from_proto(self.inner.recommend(req).await?.into_inner())
     }
@@ -234,6 +231,8 @@ impl Client {
             num_candidates: p.num_candidates,
             retriever: p.retriever.clone(),
             exclude: p.exclude.clone(),
+            user_id: p.user_id.clone(),
+            history_timestamps: p.history_timestamps.clone(),
         });
         let r = self.inner.retrieve(req).await?.into_inner();
         Ok(Retrieval {

@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::engine::Device;
+use crate::eval::ViewStage;
 use crate::rank::RankerConfig;
-use crate::retrieval::RetrieverSpec;
+use crate::retrieval::{FusionSpec, RetrieverSpec};
 
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "PALR_";
@@ -264,26 +265,17 @@ impl Default for DataSection {
     }
 }
 
-/// Which interactions the retrievers learn from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TrainingSet {
-    /// Every interaction of the data set (serving).
-    #[default]
-    All,
-    /// Only each user's leave-one-out training part (no validation or test item), so an
-    /// evaluation against this server does not leak its targets into the retrievers.
-    TrainSplit,
-}
-
 /// `[retrieval]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrievalSection {
     /// Retriever used when a request names none.
     pub default: String,
-    /// `all` or `train-split` (see [`TrainingSet`]).
-    pub training: TrainingSet,
+    /// What the retrievers learn from: `all` interactions (serving), or one of the
+    /// leave-one-out evaluation views, `valid` (alias `train-split`: each user's training
+    /// part) or `test` (alias `test-split`: plus the validation item), for evaluating against
+    /// this server with `palr eval --addr --split valid|test`.
+    pub training: ViewStage,
     /// Directories searched for bare library names, in order; empty = the `palr`
     /// executable's directory (and its parent when that is `deps/`), i.e. the cargo target
     /// directory the plugins were built into.
@@ -291,6 +283,9 @@ pub struct RetrievalSection {
     /// The plugins to load (`[[retrieval.retrievers]]`: `name`, `path`, and `config` (a
     /// table) or `config_json` (text)); see `plugins/README.md`.
     pub retrievers: Vec<RetrieverSpec>,
+    /// Fused retrievers over loaded plugins (`[[retrieval.fusions]]`: `name`, `members`,
+    /// `method` = "rrf" | "score", `weights`, `rrf_k`, `depth`), used by name like a plugin.
+    pub fusions: Vec<FusionSpec>,
     /// Longest a retriever call may take, in milliseconds (0 = no limit besides the
     /// request's deadline). A call past it fails with UNAVAILABLE; the plugin's thread is
     /// left to finish on its own (a plugin cannot be interrupted).
@@ -301,13 +296,14 @@ impl Default for RetrievalSection {
     fn default() -> Self {
         Self {
             default: "markov".into(),
-            training: TrainingSet::All,
+            training: ViewStage::All,
             plugin_dirs: Vec::new(),
             retrievers: vec![
                 RetrieverSpec::new("popularity", "palr_retriever_popularity", "{}"),
                 RetrieverSpec::new("itemknn", "palr_retriever_itemknn", "{}"),
                 RetrieverSpec::new("markov", "palr_retriever_markov", "{}"),
             ],
+            fusions: Vec::new(),
             timeout_ms: 2000,
         }
     }
@@ -552,16 +548,27 @@ impl ServerConfig {
                 "retrieval.retrievers is empty: configure at least one retriever plugin".into(),
             );
         }
-        if !r.retrievers.iter().any(|s| s.name == r.default) {
+        let names = || {
+            r.retrievers
+                .iter()
+                .map(|s| s.name.as_str())
+                .chain(r.fusions.iter().map(|f| f.name.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !r.retrievers.iter().any(|s| s.name == r.default)
+            && !r.fusions.iter().any(|f| f.name == r.default)
+        {
             return bad(format!(
-                "retrieval.default = {:?} is not among retrieval.retrievers ({})",
+                "retrieval.default = {:?} is not among retrieval.retrievers or \
+                 retrieval.fusions ({})",
                 r.default,
-                r.retrievers
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names()
             ));
+        }
+        for f in &r.fusions {
+            f.check()
+                .map_err(|e| ConfigError::Invalid(format!("retrieval.fusions: {e}")))?;
         }
         Ok(())
     }
@@ -681,8 +688,21 @@ mod tests {
         assert!(e.to_string().contains("data.format"), "{e}");
         let e = ServerConfig::from_toml("[ranking]\nmax_histroy = 3").unwrap_err();
         assert!(e.to_string().contains("unknown field `max_histroy`"), "{e}");
-        let e = ServerConfig::from_toml("[retrieval]\ntraining = \"test\"").unwrap_err();
-        assert!(e.to_string().contains("train-split"), "{e}");
+        let e = ServerConfig::from_toml("[retrieval]\ntraining = \"train\"").unwrap_err();
+        assert!(
+            e.to_string().contains("`valid`") && e.to_string().contains("`all`"),
+            "{e}"
+        );
+        for (text, stage) in [
+            ("all", ViewStage::All),
+            ("valid", ViewStage::Valid),
+            ("train-split", ViewStage::Valid),
+            ("test", ViewStage::Test),
+            ("test-split", ViewStage::Test),
+        ] {
+            let c = ServerConfig::from_toml(&format!("[retrieval]\ntraining = {text:?}")).unwrap();
+            assert_eq!(c.retrieval.training, stage, "{text}");
+        }
     }
 
     #[test]

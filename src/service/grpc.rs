@@ -272,6 +272,8 @@ impl RecommenderRpc for RecommenderService {
                 num_candidates: r.num_candidates,
                 adapter: r.adapter,
                 exclude: r.exclude,
+                user_id: r.user_id,
+                history_timestamps: r.history_timestamps,
             };
             Ok(recommendation_to_proto(self.core.recommend(p, by).await?))
         })
@@ -304,12 +306,15 @@ impl RecommenderRpc for RecommenderService {
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
         let by = respond_by(&request);
         let r = request.into_inner();
-        self.observe("Retrieve", "", async move {
+        let user = r.user_id.clone();
+        self.observe("Retrieve", &user, async move {
             let p = RetrieveParams {
                 history: r.history,
                 num_candidates: r.num_candidates,
                 retriever: r.retriever,
                 exclude: r.exclude,
+                user_id: r.user_id,
+                history_timestamps: r.history_timestamps,
             };
             let out = self.core.retrieve(p, by).await?;
             Ok(pb::RetrieveResponse {
@@ -335,23 +340,41 @@ impl RecommenderRpc for RecommenderService {
     ) -> Result<Response<pb::ListRetrieversResponse>, Status> {
         self.observe("ListRetrievers", "", async {
             let default = self.core.default_retriever();
+            let plugins = self.core.retrievers().into_iter().map(|r| {
+                let (trained_on_stage, trained_on_fingerprint) = r
+                    .trained_on
+                    .map(|t| (t.stage, t.fingerprint))
+                    .unwrap_or_default();
+                pb::RetrieverInfo {
+                    is_default: r.name == default,
+                    library_path: r.path.display().to_string(),
+                    description: r.description,
+                    abi_version: r.abi_version,
+                    plugin_name: r.plugin_name,
+                    plugin_version: r.plugin_version,
+                    calls: r.stats.calls,
+                    failures: r.stats.errors + r.stats.panics + r.stats.contract_violations,
+                    view_stage: r.view_stage,
+                    trained_on_stage,
+                    trained_on_fingerprint,
+                    stale_snapshot: r.stale_snapshot,
+                    note: r.note.unwrap_or_default(),
+                    name: r.name,
+                    ..Default::default()
+                }
+            });
+            let fusions = self.core.fusions().into_iter().map(|f| pb::RetrieverInfo {
+                is_default: f.name == default,
+                description: format!("fusion ({}) of {}", f.method.name(), f.members.join(", ")),
+                plugin_name: "fusion".into(),
+                fusion_method: f.method.name().into(),
+                fusion_weights: (0..f.members.len()).map(|m| f.weight(m)).collect(),
+                fusion_members: f.members.clone(),
+                name: f.name.clone(),
+                ..Default::default()
+            });
             Ok(pb::ListRetrieversResponse {
-                retrievers: self
-                    .core
-                    .retrievers()
-                    .into_iter()
-                    .map(|r| pb::RetrieverInfo {
-                        is_default: r.name == default,
-                        library_path: r.path.display().to_string(),
-                        description: r.description,
-                        abi_version: r.abi_version,
-                        plugin_name: r.plugin_name,
-                        plugin_version: r.plugin_version,
-                        calls: r.stats.calls,
-                        failures: r.stats.errors + r.stats.panics + r.stats.contract_violations,
-                        name: r.name,
-                    })
-                    .collect(),
+                retrievers: plugins.chain(fusions).collect(),
             })
         })
         .await
@@ -389,6 +412,8 @@ impl RecommenderRpc for RecommenderService {
                 max_retrieve_candidates: l.max_retrieve_candidates,
                 default_retriever: self.core.default_retriever().to_owned(),
                 max_exclude: l.max_exclude,
+                training_view_stage: s.training_view_stage,
+                training_view_fingerprint: s.training_view_fingerprint,
             })
         })
         .await

@@ -18,11 +18,11 @@ use crate::chat::ChatTemplate;
 use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
 use crate::engine::{self, LanguageModel, WeightDtype};
 use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
-use crate::retrieval::{RetrieverInfo, RetrieverRegistry, TrainingView};
+use crate::retrieval::{FusionSpec, QueryContext, RetrieverInfo, RetrieverRegistry};
 use crate::tokenizer::Tokenizer;
 
 use super::admission::Admission;
-use super::config::{DtypeConfig, ModeConfig, ServerConfig, TrainingSet};
+use super::config::{DtypeConfig, ModeConfig, ServerConfig};
 use super::error::{Result, ServiceError, StartError};
 use super::metrics::Metrics;
 
@@ -77,6 +77,10 @@ pub struct RecommendParams {
     pub adapter: String,
     pub mode: Option<Mode>,
     pub exclude: Vec<String>,
+    /// The caller's opaque user id (passed to the retrievers; may be empty).
+    pub user_id: String,
+    /// One timestamp per history item, or none (passed to the retrievers).
+    pub history_timestamps: Vec<i64>,
 }
 
 /// A Rank call (caller's candidates, best first in the caller's order).
@@ -96,6 +100,19 @@ pub struct RetrieveParams {
     pub num_candidates: u32,
     pub retriever: String,
     pub exclude: Vec<String>,
+    /// As in [`RecommendParams`].
+    pub user_id: String,
+    pub history_timestamps: Vec<i64>,
+}
+
+/// Longest user id a request may carry, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// What a retrieval call passes to the plugins beside the history.
+struct Context {
+    user_id: String,
+    /// Parallel to the history sent to the retriever, when the caller gave timestamps.
+    timestamps: Option<Vec<i64>>,
 }
 
 /// One recommended item.
@@ -169,6 +186,9 @@ pub struct ModelSummary {
     pub prompt_history_items: usize,
     pub max_score_candidates: usize,
     pub catalog_items: usize,
+    /// The retrievers' view of the data: its stage and fingerprint.
+    pub training_view_stage: String,
+    pub training_view_fingerprint: String,
 }
 
 /// Everything a request needs, loaded once at start-up and shared by all requests.
@@ -254,7 +274,17 @@ impl Recommender {
             dir: data_dir.clone(),
             source,
         })?;
-        let view = training_view(&ds, cfg.retrieval.training)?;
+        let split = Split::leave_one_out(&ds.interactions);
+        let view = crate::eval::training_view(
+            &split,
+            &ds.interactions,
+            &ds.catalog,
+            cfg.retrieval.training,
+        )
+        .map_err(|e| StartError::Data {
+            dir: data_dir.clone(),
+            source: crate::data::DataError::Invalid { msg: e.to_string() },
+        })?;
         tracing::info!(
             items = ds.catalog.len(),
             users = view.n_users(),
@@ -272,6 +302,9 @@ impl Recommender {
         };
         // The registry logs each load.
         registry.load_all(&cfg.retrieval.retrievers)?;
+        for f in &cfg.retrieval.fusions {
+            registry.add_fusion(f.clone())?;
+        }
 
         let model_dir = &cfg.model.dir;
         let model_err = |message: String| StartError::Model {
@@ -414,6 +447,11 @@ impl Recommender {
         self.registry.list()
     }
 
+    /// The configured fusions of retrievers, by name.
+    pub fn fusions(&self) -> Vec<Arc<FusionSpec>> {
+        self.registry.fusions()
+    }
+
     /// The retriever used when a request names none.
     pub fn default_retriever(&self) -> &str {
         &self.cfg.retrieval.default
@@ -444,6 +482,8 @@ impl Recommender {
             prompt_history_items: self.ranker.config().max_history,
             max_score_candidates: self.ranker.max_score_candidates(),
             catalog_items: self.catalog.len(),
+            training_view_stage: self.registry.view().stage().to_owned(),
+            training_view_fingerprint: self.registry.view().fingerprint().to_owned(),
         }
     }
 
@@ -537,6 +577,36 @@ impl Recommender {
         self.resolve("history", history)
     }
 
+    /// Checks the request's user id and history timestamps; the timestamps returned are
+    /// those of `recent`, the history's last `recent` items.
+    fn context(
+        &self,
+        user_id: String,
+        timestamps: Vec<i64>,
+        history_len: usize,
+        recent: usize,
+    ) -> Result<Context> {
+        if user_id.len() > MAX_USER_ID_BYTES {
+            return Err(ServiceError::InvalidArgument(format!(
+                "user_id has {} bytes, over the limit of {MAX_USER_ID_BYTES}",
+                user_id.len()
+            )));
+        }
+        let timestamps = match timestamps.len() {
+            0 => None,
+            n if n == history_len => Some(timestamps[n - recent..].to_vec()),
+            n => {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "history_timestamps has {n} entries for {history_len} history items: send                      one per item or none"
+                )));
+            }
+        };
+        Ok(Context {
+            user_id,
+            timestamps,
+        })
+    }
+
     fn resolve_exclude(&self, exclude: &[String]) -> Result<Vec<u32>> {
         let max = self.cfg.limits.max_exclude as usize;
         if exclude.len() > max {
@@ -618,17 +688,28 @@ impl Recommender {
         &self,
         name: &str,
         history: Vec<u32>,
+        ctx: Context,
         n: usize,
         exclude: Vec<u32>,
         respond_by: Option<Instant>,
     ) -> Result<(Vec<(u32, f32)>, Duration)> {
-        let retriever = self.registry.get(name)?;
+        let source = self.registry.source(name)?;
         self.metrics
             .retriever_calls
             .with_label_values(&[name])
             .inc();
         let t = Instant::now();
-        let job = tokio::task::spawn_blocking(move || retriever.retrieve(&history, n, &exclude));
+        let request_time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let job = tokio::task::spawn_blocking(move || {
+            let qc = QueryContext {
+                history_timestamps: ctx.timestamps.as_deref(),
+                user_id: &ctx.user_id,
+                request_time_ms,
+            };
+            source.retrieve_with(&history, n, &exclude, &qc)
+        });
         let limit = self.cfg.retrieval.timeout_ms;
         let bounded = async {
             if limit == 0 {
@@ -813,18 +894,19 @@ impl Recommender {
             p.retriever
         };
         // Unknown names fail before any other work.
-        self.registry.get(&retriever)?;
+        self.registry.source(&retriever)?;
         let history = self.resolve_history(&p.history)?;
         let mut exclude = self.resolve_exclude(&p.exclude)?;
         let n = self.num_candidates(p.num_candidates, self.cfg.limits.max_num_candidates, mode)?;
         let k = self.k(p.k, n, "num_candidates")?;
         let (recent, older) = self.recent(&history);
+        let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
         exclude.extend_from_slice(older);
         let recent = recent.to_vec();
 
         let mut timings = Timings::default();
         let (candidates, dt) = self
-            .run_retrieve(&retriever, recent.clone(), n, exclude, respond_by)
+            .run_retrieve(&retriever, recent.clone(), ctx, n, exclude, respond_by)
             .await?;
         timings.retrieve_s = dt.as_secs_f64();
         let k = k.min(candidates.len());
@@ -929,7 +1011,7 @@ impl Recommender {
         } else {
             p.retriever
         };
-        self.registry.get(&retriever)?;
+        self.registry.source(&retriever)?;
         let history = self.resolve_history(&p.history)?;
         let mut exclude = self.resolve_exclude(&p.exclude)?;
         let l = &self.cfg.limits;
@@ -944,9 +1026,10 @@ impl Recommender {
             p.num_candidates as usize
         };
         let (recent, older) = self.recent(&history);
+        let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
         exclude.extend_from_slice(older);
         let (found, dt) = self
-            .run_retrieve(&retriever, recent.to_vec(), n, exclude, respond_by)
+            .run_retrieve(&retriever, recent.to_vec(), ctx, n, exclude, respond_by)
             .await?;
         Ok(Retrieval {
             items: found
@@ -975,40 +1058,12 @@ fn truncated(id: &str) -> String {
     }
 }
 
-/// The interactions retrievers learn from, as the C ABI's flat arrays.
-fn training_view(ds: &Dataset, set: TrainingSet) -> std::result::Result<TrainingView, StartError> {
-    let inter = &ds.interactions;
-    let n_items = ds.catalog.len() as u32;
-    let view = match set {
-        TrainingSet::All => TrainingView::new(
-            n_items,
-            inter.sequences().offsets().to_vec(),
-            inter.sequences().items().to_vec(),
-            Some(inter.timestamps().to_vec()),
-        ),
-        TrainingSet::TrainSplit => {
-            let split = Split::leave_one_out(inter);
-            let mut offsets = Vec::with_capacity(inter.n_users() + 1);
-            offsets.push(0u64);
-            let (mut items, mut stamps) = (Vec::new(), Vec::new());
-            for u in 0..inter.n_users() as u32 {
-                let train = split.train(u);
-                items.extend_from_slice(train);
-                // `train` is a prefix of the user's sequence, so its timestamps are too.
-                stamps.extend_from_slice(&inter.timestamps_of(u)[..train.len()]);
-                offsets.push(items.len() as u64);
-            }
-            TrainingView::new(n_items, offsets, items, Some(stamps))
-        }
-    };
-    Ok(view?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use crate::data::{Catalog, Format, InteractionsBuilder, Item, SourceFiles};
+    use crate::eval::ViewStage;
 
     fn dataset() -> Dataset {
         let catalog = Catalog::from_items(
@@ -1041,11 +1096,18 @@ mod tests {
     #[test]
     fn training_views_all_and_train_split() {
         let ds = dataset();
-        let all = training_view(&ds, TrainingSet::All).unwrap();
+        let split = Split::leave_one_out(&ds.interactions);
+        let training_view = |ds: &Dataset, stage| {
+            crate::eval::training_view(&split, &ds.interactions, &ds.catalog, stage)
+        };
+        let all = training_view(&ds, ViewStage::All).unwrap();
+        assert_eq!(all.stage(), "all");
+        assert_eq!(all.user_ids().unwrap(), ["a", "b"]);
         assert_eq!(all.offsets(), &[0, 4, 6]);
         assert_eq!(all.items(), &[0, 1, 2, 3, 4, 0]);
         assert_eq!(all.timestamps().unwrap(), &[100, 101, 102, 103, 7, 8]);
-        let train = training_view(&ds, TrainingSet::TrainSplit).unwrap();
+        let train = training_view(&ds, ViewStage::Valid).unwrap();
+        assert_eq!(train.stage(), "valid");
         // User a keeps its first two items (3rd = valid, 4th = test); user b keeps both.
         assert_eq!(train.offsets(), &[0, 2, 4]);
         assert_eq!(train.items(), &[0, 1, 4, 0]);

@@ -39,9 +39,11 @@
 //! Plugins must be built with the default `panic = "unwind"` for panics to be caught.
 
 pub mod abi;
+mod items;
 pub mod rank;
 mod types;
 
+pub use items::{ItemFields, ItemRef, ItemTable, ItemsRef, StrTable};
 pub use types::{Candidates, Corpus, Query};
 
 use std::ffi::CStr;
@@ -65,6 +67,50 @@ pub trait Retriever: Send + Sync + Sized + 'static {
     /// Pushes up to `out.capacity()` candidates, best first: no excluded item (the exclusion
     /// set always contains the history), no duplicates, finite non-increasing scores.
     fn retrieve(&self, query: &Query<'_>, out: &mut Candidates<'_>) -> Result<(), String>;
+
+    /// What the host should know about this instance. A plugin that ships pre-trained state
+    /// (weights fitted offline) must say which view it was fitted on
+    /// ([`Description::trained_on`]): the host then refuses it on an evaluation view it was
+    /// not fitted on (it would have seen the targets) and reports it when serving on a newer
+    /// view. The default says nothing: the instance learns only from the corpus it is given.
+    fn describe(&self) -> Description {
+        Description::default()
+    }
+}
+
+/// What an instance tells the host about itself (see [`Retriever::describe`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Description {
+    /// The view the instance's pre-trained state was fitted on: its stage and fingerprint.
+    pub trained_on: Option<TrainedOn>,
+    /// One line for operators (shown when the retriever is listed).
+    pub note: Option<String>,
+}
+
+/// A view identified by its stage and fingerprint (see [`Corpus::fingerprint`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrainedOn {
+    /// `"valid"`, `"test"`, `"all"`, ...
+    pub stage: String,
+    /// 64 hex digits.
+    pub fingerprint: String,
+}
+
+impl Description {
+    /// The JSON object `describe` writes across the ABI.
+    pub fn to_json(&self) -> String {
+        let mut o = serde_json::Map::new();
+        if let Some(t) = &self.trained_on {
+            o.insert(
+                "trained_on".into(),
+                serde_json::json!({"stage": t.stage, "fingerprint": t.fingerprint}),
+            );
+        }
+        if let Some(n) = &self.note {
+            o.insert("note".into(), n.clone().into());
+        }
+        serde_json::Value::Object(o).to_string()
+    }
 }
 
 /// Parses a plugin config: empty or blank text gives `C::default()`, otherwise JSON.
@@ -120,6 +166,7 @@ pub mod __private {
     use std::ptr::NonNull;
 
     use crate::abi::*;
+    use crate::items::{ItemsRef, host_str, host_strings};
     use crate::{Candidates, Corpus, Query, Retriever};
 
     /// The static table for `T`. `plugin_version` must end in NUL (checked at compile time).
@@ -136,6 +183,7 @@ pub mod __private {
             create: Some(create::<T>),
             retrieve: Some(retrieve::<T>),
             destroy: Some(destroy::<T>),
+            describe: Some(describe::<T>),
         }
     }
 
@@ -177,7 +225,7 @@ pub mod __private {
     }
 
     /// Runs `f`, catching panics, and turns its outcome into a status plus error text.
-    fn guard(err: *mut PalrErrorBuf, f: impl FnOnce() -> Result<(), Failure>) -> i32 {
+    fn guard(err: *mut PalrTextBuf, f: impl FnOnce() -> Result<(), Failure>) -> i32 {
         let (status, message) = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(Ok(())) => return STATUS_OK,
             Ok(Err(Failure::Plugin(m))) => (STATUS_ERROR, m),
@@ -235,8 +283,21 @@ pub mod __private {
         } else {
             Some(unsafe { host_slice(v.timestamps, n, "view.timestamps")? })
         };
-        Corpus::new(v.n_items, offsets, items, timestamps)
-            .map_err(|e| Failure::Host(format!("invalid training view: {e}")))
+        let invalid = |e: String| Failure::Host(format!("invalid training view: {e}"));
+        let mut corpus = Corpus::new(v.n_items, offsets, items, timestamps).map_err(invalid)?;
+        // SAFETY (all blocks): the ABI promises these pointers and lengths.
+        if !v.user_ids.is_null() {
+            let ids = unsafe { host_strings(v.user_ids, n_users, "user ids") }.map_err(invalid)?;
+            corpus = corpus.with_user_id_column(ids).map_err(invalid)?;
+        }
+        if let Some(data) =
+            unsafe { ItemsRef::from_raw(&v.item_data, v.n_items) }.map_err(invalid)?
+        {
+            corpus = corpus.with_items(data).map_err(invalid)?;
+        }
+        let stage = unsafe { host_str(v.stage, "stage") }.map_err(invalid)?;
+        let fingerprint = unsafe { host_str(v.fingerprint, "fingerprint") }.map_err(invalid)?;
+        Ok(corpus.with_view(stage, fingerprint))
     }
 
     /// `CreateFn` for `T`.
@@ -248,7 +309,7 @@ pub mod __private {
         config_len: usize,
         view: *const PalrTrainingView,
         out_instance: *mut *mut c_void,
-        err: *mut PalrErrorBuf,
+        err: *mut PalrTextBuf,
     ) -> i32 {
         guard(err, || {
             if out_instance.is_null() {
@@ -278,7 +339,7 @@ pub mod __private {
         out: *mut PalrScored,
         out_capacity: usize,
         out_len: *mut usize,
-        err: *mut PalrErrorBuf,
+        err: *mut PalrTextBuf,
     ) -> i32 {
         guard(err, || {
             let Some(out_len) = NonNull::new(out_len) else {
@@ -297,7 +358,23 @@ pub mod __private {
             // SAFETY: the query arrays are valid for their lengths during the call.
             let history = unsafe { host_slice(q.history, q.history_len, "query.history")? };
             let exclude = unsafe { host_slice(q.exclude, q.exclude_len, "query.exclude")? };
-            let query = Query::from_host(history, exclude).map_err(Failure::Host)?;
+            let stamps = if q.history_timestamps.is_null() {
+                None
+            } else {
+                // SAFETY: parallel to `history` when non-null (ABI contract).
+                Some(unsafe {
+                    host_slice(
+                        q.history_timestamps,
+                        q.history_len,
+                        "query.history_timestamps",
+                    )?
+                })
+            };
+            // SAFETY: valid during the call (ABI contract).
+            let user_id = unsafe { host_str(q.user_id, "query.user_id") }.map_err(Failure::Host)?;
+            let query = Query::from_host(history, exclude)
+                .and_then(|query| query.with_context(stamps, q.request_time_ms, user_id))
+                .map_err(Failure::Host)?;
             let buf: &mut [MaybeUninit<PalrScored>] = if out_capacity == 0 {
                 &mut []
             } else if out.is_null() {
@@ -315,6 +392,40 @@ pub mod __private {
             unsafe { out_len.write(sink.len()) };
             Ok(())
         })
+    }
+
+    /// `DescribeFn` for `T`: [`Retriever::describe`] as JSON.
+    ///
+    /// # Safety
+    /// Called by the host under the ABI contract, with an instance made by `create::<T>`.
+    pub unsafe extern "C" fn describe<T: Retriever>(
+        instance: *const c_void,
+        out: *mut PalrTextBuf,
+    ) -> i32 {
+        let mut json = String::new();
+        let status = guard(out, || {
+            // SAFETY: instances are only ever made by `create::<T>` as `Box<T>`.
+            let Some(this) = (unsafe { instance.cast::<T>().as_ref() }) else {
+                return Err(Failure::Host("instance is null".into()));
+            };
+            json = this.describe().to_json();
+            Ok(())
+        });
+        if status == STATUS_OK {
+            // SAFETY: the ABI makes `out` null or a valid host buffer for the call.
+            if let Some(out) = unsafe { out.as_mut() } {
+                if json.len() > out.capacity {
+                    // SAFETY: as above.
+                    unsafe {
+                        out.write("describe: the description does not fit the host's buffer")
+                    };
+                    return STATUS_ERROR;
+                }
+                // SAFETY: as above.
+                unsafe { out.write(&json) };
+            }
+        }
+        status
     }
 
     /// `DestroyFn` for `T`. A panic in `T`'s `Drop` is caught and swallowed (there is nobody

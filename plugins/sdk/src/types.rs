@@ -4,18 +4,24 @@
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
-use crate::abi::PalrScored;
+use crate::abi::{PalrScored, PalrStr};
+use crate::items::{ItemRef, ItemsRef, StrTable, checked_text};
 
-/// Read-only training interactions: per-user item sequences, oldest first, as flat arrays.
+/// Read-only training interactions (per-user item sequences, oldest first, as flat arrays),
+/// the catalogue's item data and which view of the data this is.
 ///
 /// User `u` interacted with `items[offsets[u]..offsets[u + 1]]`. Built by the SDK from the
-/// host's view (validated), or by [`Corpus::new`] in tests.
+/// host's view (validated), or by [`Corpus::new`] and the `with_*` methods in tests.
 #[derive(Debug, Clone, Copy)]
 pub struct Corpus<'a> {
     n_items: u32,
     offsets: &'a [u64],
     items: &'a [u32],
     timestamps: Option<&'a [i64]>,
+    user_ids: Option<&'a [PalrStr]>,
+    item_data: Option<ItemsRef<'a>>,
+    stage: &'a str,
+    fingerprint: &'a str,
 }
 
 impl<'a> Corpus<'a> {
@@ -75,7 +81,84 @@ impl<'a> Corpus<'a> {
             offsets,
             items,
             timestamps,
+            user_ids: None,
+            item_data: None,
+            stage: "",
+            fingerprint: "",
         })
+    }
+
+    /// Adds the catalogue's item data (one entry per item).
+    pub fn with_items(mut self, items: ItemsRef<'a>) -> Result<Self, String> {
+        if items.len() != self.n_items as usize {
+            return Err(format!(
+                "item data holds {} items but the corpus has {}",
+                items.len(),
+                self.n_items
+            ));
+        }
+        self.item_data = Some(items);
+        Ok(self)
+    }
+
+    /// Adds the users' external ids (one per user).
+    pub fn with_user_ids(self, ids: &'a StrTable) -> Result<Self, String> {
+        self.with_user_id_column(ids.raw())
+    }
+
+    /// As [`Corpus::with_user_ids`], from a checked ABI column.
+    pub(crate) fn with_user_id_column(mut self, ids: &'a [PalrStr]) -> Result<Self, String> {
+        if ids.len() != self.n_users() {
+            return Err(format!(
+                "{} user ids for {} users",
+                ids.len(),
+                self.n_users()
+            ));
+        }
+        self.user_ids = Some(ids);
+        Ok(self)
+    }
+
+    /// Says which view of the data this is: its stage (`"all"`, `"valid"`, `"test"`, ...) and
+    /// fingerprint (see `abi`'s module docs).
+    pub fn with_view(mut self, stage: &'a str, fingerprint: &'a str) -> Self {
+        self.stage = stage;
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    /// Which interactions this view holds: [`crate::abi::STAGE_ALL`] when serving on every
+    /// interaction, `"valid"` / `"test"` for the leave-one-out evaluation views; empty when the
+    /// host did not say.
+    pub fn stage(&self) -> &'a str {
+        self.stage
+    }
+
+    /// The view's content fingerprint (64 hex digits; empty when the host did not say). A
+    /// plugin with pre-trained state compares it with the fingerprint its state was fitted on.
+    pub fn fingerprint(&self) -> &'a str {
+        self.fingerprint
+    }
+
+    /// The catalogue's item data, when the host sent it (palr always does).
+    pub fn item_data(&self) -> Option<ItemsRef<'a>> {
+        self.item_data
+    }
+
+    /// Item `index` (id, title, year, genres, attributes), when the host sent item data and
+    /// the index is in range.
+    pub fn item(&self, index: u32) -> Option<ItemRef<'a>> {
+        self.item_data?.get(index)
+    }
+
+    /// The external id of item `index`, when known.
+    pub fn item_id(&self, index: u32) -> Option<&'a str> {
+        self.item(index).map(|it| it.id())
+    }
+
+    /// The external id of user `user`, when the host sent user ids.
+    pub fn user_id(&self, user: usize) -> Option<&'a str> {
+        self.user_ids?.get(user).map(checked_text)
     }
 
     /// Catalogue size: valid item indices are `0..n_items`.
@@ -125,11 +208,15 @@ impl<'a> Corpus<'a> {
     }
 }
 
-/// One retrieval request: the user's history and the items that must not be proposed.
+/// One retrieval request: the user's history, the items that must not be proposed, and what
+/// the caller said about the request (history timestamps, user id) and when it arrived.
 #[derive(Debug, Clone)]
 pub struct Query<'a> {
     history: &'a [u32],
     exclude: Cow<'a, [u32]>,
+    history_timestamps: Option<&'a [i64]>,
+    request_time_ms: i64,
+    user_id: &'a str,
 }
 
 impl<'a> Query<'a> {
@@ -142,7 +229,34 @@ impl<'a> Query<'a> {
         Self {
             history,
             exclude: Cow::Owned(exclude),
+            history_timestamps: None,
+            request_time_ms: 0,
+            user_id: "",
         }
+    }
+
+    /// Adds the request context a host passes: the history's timestamps (one per history
+    /// item), the request time (ms since the Unix epoch) and the caller's user id (`""` =
+    /// none).
+    pub fn with_context(
+        mut self,
+        history_timestamps: Option<&'a [i64]>,
+        request_time_ms: i64,
+        user_id: &'a str,
+    ) -> Result<Self, String> {
+        if let Some(ts) = history_timestamps
+            && ts.len() != self.history.len()
+        {
+            return Err(format!(
+                "{} history timestamps for {} history items",
+                ts.len(),
+                self.history.len()
+            ));
+        }
+        self.history_timestamps = history_timestamps;
+        self.request_time_ms = request_time_ms;
+        self.user_id = user_id;
+        Ok(self)
     }
 
     /// Wraps the host's arrays after checking that `exclude` is sorted, duplicate-free and
@@ -159,6 +273,9 @@ impl<'a> Query<'a> {
         Ok(Self {
             history,
             exclude: Cow::Borrowed(exclude),
+            history_timestamps: None,
+            request_time_ms: 0,
+            user_id: "",
         })
     }
 
@@ -170,6 +287,23 @@ impl<'a> Query<'a> {
     /// The sorted exclusion set (always contains every history item).
     pub fn exclude(&self) -> &[u32] {
         &self.exclude
+    }
+
+    /// When each history item happened (seconds, as the view's timestamps), if the caller
+    /// sent them.
+    pub fn history_timestamps(&self) -> Option<&'a [i64]> {
+        self.history_timestamps
+    }
+
+    /// When the host received the request, milliseconds since the Unix epoch (0 in tests
+    /// that did not set it).
+    pub fn request_time_ms(&self) -> i64 {
+        self.request_time_ms
+    }
+
+    /// The caller's opaque user id; empty when none was sent.
+    pub fn user_id(&self) -> &'a str {
+        self.user_id
     }
 
     /// Whether `item` must not be proposed (history or explicitly excluded).

@@ -3,12 +3,13 @@
 //! what a plugin in another language has to implement. Never deploy it.
 //!
 //! Deliberate bug: its entry point ignores the host's ABI version and always returns its
-//! (version 1) table, so a host of another version must catch the mismatch from the table.
+//! (current version) table, so a host of another version must catch the mismatch from the table.
 //!
 //! Config is the bare mode string (not JSON): `ok` (items `0..` not excluded, scores `-index`),
 //! `overflow` (reports one more candidate than the capacity), `bad_status` (returns status 77),
 //! `null_instance` (reports success without an instance), `bad_utf8_error` (error text that is
-//! not UTF-8), `error_len_overflow` (claims a longer error text than the buffer).
+//! not UTF-8), `error_len_overflow` (claims a longer error text than the buffer),
+//! `bad_describe` (`describe` writes text that is not JSON).
 //!
 //! No code here may panic: a panic in an `extern "C"` function aborts the process.
 
@@ -23,6 +24,7 @@ enum Mode {
     BadStatus,
     BadUtf8Error,
     ErrorLenOverflow,
+    BadDescribe,
 }
 
 struct Instance {
@@ -38,6 +40,7 @@ static TABLE: PalrRetrieverVTable = PalrRetrieverVTable {
     create: Some(create),
     retrieve: Some(retrieve),
     destroy: Some(destroy),
+    describe: Some(describe),
 };
 
 /// The entry point; see the module docs for its deliberate bug.
@@ -46,7 +49,7 @@ pub extern "C" fn palr_retriever_entry(_host_abi_version: u32) -> *const PalrRet
     &TABLE
 }
 
-unsafe fn set_error(err: *mut PalrErrorBuf, bytes: &[u8], claimed_len: usize) {
+unsafe fn set_error(err: *mut PalrTextBuf, bytes: &[u8], claimed_len: usize) {
     // SAFETY: the host passes a valid error buffer or null.
     if let Some(e) = unsafe { err.as_mut() } {
         let n = bytes.len().min(e.capacity);
@@ -63,7 +66,7 @@ unsafe extern "C" fn create(
     config_len: usize,
     view: *const PalrTrainingView,
     out_instance: *mut *mut c_void,
-    _err: *mut PalrErrorBuf,
+    _err: *mut PalrTextBuf,
 ) -> i32 {
     let config: &[u8] = if config.is_null() || config_len == 0 {
         b""
@@ -76,6 +79,7 @@ unsafe extern "C" fn create(
         b"bad_status" => Mode::BadStatus,
         b"bad_utf8_error" => Mode::BadUtf8Error,
         b"error_len_overflow" => Mode::ErrorLenOverflow,
+        b"bad_describe" => Mode::BadDescribe,
         b"null_instance" => return STATUS_OK,
         _ => Mode::Ok,
     };
@@ -96,7 +100,7 @@ unsafe extern "C" fn retrieve(
     out: *mut PalrScored,
     out_capacity: usize,
     out_len: *mut usize,
-    err: *mut PalrErrorBuf,
+    err: *mut PalrTextBuf,
 ) -> i32 {
     // SAFETY: made by `create`; the host passes valid pointers during the call.
     let (Some(inst), Some(q)) = (unsafe { instance.cast::<Instance>().as_ref() }, unsafe {
@@ -119,7 +123,7 @@ unsafe extern "C" fn retrieve(
             unsafe { set_error(err, b"short", usize::MAX) };
             return STATUS_ERROR;
         }
-        Mode::Ok | Mode::Overflow => {}
+        Mode::Ok | Mode::Overflow | Mode::BadDescribe => {}
     }
     let exclude: &[u32] = if q.exclude.is_null() || q.exclude_len == 0 {
         &[]
@@ -149,6 +153,21 @@ unsafe extern "C" fn retrieve(
     }
     // SAFETY: checked non-null.
     unsafe { out_len.write(n) };
+    STATUS_OK
+}
+
+unsafe extern "C" fn describe(instance: *const c_void, out: *mut PalrTextBuf) -> i32 {
+    // SAFETY: made by `create`.
+    let Some(inst) = (unsafe { instance.cast::<Instance>().as_ref() }) else {
+        return STATUS_INVALID_ARGUMENT;
+    };
+    let text: &[u8] = if inst.mode == Mode::BadDescribe {
+        b"not json"
+    } else {
+        b"{}"
+    };
+    // SAFETY: host text buffer.
+    unsafe { set_error(out, text, 0) };
     STATUS_OK
 }
 

@@ -9,11 +9,16 @@
 //! `out_of_range` (proposes `n_items`), `duplicates`, `history` (proposes a history item),
 //! `excluded` (proposes an excluded non-history item), `nan`, `infinite` (bad scores),
 //! `unsorted` (increasing scores). `"sleep_ms": n` makes every retrieve call sleep first (a
-//! slow or hung plugin).
+//! slow or hung plugin). `"trained_on": {"stage": S, "fingerprint": F}` makes `describe`
+//! declare pre-trained state fitted on that view (`"fingerprint": "view"` = the view it was
+//! given). `describe`'s note echoes what the SDK read: the view's stage and fingerprint, the
+//! first user's id and the first item's id, title, year and genres.
 
 use std::ffi::CStr;
 
-use palr_retriever_sdk::{Candidates, Corpus, Query, Retriever, declare_retriever, parse_config};
+use palr_retriever_sdk::{
+    Candidates, Corpus, Description, Query, Retriever, TrainedOn, declare_retriever, parse_config,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -43,6 +48,14 @@ struct Config {
     expect_interactions: Option<usize>,
     expect_timestamps: Option<bool>,
     sleep_ms: u64,
+    trained_on: Option<ViewConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewConfig {
+    stage: String,
+    fingerprint: String,
 }
 
 /// The configurable misbehaving retriever.
@@ -50,6 +63,8 @@ pub struct Testkit {
     mode: Mode,
     n_items: u32,
     sleep_ms: u64,
+    trained_on: Option<TrainedOn>,
+    echo: String,
 }
 
 impl Drop for Testkit {
@@ -88,6 +103,26 @@ impl Retriever for Testkit {
                 mode,
                 n_items: corpus.n_items(),
                 sleep_ms: c.sleep_ms,
+                trained_on: c.trained_on.map(|v| TrainedOn {
+                    fingerprint: match v.fingerprint.as_str() {
+                        "view" => corpus.fingerprint().to_owned(),
+                        _ => v.fingerprint,
+                    },
+                    stage: v.stage,
+                }),
+                echo: match corpus.item(0) {
+                    Some(it) => format!(
+                        "stage={} fingerprint={} user0={} item0={}|{}|{:?}|{}",
+                        corpus.stage(),
+                        corpus.fingerprint(),
+                        corpus.user_id(0).unwrap_or("-"),
+                        it.id(),
+                        it.title(),
+                        it.year(),
+                        it.genres().collect::<Vec<_>>().join(",")
+                    ),
+                    None => format!("stage={} no item data", corpus.stage()),
+                },
             }),
         }
     }
@@ -147,6 +182,13 @@ impl Retriever for Testkit {
             }
         }
         Ok(())
+    }
+
+    fn describe(&self) -> Description {
+        Description {
+            trained_on: self.trained_on.clone(),
+            note: Some(self.echo.clone()),
+        }
     }
 }
 
