@@ -263,3 +263,72 @@ fn cli_writes_json_and_markdown() {
     bad(&["--retriever-config", "knn={}"], "no retriever called knn");
     bad(&["--data", "/nonexistent/dir"], "not a directory");
 }
+
+/// `palr eval --config`: the retrievers and fusions of a server config file, loaded as the
+/// server loads them; `--retriever` and `--fusion` add to them.
+#[test]
+fn cli_loads_retrievers_and_fusions_from_a_server_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[retrieval]
+default = "knn"
+[[retrieval.retrievers]]
+name = "knn"
+path = "palr_retriever_itemknn"
+[[retrieval.retrievers]]
+name = "last"
+path = "palr_retriever_markov"
+config = { history_items = 1 }
+[[retrieval.fusions]]
+name = "blend"
+members = ["knn", "last"]
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("r.json");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_palr"))
+            .args(["eval", "--split", "valid", "--users", "30", "--seed", "1"])
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--no-progress", "--out"])
+            .arg(&json)
+            .args(extra)
+            .env("PALR_DATA_DIR", palr::data::default_data_dir())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--methods",
+        "knn,last,blend,pop,mix",
+        "--retriever",
+        "pop=palr_retriever_popularity",
+        "--fusion",
+        "mix=score:last*2,pop",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let names: Vec<&str> = rep.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(names, ["knn", "last", "blend", "pop", "mix"]);
+    // The fusion of two different retrievers is neither of them.
+    let ndcg = |i: usize| rep.methods[i].metrics.ndcg_10;
+    assert!(ndcg(2) != ndcg(0) || ndcg(2) != ndcg(1), "{names:?}");
+    // A name the config does not have says how to add it.
+    let out = run(&["--methods", "markov"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("no retriever called \"markov\"")
+            && err.contains("loaded: blend, knn, last")
+            && err.contains("--retriever markov=LIBRARY"),
+        "{err}"
+    );
+}

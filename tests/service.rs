@@ -68,6 +68,17 @@ fn test_config() -> ServerConfig {
             format!(r#"{{"misbehave": "{mode}"}}"#),
         ));
     }
+    // Echoes the request context it was given (user id length, last history timestamp).
+    c.retrieval.retrievers.push(RetrieverSpec::new(
+        "ctx",
+        "palr_retriever_testkit",
+        r#"{"misbehave": "context"}"#,
+    ));
+    c.retrieval.fusions.push(palr::retrieval::FusionSpec::new(
+        "blend",
+        palr::retrieval::FusionMethod::Rrf,
+        &["markov", "itemknn"],
+    ));
     // A plugin that takes 3 s per call, against a 300 ms per-call limit.
     c.retrieval.retrievers.push(RetrieverSpec::new(
         "sleepy",
@@ -371,18 +382,29 @@ fn list_retrievers_and_model_info() {
             [
                 "broken",
                 "cheater",
+                "ctx",
                 "itemknn",
                 "markov",
                 "panicky",
                 "popularity",
-                "sleepy"
+                "sleepy",
+                "blend"
             ]
         );
         let markov = list.iter().find(|r| r.name == "markov").unwrap();
         assert!(markov.is_default && markov.plugin_name == "markov");
         assert!(markov.library_path.contains("palr_retriever_markov"));
         assert_eq!(markov.abi_version, palr::retrieval::ABI_VERSION);
+        assert_eq!(markov.view_stage, "all");
+        assert!(markov.trained_on_stage.is_empty() && !markov.stale_snapshot);
         assert!(list.iter().filter(|r| r.is_default).count() == 1);
+        let blend = list.iter().find(|r| r.name == "blend").unwrap();
+        assert_eq!(
+            (blend.plugin_name.as_str(), blend.fusion_method.as_str()),
+            ("fusion", "rrf")
+        );
+        assert_eq!(blend.fusion_members, ["markov", "itemknn"]);
+        assert_eq!(blend.fusion_weights, [1.0, 1.0]);
 
         let m = c
             .get_model_info(pb::GetModelInfoRequest {})
@@ -406,6 +428,19 @@ fn list_retrievers_and_model_info() {
         assert_eq!((m.max_score_candidates, m.max_prompt_tokens), (26, 512));
         assert_eq!(m.default_retriever, "markov");
         assert_eq!(m.adapters, ["fx"]);
+        // The retrievers' view: every interaction, with the fingerprint a local copy of the
+        // same data gives (what `palr eval --addr` compares).
+        let ds = palr::data::Dataset::load(&data_dir(), &Default::default()).unwrap();
+        let split = palr::data::Split::leave_one_out(&ds.interactions);
+        let local = palr::eval::training_view(
+            &split,
+            &ds.interactions,
+            &ds.catalog,
+            palr::eval::ViewStage::All,
+        )
+        .unwrap();
+        assert_eq!(m.training_view_stage, "all");
+        assert_eq!(m.training_view_fingerprint, local.fingerprint());
         assert_eq!(m.default_adapter, "");
     });
 }
@@ -591,7 +626,7 @@ fn validation_errors_name_the_problem() {
                 Code::NotFound,
                 vec![
                     "unknown retriever `nope`",
-                    "broken, cheater, itemknn, markov, panicky, popularity, sleepy",
+                    "blend, broken, cheater, ctx, itemknn, markov, panicky, popularity, sleepy",
                 ],
             ),
             (
@@ -1216,5 +1251,55 @@ fn requests_pick_an_adapter_by_name() {
         req.adapter = "fx".into();
         let again = c.recommend(req).await.unwrap().into_inner();
         assert_eq!(scores(&again), scores(&adapted));
+    });
+}
+
+/// Fusions serve like plugins; the caller's user id and history timestamps reach the plugin,
+/// and bad ones are refused with what to fix.
+#[test]
+fn fusions_and_request_context_reach_the_retrievers() {
+    block_on(async {
+        let mut c = client().await;
+        let retrieve = |retriever: &str, user_id: &str, ts: Vec<i64>| pb::RetrieveRequest {
+            history: ids(&[1, 2, 3]),
+            num_candidates: 10,
+            retriever: retriever.into(),
+            user_id: user_id.into(),
+            history_timestamps: ts,
+            ..Default::default()
+        };
+        let r = c
+            .retrieve(retrieve("blend", "", vec![]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.retriever.as_str(), r.items.len()), ("blend", 10));
+        // The testkit echoes the context: item index len("abcde") = 5 (id "6"), scored with
+        // the last history timestamp.
+        let r = c
+            .retrieve(retrieve("ctx", "abcde", vec![100, 200, 777]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.items[0].item_id.as_str(), r.items[0].score),
+            ("6", 777.0)
+        );
+        let r = c
+            .retrieve(retrieve("ctx", "abcde", vec![]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.items[0].item_id.as_str(), r.items[0].score), ("6", -1.0));
+        assert_status(
+            c.retrieve(retrieve("ctx", "", vec![1, 2])).await,
+            Code::InvalidArgument,
+            &["history_timestamps has 2 entries for 3 history items"],
+        );
+        assert_status(
+            c.retrieve(retrieve("ctx", &"u".repeat(300), vec![])).await,
+            Code::InvalidArgument,
+            &["user_id has 300 bytes"],
+        );
     });
 }

@@ -1,7 +1,7 @@
 //! `palr eval`: offline evaluation of retrievers and retriever + LLM methods (thin glue over
 //! `palr::eval`), in process or against a running server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use crate::data::{self, Catalog, Dataset, Format, LoadOptions, Split, Stage};
 use crate::engine::{self, Device, WeightDtype};
 use crate::eval::{self, EvalOptions, LocalBackend, Method, remote::RemoteBackend};
 use crate::rank::{Ranker, RankerConfig};
-use crate::retrieval::RetrieverSpec;
+use crate::retrieval::{FusionSpec, RetrieverRegistry, RetrieverSpec, TrainingView};
+use crate::service::config::{Overrides, ServerConfig};
 use crate::tokenizer::Tokenizer;
 
 /// Which held-out item is the target.
@@ -128,33 +129,95 @@ fn name_value<'a>(flag: &str, s: &'a str) -> anyhow::Result<(&'a str, &'a str)> 
     }
 }
 
-/// Retriever plugins to load (shared by `eval` and `sft-data`).
-pub fn retriever_specs(
+/// The retrievers an evaluation loads, as the server would.
+#[derive(Debug, Clone)]
+pub struct RetrieverSet {
+    pub specs: Vec<RetrieverSpec>,
+    pub fusions: Vec<FusionSpec>,
+    /// Where bare library names are looked up ([] = next to the palr executable).
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// The server configuration's `[retrieval]` section and `[ranking]` table: `file`, layered
+/// as the server layers it (environment included), or the built-in defaults
+/// (= `configs/palr.toml`).
+pub fn server_config(file: Option<&Path>) -> anyhow::Result<ServerConfig> {
+    match file {
+        Some(p) => ServerConfig::load(Some(p), std::env::vars(), &Overrides::default())
+            .with_context(|| format!("loading the server config {}", p.display())),
+        None => Ok(ServerConfig::default()),
+    }
+}
+
+/// The retrievers of `cfg`, then the command line's: `--retriever NAME=LIB` adds one (or
+/// replaces the one of that name), `--retriever-config NAME=JSON` sets a loaded one's
+/// config, `--fusion SPEC` adds a fusion (shared by `eval` and `bench retrieve`).
+pub fn retriever_set(
+    cfg: &ServerConfig,
     retrievers: &[String],
     configs: &[String],
-) -> anyhow::Result<Vec<RetrieverSpec>> {
-    let mut specs: Vec<RetrieverSpec> = if retrievers.is_empty() {
-        ["popularity", "itemknn", "markov"]
-            .iter()
-            .map(|n| RetrieverSpec::new(*n, format!("palr_retriever_{n}"), "{}"))
-            .collect()
-    } else {
-        retrievers
-            .iter()
-            .map(|r| {
-                let (n, lib) = name_value("--retriever", r)?;
-                Ok(RetrieverSpec::new(n, lib, "{}"))
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
+    fusions: &[String],
+) -> anyhow::Result<RetrieverSet> {
+    let mut specs = cfg.retrieval.retrievers.clone();
+    for r in retrievers {
+        let (n, lib) = name_value("--retriever", r)?;
+        let spec = RetrieverSpec::new(n, lib, "{}");
+        match specs.iter_mut().find(|s| s.name == n) {
+            Some(s) => *s = spec,
+            None => specs.push(spec),
+        }
+    }
     for c in configs {
         let (n, json) = name_value("--retriever-config", c)?;
+        let loaded: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let spec = specs.iter_mut().find(|s| s.name == n).with_context(|| {
-            format!("--retriever-config {n}=...: no retriever called {n}; name one given with --retriever")
+            format!(
+                "--retriever-config {n}=...: no retriever called {n} (loaded: {}); add one \
+                 with --retriever {n}=LIBRARY or in the config's [[retrieval.retrievers]]",
+                loaded.join(", ")
+            )
         })?;
         spec.config_json = json.to_owned();
     }
-    Ok(specs)
+    let mut fusion_specs = cfg.retrieval.fusions.clone();
+    for f in fusions {
+        let spec: FusionSpec = f
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--fusion: {e}"))?;
+        fusion_specs.retain(|s| s.name != spec.name);
+        fusion_specs.push(spec);
+    }
+    Ok(RetrieverSet {
+        specs,
+        fusions: fusion_specs,
+        plugin_dirs: cfg.retrieval.plugin_dirs.clone(),
+    })
+}
+
+impl RetrieverSet {
+    /// Every name a method can use.
+    pub fn names(&self) -> Vec<String> {
+        self.specs
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(self.fusions.iter().map(|f| f.name.clone()))
+            .collect()
+    }
+
+    /// Loads the plugins over `view` and adds the fusions.
+    pub fn load(&self, view: TrainingView) -> anyhow::Result<RetrieverRegistry> {
+        let view = Arc::new(view);
+        let registry = if self.plugin_dirs.is_empty() {
+            RetrieverRegistry::new(view)
+        } else {
+            RetrieverRegistry::with_search_dirs(view, self.plugin_dirs.clone())
+        };
+        registry.load_all(&self.specs)?;
+        for f in &self.fusions {
+            registry.add_fusion(f.clone())?;
+        }
+        Ok(registry)
+    }
 }
 
 /// A progress bar with ETA on stderr (hidden when stderr is not a terminal or `hidden`).
@@ -188,13 +251,23 @@ pub struct EvalArgs {
     /// RETRIEVER+MODE@ADAPTER [default: every retriever alone, with score and with generate]
     #[arg(long)]
     pub methods: Option<String>,
-    /// A retriever plugin as NAME=LIBRARY (repeatable) [default: popularity, itemknn and
-    /// markov, the built-in plugins]
+    /// A server config file (configs/palr.toml's format): its retrievers, fusions and
+    /// plugin_dirs are loaded exactly as the server would, and its [ranking] table is the
+    /// ranker's unless --ranker-config is given [default: the built-in defaults, which are
+    /// configs/palr.toml]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Add a retriever plugin as NAME=LIBRARY (repeatable; replaces a configured one of that
+    /// name)
     #[arg(long = "retriever", value_name = "NAME=LIBRARY")]
     pub retrievers: Vec<String>,
     /// A retriever's JSON config as NAME=JSON (repeatable), e.g. markov={"history_items":1}
     #[arg(long = "retriever-config", value_name = "NAME=JSON")]
     pub retriever_configs: Vec<String>,
+    /// Add a fused retriever as NAME=METHOD:MEMBER*WEIGHT,... (repeatable; METHOD rrf or
+    /// score), e.g. blend=rrf:sasrec*1,markov*0.3
+    #[arg(long = "fusion", value_name = "NAME=SPEC")]
+    pub fusions: Vec<String>,
     /// Candidates (the retriever's top ones) an LLM method re-ranks.
     #[arg(long, default_value_t = 20)]
     pub candidates: usize,
@@ -245,7 +318,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let ds = args.data.load()?;
     let split = Split::leave_one_out(&ds.interactions);
     let stage: Stage = args.split.into();
-    let specs = retriever_specs(&args.retrievers, &args.retriever_configs)?;
+    let cfg = server_config(args.config.as_deref())?;
+    let set = retriever_set(
+        &cfg,
+        &args.retrievers,
+        &args.retriever_configs,
+        &args.fusions,
+    )?;
     let mut adapters = Vec::new();
     for a in &args.adapters {
         let (n, d) = name_value("--adapter", a)?;
@@ -254,7 +333,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let methods = match &args.methods {
         Some(m) => Method::parse_list(m)?,
         None => {
-            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            let names = set.names();
             let adapter_names: Vec<String> = adapters.iter().map(|a| a.0.clone()).collect();
             Method::defaults(&names, &adapter_names)
         }
@@ -293,12 +372,17 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             )?
         }
         None => {
-            let mut backend =
-                LocalBackend::load(&split, &ds.interactions, &ds.catalog, stage, &specs)?;
+            let view = eval::training_view(&split, &ds.interactions, &ds.catalog, stage)?;
+            let mut backend = LocalBackend::from_registry(set.load(view)?);
             if opts.methods.iter().any(|m| m.mode.is_some()) {
+                // The ranker's settings: --ranker-config, else the config file's [ranking].
+                let ranker_cfg = match args.ranker.ranker_config {
+                    Some(_) => args.ranker.ranker_config()?,
+                    None => cfg.ranking.clone(),
+                };
                 // One model with every adapter loaded unmerged: requests pick theirs.
-                backend =
-                    backend.with_ranker(None, Arc::new(base_ranker(args, catalog, &adapters)?));
+                let ranker = base_ranker(args, catalog, &adapters, ranker_cfg)?;
+                backend = backend.with_ranker(None, Arc::new(ranker));
             }
             eval::evaluate(
                 &backend,
@@ -327,6 +411,7 @@ fn base_ranker(
     args: &EvalArgs,
     catalog: Arc<Catalog>,
     adapters: &[(String, PathBuf)],
+    ranker_cfg: RankerConfig,
 ) -> anyhow::Result<Ranker> {
     let dir = args.ranker.model_dir();
     super::generate::check_device_dtype(args.device, args.dtype)?;
@@ -352,11 +437,5 @@ fn base_ranker(
     })?;
     let tok = Arc::new(args.ranker.tokenizer()?);
     let chat = args.ranker.chat_template()?;
-    Ok(Ranker::new(
-        model,
-        tok,
-        chat.as_ref(),
-        catalog,
-        args.ranker.ranker_config()?,
-    )?)
+    Ok(Ranker::new(model, tok, chat.as_ref(), catalog, ranker_cfg)?)
 }

@@ -1,6 +1,7 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
 //! The only place (with `main.rs`) that uses `anyhow`.
 
+pub mod bench_retrieve;
 pub mod data;
 pub mod eval;
 pub mod generate;
@@ -59,6 +60,8 @@ pub enum BenchCmd {
     Recommend(crate::service::bench::RecommendBenchArgs),
     /// CUDA backend timings next to their physical floors (needs a GPU).
     Gpu(crate::bench_gpu::GpuBenchArgs),
+    /// Per-call latency of retriever plugins and fusions (one caller, one core).
+    Retrieve(bench_retrieve::RetrieveBenchArgs),
 }
 
 /// Runs the parsed command line.
@@ -87,6 +90,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let report = rt.block_on(crate::service::bench::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print_table();
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Retrieve(args)) => {
+            let report = bench_retrieve::run(&args)?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

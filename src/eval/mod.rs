@@ -482,10 +482,16 @@ impl LocalBackend {
         let view = training_view(split, inter, catalog, stage)?;
         let registry = RetrieverRegistry::new(Arc::new(view));
         registry.load_all(specs)?;
-        Ok(LocalBackend {
+        Ok(Self::from_registry(registry))
+    }
+
+    /// A backend over retrievers already loaded (and fusions added) on a view of
+    /// [`training_view`]; [`evaluate`] checks that the view is the evaluated stage's.
+    pub fn from_registry(registry: RetrieverRegistry) -> Self {
+        LocalBackend {
             registry,
             rankers: BTreeMap::new(),
-        })
+        }
     }
 
     /// Adds the ranker that serves `adapter` (`None` = the base model). Adapters are a
@@ -517,7 +523,9 @@ impl Backend for LocalBackend {
         for m in methods {
             if !names.contains(&m.retriever) {
                 return Err(EvalError::Config(format!(
-                    "method {m}: no retriever called {:?} is loaded (loaded: {})",
+                    "method {m}: no retriever called {:?} is loaded (loaded: {}); add it with \
+                     --retriever {0}=LIBRARY, --fusion {0}=rrf:A,B, or a --config file that \
+                     configures it",
                     m.retriever,
                     names.join(", ")
                 )));

@@ -8,7 +8,9 @@
 //! `error_init`, `panic_init`, `error_retrieve`, `panic_retrieve`, `panic_drop`,
 //! `out_of_range` (proposes `n_items`), `duplicates`, `history` (proposes a history item),
 //! `excluded` (proposes an excluded non-history item), `nan`, `infinite` (bad scores),
-//! `unsorted` (increasing scores). `"sleep_ms": n` makes every retrieve call sleep first (a
+//! `unsorted` (increasing scores), `context` (first proposes item `len(user id) % n_items`
+//! scored with the last history timestamp, or -1 without timestamps, and scores the rest
+//! below it). `"sleep_ms": n` makes every retrieve call sleep first (a
 //! slow or hung plugin). `"trained_on": {"stage": S, "fingerprint": F}` makes `describe`
 //! declare pre-trained state fitted on that view (`"fingerprint": "view"` = the view it was
 //! given). `describe`'s note echoes what the SDK read: the view's stage and fingerprint, the
@@ -38,6 +40,7 @@ enum Mode {
     Nan,
     Infinite,
     Unsorted,
+    Context,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +160,20 @@ impl Retriever for Testkit {
                 {
                     out.push(e, 1.0);
                 }
+            }
+            Mode::Context => {
+                let item = query.user_id().len() as u32 % self.n_items;
+                let ts = query.history_timestamps().and_then(|t| t.last().copied());
+                let score = ts.unwrap_or(-1) as f32;
+                if !query.is_excluded(item) {
+                    out.push(item, score);
+                }
+                for i in (0..self.n_items).filter(|&i| !query.is_excluded(i) && i != item) {
+                    if !out.push(i, score - 1.0 - i as f32) {
+                        break;
+                    }
+                }
+                return Ok(());
             }
             Mode::Nan | Mode::Infinite => {
                 if let Some(i) = first_allowed {
