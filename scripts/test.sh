@@ -9,9 +9,12 @@ cargo build --release --workspace
 # (SmolLM2-135M-Instruct, downloaded, verified, imported) and MovieLens-100k.
 ./target/release/palr model fetch
 ./target/release/palr data fetch ml-100k
-cargo test --release --workspace
+# The trainers' Python environment (torch, pinned): tests/sasrec_e2e.rs trains a tiny SASRec
+# with scripts/train_sasrec.py and checks the Rust plugin against it.
+TRAIN_PYTHON=$(scripts/train-venv.sh | tail -n 1)
+PALR_TRAIN_PYTHON=$TRAIN_PYTHON cargo test --release --workspace
 # Peer benchmark harness checks that need neither torch nor a model (pinned prompt ids).
 python3 -m unittest discover -s benchmarks/peers
-# The results scripts (scripts/results-table.py, the RecBole-free parts of sasrec_recbole.py):
-# standard library only; the plot test is skipped without matplotlib.
-python3 -m unittest discover -s scripts/tests
+# The Python scripts' tests (results table and plot, the RecBole-free parts of
+# sasrec_recbole.py, the SASRec trainer), in the trainers' environment so none is skipped.
+"$TRAIN_PYTHON" -m unittest discover -s scripts/tests

@@ -50,9 +50,8 @@ while [ $# -gt 0 ]; do
 done
 
 VENV=${TRAIN_VENV:-.cache/train-venv}
-if [ -z "$data_only" ] && [ ! -x "$VENV/bin/python" ]; then
-    "${PYTHON:-python3}" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -r scripts/requirements-train.txt
+if [ -z "$data_only" ]; then
+    scripts/train-venv.sh >/dev/null
 fi
 
 cargo build --release --workspace
