@@ -657,6 +657,32 @@ mod tests {
         );
     }
 
+    /// The TOML examples in the docs are real configuration: the `[[retrieval.*]]` block of
+    /// plugins/README.md and the commented fusion example of configs/palr.toml parse.
+    #[test]
+    fn documented_retrieval_examples_parse() {
+        let readme = std::fs::read_to_string(repo_file("plugins/README.md")).unwrap();
+        let block = readme
+            .split("```toml")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .find(|b| b.contains("[[retrieval.retrievers]]"))
+            .expect("plugins/README.md has a [[retrieval.retrievers]] example");
+        let c =
+            ServerConfig::from_toml(&format!("[retrieval]\ndefault = \"knn\"\n{block}")).unwrap();
+        assert_eq!(c.retrieval.retrievers.len(), 2);
+        assert_eq!(c.retrieval.fusions[0].members, ["knn", "pop"]);
+        let file = std::fs::read_to_string(repo_file("configs/palr.toml")).unwrap();
+        let example: String = file
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[retrieval.fusions]]"))
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = ServerConfig::from_toml(&format!("[retrieval]\n{example}")).unwrap();
+        assert_eq!(c.retrieval.fusions[0].weights, [1.0, 0.5]);
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let e = ServerConfig::from_toml("[server]\nadress = \"x\"").unwrap_err();
