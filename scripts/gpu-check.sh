@@ -95,7 +95,13 @@ if [[ $parts == *,tests,* ]]; then
         # Leave time for the timings: 120 s for bench + torch + report at least.
         lim=$(allow 200 120)
         echo "== $t (limit ${lim}s)" | tee -a "$res/tests.log"
-        timeout "$lim" "$work/bin/$t" --test-threads=4 2>&1 | tee -a "$res/tests.log"
+        skip=()
+        if [ "$t" = cuda_model ] && [ ! -f "${PALR_MODEL_DIR:-models/smollm2-135m-instruct}/config.json" ]; then
+            # Said in the log, never counted as a pass: the real model was not carried here.
+            echo "NOT RUN: smollm2_on_gpu_matches_the_reference (no default model on this machine; set PALR_MODEL_DIR)" | tee -a "$res/tests.log"
+            skip=(--skip smollm2_on_gpu_matches_the_reference)
+        fi
+        timeout "$lim" "$work/bin/$t" --include-ignored "${skip[@]}" --test-threads=4 2>&1 | tee -a "$res/tests.log"
         rc=${PIPESTATUS[0]}
         echo "== $t exit $rc" | tee -a "$res/tests.log"
         [ "$rc" -ne 0 ] && status=1
@@ -105,7 +111,7 @@ if [[ $parts == *,sanitize,* ]]; then
     lim=$(allow 300 30)
     echo "== compute-sanitizer memcheck cuda_ops ${GPU_CHECK_SANITIZE_FILTER:-} (limit ${lim}s)" | tee -a "$res/tests.log"
     PALR_CUDA_SYNC_CHECK=1 timeout "$lim" compute-sanitizer --tool memcheck --error-exitcode 9 \
-        "$work/bin/cuda_ops" --test-threads=1 ${GPU_CHECK_SANITIZE_FILTER:-} 2>&1 | tail -200 | tee -a "$res/tests.log"
+        "$work/bin/cuda_ops" --include-ignored --test-threads=1 ${GPU_CHECK_SANITIZE_FILTER:-} 2>&1 | tail -200 | tee -a "$res/tests.log"
     rc=${PIPESTATUS[0]}
     echo "== sanitizer exit $rc" | tee -a "$res/tests.log"
     [ "$rc" -ne 0 ] && status=1

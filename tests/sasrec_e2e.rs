@@ -102,14 +102,35 @@ fn trainer_scores_equal_the_plugins_and_views_are_enforced() {
         .arg(weights.join("valid.safetensors"))
         .arg("--log-dir")
         .arg(tmp.path().join("logs"))
-        .args(["--hidden", "16", "--blocks", "2", "--heads", "2", "--inner", "32"])
-        .args(["--max-len", "12", "--dropout", "0.1", "--lr", "0.005", "--batch-size", "32"])
-        .args(["--max-epochs", "25", "--patience", "25", "--seed", "1", "--threads", "2"])
+        .args([
+            "--hidden", "16", "--blocks", "2", "--heads", "2", "--inner", "32",
+        ])
+        .args([
+            "--max-len",
+            "12",
+            "--dropout",
+            "0.1",
+            "--lr",
+            "0.005",
+            "--batch-size",
+            "32",
+        ])
+        .args([
+            "--max-epochs",
+            "25",
+            "--patience",
+            "25",
+            "--seed",
+            "1",
+            "--threads",
+            "2",
+        ])
         .args(["--quiet", "--dump-k", "10", "--dump-scores"])
         .arg(&dump)
         .arg("--dump-histories")
         .arg(&hist_file));
-    let dumped: Vec<Dumped> = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    let dumped: Vec<Dumped> =
+        serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
     assert_eq!(dumped.len(), histories.len());
 
     // The plugin over the same view, through the host.
@@ -161,13 +182,19 @@ fn trainer_scores_equal_the_plugins_and_views_are_enforced() {
     // The same weights on other views: refused on the test view (they did not see its
     // validation items, and a test-view model must not be a valid-view one), and on all
     // interactions there is no snapshot of all interactions to fall back to.
-    let e = registry_on(ViewStage::Test).load(&spec).unwrap_err().to_string();
+    let e = registry_on(ViewStage::Test)
+        .load(&spec)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("no weights fitted on this view (stage test")
             && e.contains("valid.safetensors (stage valid")
             && e.contains("palr data export-view --stage test"),
         "{e}"
     );
-    let e = registry_on(ViewStage::All).load(&spec).unwrap_err().to_string();
+    let e = registry_on(ViewStage::All)
+        .load(&spec)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no weights trained on all interactions"), "{e}");
 }

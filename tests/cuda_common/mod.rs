@@ -1,9 +1,9 @@
 //! Helpers of the GPU tests (`tests/cuda_*.rs`): the backend or a skip, fresh
 //! random inputs, relative errors, synthetic checkpoints.
 //!
-//! Where no NVIDIA driver or device exists a test prints `skipped: <why>` and
-//! returns; with `PALR_REQUIRE_CUDA=1` (set by scripts/gpu-check.sh) it fails
-//! instead, so a GPU run cannot pass by skipping.
+//! The GPU tests are `#[ignore]`d, so machines without a GPU report them as ignored;
+//! when one is run (`--include-ignored`) and no NVIDIA driver or device exists, it
+//! fails: a GPU run cannot pass by skipping.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -21,20 +21,14 @@ pub fn ordinal() -> usize {
         .unwrap_or(0)
 }
 
-pub fn required() -> bool {
-    std::env::var("PALR_REQUIRE_CUDA").is_ok_and(|v| v == "1")
-}
-
-/// The CUDA backend, or `None` (after printing why) on a machine without CUDA.
-pub fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(ordinal()) {
-        Ok(b) => Some(b),
-        Err(e) if e.is_unavailable() && !required() => {
-            eprintln!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("the CUDA backend failed to start: {e}"),
-    }
+/// The CUDA backend; a test that runs needs one, so its absence fails the test.
+pub fn gpu() -> CudaBackend {
+    CudaBackend::new(ordinal()).unwrap_or_else(|e| {
+        panic!(
+            "the CUDA backend failed to start: {e} (GPU tests need an NVIDIA GPU, or the \
+             emulator of scripts/fake-gpu.sh)"
+        )
+    })
 }
 
 /// A seed for this run: `PALR_TEST_SEED` or the clock (printed, to reproduce a failure).
