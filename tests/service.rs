@@ -85,7 +85,14 @@ fn test_config() -> ServerConfig {
         "palr_retriever_testkit",
         r#"{"sleep_ms": 3000}"#,
     ));
+    // A plugin that hangs (20 s per call), with a bound of 4 concurrent calls: the bulkhead
+    // and circuit-breaker test's victim.
+    let mut hung = RetrieverSpec::new("hung", "palr_retriever_testkit", r#"{"sleep_ms": 20000}"#);
+    hung.max_concurrent_calls = Some(4);
+    c.retrieval.retrievers.push(hung);
     c.retrieval.timeout_ms = 300;
+    // Three consecutive timeouts quarantine a retriever (only `hung` ever has that many).
+    c.retrieval.breaker_timeouts = 3;
     c
 }
 
@@ -383,6 +390,7 @@ fn list_retrievers_and_model_info() {
                 "broken",
                 "cheater",
                 "ctx",
+                "hung",
                 "itemknn",
                 "markov",
                 "panicky",
@@ -626,7 +634,7 @@ fn validation_errors_name_the_problem() {
                 Code::NotFound,
                 vec![
                     "unknown retriever `nope`",
-                    "blend, broken, cheater, ctx, itemknn, markov, panicky, popularity, sleepy",
+                    "blend, broken, cheater, ctx, hung, itemknn, markov, panicky, popularity, sleepy",
                 ],
             ),
             (
@@ -1300,6 +1308,114 @@ fn fusions_and_request_context_reach_the_retrievers() {
             c.retrieve(retrieve("ctx", &"u".repeat(300), vec![])).await,
             Code::InvalidArgument,
             &["user_id has 300 bytes"],
+        );
+    });
+}
+
+/// A hung plugin holds at most its own slots: a flood of calls to it fails fast (busy, then
+/// quarantined), its health entry turns NOT_SERVING, and the healthy retrievers answer every
+/// call meanwhile, as fast as before.
+#[test]
+fn a_hung_plugin_is_isolated_and_quarantined() {
+    block_on(async {
+        let healthy = |n: usize| async move {
+            let mut c = client().await;
+            let mut worst = Duration::ZERO;
+            for _ in 0..n {
+                let t = Instant::now();
+                let r = c
+                    .retrieve(pb::RetrieveRequest {
+                        history: history(),
+                        num_candidates: 10,
+                        retriever: "markov".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a healthy retriever never fails beside a hung one");
+                assert_eq!(r.into_inner().items.len(), 10);
+                worst = worst.max(t.elapsed());
+            }
+            worst
+        };
+        let before = healthy(20).await;
+        // 60 calls to the hung plugin at once.
+        let flood = (0..60).map(|_| async {
+            let mut c = client().await;
+            c.retrieve(pb::RetrieveRequest {
+                history: history(),
+                num_candidates: 5,
+                retriever: "hung".into(),
+                ..Default::default()
+            })
+            .await
+        });
+        let (results, during) = tokio::join!(futures_util::future::join_all(flood), healthy(40));
+        let msgs: Vec<String> = results
+            .iter()
+            .map(|r| {
+                let s = r.as_ref().expect_err("the hung plugin never answers");
+                assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+                s.message().to_owned()
+            })
+            .collect();
+        let count = |needle: &str| msgs.iter().filter(|m| m.contains(needle)).count();
+        // At most its 4 slots ever reach the plugin; the rest are refused at once.
+        assert!(count("did not answer within 300 ms") <= 4, "{msgs:?}");
+        assert!(
+            count("at its limit of 4 concurrent calls") + count("quarantined") >= 56,
+            "{msgs:?}"
+        );
+        eprintln!("healthy retriever: worst {before:?} alone, {during:?} beside the flood");
+        assert!(
+            during < Duration::from_millis(250).max(before * 20),
+            "the healthy retriever slowed down: {before:?} -> {during:?}"
+        );
+        // Its slots' timeouts (3 of them) quarantined it: calls fail at once, health says
+        // NOT_SERVING for it alone.
+        let mut c = client().await;
+        let r = c
+            .retrieve(pb::RetrieveRequest {
+                history: history(),
+                num_candidates: 5,
+                retriever: "hung".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(r, Code::Unavailable, &["\"hung\" is quarantined"]);
+        let mut h = HealthClient::new(channel(shared().server.grpc_addr).await);
+        let status = |s: &str| HealthCheckRequest { service: s.into() };
+        let st = h
+            .check(status("palr.retriever.hung"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.status, ServingStatus::NotServing as i32);
+        let st = h
+            .check(status("palr.retriever.markov"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.status, ServingStatus::Serving as i32);
+        let list = c
+            .list_retrievers(pb::ListRetrieversRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .retrievers;
+        let hung = list.iter().find(|r| r.name == "hung").unwrap();
+        assert_eq!((hung.max_concurrent_calls, hung.running_calls), (4, 4));
+        assert_eq!(hung.breaker_state, "open");
+        assert!(hung.timeouts >= 1 && hung.refused >= 50, "{hung:?}");
+        assert!(hung.failures >= hung.timeouts, "timeouts count as failures");
+        assert!(
+            !hung.library_path.contains('/'),
+            "a file name, not a path: {}",
+            hung.library_path
+        );
+        let markov = list.iter().find(|r| r.name == "markov").unwrap();
+        assert_eq!(
+            (markov.breaker_state.as_str(), markov.running_calls),
+            ("closed", 0)
         );
     });
 }

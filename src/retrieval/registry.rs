@@ -31,6 +31,10 @@ pub struct RetrieverSpec {
         deserialize_with = "config_text"
     )]
     pub config_json: String,
+    /// The server's bound on this retriever's concurrent calls (its bulkhead); `None` = the
+    /// server-wide `retrieval.max_concurrent_calls`. The registry itself does not use it.
+    #[serde(default)]
+    pub max_concurrent_calls: Option<usize>,
 }
 
 fn empty_object() -> String {
@@ -61,6 +65,7 @@ impl RetrieverSpec {
             name: name.into(),
             path: path.into(),
             config_json: config_json.into(),
+            max_concurrent_calls: None,
         }
     }
 

@@ -290,6 +290,16 @@ pub struct RetrievalSection {
     /// request's deadline). A call past it fails with UNAVAILABLE; the plugin's thread is
     /// left to finish on its own (a plugin cannot be interrupted).
     pub timeout_ms: u64,
+    /// Calls one retriever may have running at once (a retriever's own
+    /// `max_concurrent_calls` overrides it); past it calls fail at once with UNAVAILABLE.
+    /// An abandoned call keeps its slot until the plugin returns, so a hung plugin holds at
+    /// most this many threads and never slows the others.
+    pub max_concurrent_calls: usize,
+    /// Consecutive timeouts after which a retriever is quarantined (its calls fail at once);
+    /// 0 = never.
+    pub breaker_timeouts: u32,
+    /// How long a quarantine lasts before one probe call is let through, in milliseconds.
+    pub breaker_open_ms: u64,
 }
 
 impl Default for RetrievalSection {
@@ -305,6 +315,9 @@ impl Default for RetrievalSection {
             ],
             fusions: Vec::new(),
             timeout_ms: 2000,
+            max_concurrent_calls: 16,
+            breaker_timeouts: 5,
+            breaker_open_ms: 10_000,
         }
     }
 }

@@ -40,6 +40,26 @@ pub enum ServiceError {
         "retriever \"{name}\" did not answer within {ms} ms (retrieval.timeout_ms); its call was abandoned"
     )]
     RetrieverTimeout { name: String, ms: u64 },
+    /// Every one of a retriever's concurrent-call slots is taken (UNAVAILABLE): it is slow or
+    /// hung; other retrievers are unaffected.
+    #[error(
+        "retriever \"{name}\" is at its limit of {limit} concurrent calls \
+         (retrieval.max_concurrent_calls): it is slow or hung; retry later or use another retriever"
+    )]
+    RetrieverBusy { name: String, limit: usize },
+    /// A retriever is quarantined after repeated timeouts (UNAVAILABLE).
+    #[error(
+        "retriever \"{name}\" is quarantined after repeated timeouts (retrieval.breaker_timeouts); \
+         it is tried again in {retry_in_ms} ms; use another retriever meanwhile"
+    )]
+    RetrieverQuarantined { name: String, retry_in_ms: u64 },
+    /// A fusion's member failed (the member's code).
+    #[error("fusion \"{fusion}\": member \"{member}\": {source}")]
+    FusionMember {
+        fusion: String,
+        member: String,
+        source: Box<ServiceError>,
+    },
     /// A server fault (INTERNAL).
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,7 +112,10 @@ impl ServiceError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Retrieval(e) => retrieval_code(e),
             Self::Rank(e) => rank_code(e),
-            Self::RetrieverTimeout { .. } => Code::Unavailable,
+            Self::RetrieverTimeout { .. }
+            | Self::RetrieverBusy { .. }
+            | Self::RetrieverQuarantined { .. } => Code::Unavailable,
+            Self::FusionMember { source, .. } => source.code(),
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -110,6 +133,8 @@ impl ServiceError {
             )),
             Self::Retrieval(RetrievalError::Contract { name, .. }) => Some((name, "contract")),
             Self::RetrieverTimeout { name, .. } => Some((name, "timeout")),
+            Self::RetrieverBusy { name, .. } => Some((name, "busy")),
+            Self::RetrieverQuarantined { name, .. } => Some((name, "quarantined")),
             _ => None,
         }
     }

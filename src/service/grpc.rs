@@ -345,15 +345,31 @@ impl RecommenderRpc for RecommenderService {
                     .trained_on
                     .map(|t| (t.stage, t.fingerprint))
                     .unwrap_or_default();
+                let b = self.core.bulkhead(&r.name);
+                let timeouts = b.map_or(0, |b| b.timeouts);
                 pb::RetrieverInfo {
                     is_default: r.name == default,
-                    library_path: r.path.display().to_string(),
+                    // The file name only: the server's directory layout is not the caller's
+                    // business.
+                    library_path: r
+                        .path
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     description: r.description,
                     abi_version: r.abi_version,
                     plugin_name: r.plugin_name,
                     plugin_version: r.plugin_version,
                     calls: r.stats.calls,
-                    failures: r.stats.errors + r.stats.panics + r.stats.contract_violations,
+                    failures: r.stats.errors
+                        + r.stats.panics
+                        + r.stats.contract_violations
+                        + timeouts,
+                    max_concurrent_calls: b.map_or(0, |b| b.limit as u32),
+                    running_calls: b.map_or(0, |b| b.running as u32),
+                    breaker_state: b.map_or("", |b| b.state.name()).into(),
+                    timeouts,
+                    refused: b.map_or(0, |b| b.refused),
                     view_stage: r.view_stage,
                     trained_on_stage,
                     trained_on_fingerprint,

@@ -12,6 +12,8 @@
 //! - [`recommender`]: the transport-free core — what is loaded ([`Recommender::load`]) and
 //!   the recommend / rank / retrieve flows with their validation, deadlines and admission;
 //! - [`admission`]: bounded ranker concurrency and wait queue;
+//! - [`bulkhead`]: retriever isolation: a plugin thread pool, per-retriever call bounds and
+//!   circuit breakers;
 //! - [`error`]: [`ServiceError`] and the one mapping of every layer's error to a status;
 //! - [`grpc`]: the tonic service, the only place protobuf messages are converted;
 //! - [`server`]: listeners, health, reflection, metrics endpoint, graceful shutdown;
@@ -23,6 +25,7 @@
 
 pub mod admission;
 pub mod bench;
+pub mod bulkhead;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -18,7 +18,9 @@ use crate::chat::ChatTemplate;
 use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
 use crate::engine::{self, LanguageModel, WeightDtype};
 use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
-use crate::retrieval::{FusionSpec, QueryContext, RetrieverInfo, RetrieverRegistry};
+use crate::retrieval::{FusionSpec, Retriever, RetrieverInfo, RetrieverRegistry, Source};
+
+use super::bulkhead::{BulkheadConfig, BulkheadStats, Bulkheads, HealthHook, OwnedContext};
 use crate::tokenizer::Tokenizer;
 
 use super::admission::Admission;
@@ -108,7 +110,8 @@ pub struct RetrieveParams {
 /// Longest user id a request may carry, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
 
-/// What a retrieval call passes to the plugins beside the history.
+/// What a retrieval call passes to the plugins beside the history (before the request time
+/// is stamped).
 struct Context {
     user_id: String,
     /// Parallel to the history sent to the retriever, when the caller gave timestamps.
@@ -196,6 +199,7 @@ pub struct Recommender {
     cfg: ServerConfig,
     catalog: Arc<Catalog>,
     registry: RetrieverRegistry,
+    bulkheads: Bulkheads,
     model: Arc<dyn LanguageModel>,
     ranker: Arc<Ranker>,
     admission: Admission,
@@ -305,6 +309,26 @@ impl Recommender {
         for f in &cfg.retrieval.fusions {
             registry.add_fusion(f.clone())?;
         }
+        let r = &cfg.retrieval;
+        let limits: Vec<(String, usize)> = r
+            .retrievers
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.max_concurrent_calls.unwrap_or(r.max_concurrent_calls),
+                )
+            })
+            .collect();
+        let bulkheads = Bulkheads::new(
+            &limits,
+            BulkheadConfig {
+                timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+                breaker_timeouts: r.breaker_timeouts,
+                breaker_open: Duration::from_millis(r.breaker_open_ms),
+            },
+        )
+        .map_err(|e| StartError::Serve(format!("starting the plugin thread pool: {e}")))?;
 
         let model_dir = &cfg.model.dir;
         let model_err = |message: String| StartError::Model {
@@ -394,6 +418,7 @@ impl Recommender {
             cfg: cfg.clone(),
             catalog,
             registry,
+            bulkheads,
             model,
             ranker: Arc::new(ranker),
             metrics,
@@ -702,42 +727,79 @@ impl Recommender {
         let request_time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let job = tokio::task::spawn_blocking(move || {
-            let qc = QueryContext {
-                history_timestamps: ctx.timestamps.as_deref(),
-                user_id: &ctx.user_id,
-                request_time_ms,
-            };
-            source.retrieve_with(&history, n, &exclude, &qc)
+        let ctx = Arc::new(OwnedContext {
+            user_id: ctx.user_id,
+            timestamps: ctx.timestamps,
+            request_time_ms,
         });
-        let limit = self.cfg.retrieval.timeout_ms;
-        let bounded = async {
-            if limit == 0 {
-                return Ok(job.await);
+        let (history, exclude) = (Arc::new(history), Arc::new(exclude));
+        let call = |member: String, r: Arc<Retriever>, k: usize| {
+            let (history, exclude, ctx) = (history.clone(), exclude.clone(), ctx.clone());
+            async move {
+                self.bulkheads
+                    .call(&member, r, history, k, exclude, ctx)
+                    .await
             }
-            tokio::time::timeout(Duration::from_millis(limit), job)
-                .await
-                .map_err(|_| ServiceError::RetrieverTimeout {
-                    name: name.to_string(),
-                    ms: limit,
-                })
         };
-        let out = match by(respond_by, "retrieval", bounded).await? {
-            Ok(joined_job) => joined(joined_job)?.map_err(ServiceError::from),
-            Err(timeout) => Err(timeout),
+        let calls = async {
+            match source {
+                Source::Plugin(r) => call(name.to_owned(), r, n).await,
+                Source::Fusion(spec, members) => {
+                    // Every member at once, each through its own bulkhead.
+                    let depth = n.max(spec.depth);
+                    let lists = futures_util::future::join_all(
+                        spec.members
+                            .iter()
+                            .zip(members)
+                            .map(|(m, r)| call(m.clone(), r, depth)),
+                    )
+                    .await;
+                    let mut ok = Vec::with_capacity(lists.len());
+                    for (m, l) in spec.members.iter().zip(lists) {
+                        match l {
+                            Ok(l) => ok.push(l),
+                            Err(e) => {
+                                self.count_plugin_failure(&e);
+                                return Err(ServiceError::FusionMember {
+                                    fusion: name.to_owned(),
+                                    member: m.clone(),
+                                    source: Box::new(e),
+                                });
+                            }
+                        }
+                    }
+                    Ok(spec.merge(&ok, n))
+                }
+            }
         };
+        let out = by(respond_by, "retrieval", calls).await?;
         let dt = t.elapsed();
         self.metrics.stage("retrieve", dt);
-        if let Err(e) = &out
-            && let Some((retriever, kind)) = e.plugin_failure()
-        {
+        if let Err(e) = &out {
+            self.count_plugin_failure(e);
+        }
+        Ok((out?, dt))
+    }
+
+    /// Counts (and logs) a plugin's failure in `palr_plugin_errors_total`.
+    fn count_plugin_failure(&self, e: &ServiceError) {
+        if let Some((retriever, kind)) = e.plugin_failure() {
             self.metrics
                 .plugin_errors
                 .with_label_values(&[retriever, kind])
                 .inc();
             tracing::warn!(retriever, kind, error = %e, "retriever plugin failed");
         }
-        Ok((out?, dt))
+    }
+
+    /// Retriever `name`'s isolation state (plugins only).
+    pub fn bulkhead(&self, name: &str) -> Option<BulkheadStats> {
+        self.bulkheads.stats(name)
+    }
+
+    /// Reports each retriever's breaker changes to `hook` (the health service).
+    pub fn on_retriever_health(&self, hook: HealthHook) {
+        self.bulkheads.set_health_hook(hook);
     }
 
     /// Ranking: waits for a slot, then runs the ranker on a blocking thread.

@@ -75,6 +75,26 @@ pub async fn serve(
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
+    // Each retriever has a health entry of its own, NOT_SERVING while quarantined.
+    let retriever_names: Vec<String> = core.retrievers().into_iter().map(|r| r.name).collect();
+    for name in &retriever_names {
+        health
+            .set_service_status(super::bulkhead::health_name(name), ServingStatus::Serving)
+            .await;
+    }
+    let hook_reporter = health.clone();
+    core.on_retriever_health(Arc::new(move |name: &str, serving: bool| {
+        let reporter = hook_reporter.clone();
+        let service = super::bulkhead::health_name(name);
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { reporter.set_service_status(service, status).await });
+        }
+    }));
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -137,6 +157,11 @@ pub async fn serve(
     // Ends health Watch streams (their senders go), so they do not hold the drain up.
     for name in ["", SERVICE_NAME] {
         health.clear_service_status(name).await;
+    }
+    for name in &retriever_names {
+        health
+            .clear_service_status(&super::bulkhead::health_name(name))
+            .await;
     }
     let _ = stop_tx.send(true);
     tracing::info!(
