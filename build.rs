@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Malformed requests are INVALID_ARGUMENT, not prost's INTERNAL (src/proto_codec.rs).
+        .codec_path("crate::proto_codec::PalrCodec")
         .compile_fds(fds)?;
     Ok(())
 }

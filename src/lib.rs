@@ -19,6 +19,8 @@ pub mod service;
 pub mod sft;
 pub mod tokenizer;
 
+pub mod proto_codec;
+pub mod util;
 pub mod proto {
     //! Generated protobuf/gRPC types of `proto/palr/v1` (only `service` converts them).
     #![allow(clippy::all, clippy::pedantic)]

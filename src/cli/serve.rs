@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::engine::Device;
+use crate::service::Drained;
 use crate::service::config::{DtypeConfig, LogFormat};
-use crate::service::server::{bind, termination_signal};
+use crate::service::server::{Termination, bind};
 use crate::service::{Metrics, Overrides, Recommender, ServerConfig, serve};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -97,6 +98,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let drained = rt.block_on(async move {
+        // Signal handlers first: a SIGTERM during start-up must drain, not kill.
+        let termination = Termination::install();
         // Bind first, so a taken port fails before the model loads.
         let grpc = bind(cfg.server.grpc_addr()?).await?;
         let metrics = match cfg.server.metrics_socket()? {
@@ -106,10 +109,16 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let core = tokio::task::spawn_blocking(move || Recommender::load(&cfg, Metrics::new()))
             .await
             .context("loading")??;
-        anyhow::Ok(serve(Arc::new(core), grpc, metrics, termination_signal()).await?)
+        anyhow::Ok(serve(Arc::new(core), grpc, metrics, termination.wait()).await?)
     })?;
     // Abandoned requests (drain timeout) must not keep the process alive.
     rt.shutdown_background();
     tracing::info!(?drained, "exit");
-    Ok(())
+    match drained {
+        Drained::All => Ok(()),
+        // Lost requests are not a clean exit.
+        Drained::TimedOut { dropped } => anyhow::bail!(
+            "shutdown cut off {dropped} accepted requests when server.drain_timeout_s passed"
+        ),
+    }
 }

@@ -348,7 +348,8 @@ impl RetrieverRegistry {
 
     fn not_found(&self, name: &str) -> RetrievalError {
         RetrievalError::NotFound {
-            name: name.to_owned(),
+            // A caller's string: never echoed whole.
+            name: crate::util::clip(name),
             known: self.names(),
         }
     }

@@ -22,6 +22,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_server::Recommender as RecommenderRpc;
 
 use super::error::ServiceError;
+use super::metrics::{Metrics, RPCS};
 use super::recommender::{
     GaugeGuard, Mode, RankParams, RecommendParams, Recommendation, Recommender, RetrieveParams,
     Timings,
@@ -34,26 +35,122 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone, Copy)]
 pub struct Received(pub Instant);
 
-/// Wraps the gRPC routes: records when each request arrived, as a [`Received`] extension,
-/// before any routing or body decoding.
+/// Wraps the gRPC routes, in front of routing and body decoding: records when each request
+/// arrived (a [`Received`] extension), and counts every call in `palr_requests_total{rpc,
+/// code}` and `palr_request_duration_seconds{rpc}` by the status it really ended with —
+/// including what never reaches a handler (malformed or oversize messages, unknown methods)
+/// and calls the client abandoned (CANCELLED).
 #[derive(Debug, Clone)]
 pub struct Stamp<S> {
     inner: S,
+    metrics: Metrics,
 }
 
 impl<S> Stamp<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner }
+    pub fn new(inner: S, metrics: Metrics) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+/// The `rpc` label of a request path: the method of `palr.v1.Recommender`, `Health`,
+/// `Reflection`, or `unknown` (bounded label values).
+fn rpc_label(path: &str) -> &'static str {
+    match path.strip_prefix("/palr.v1.Recommender/") {
+        Some(m) => RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown"),
+        None if path.starts_with("/grpc.health.v1.Health/") => "Health",
+        None if path.starts_with("/grpc.reflection.") => "Reflection",
+        None => "unknown",
+    }
+}
+
+/// Counts one call once: when its status is known, or as CANCELLED if it is dropped first.
+struct CallCount {
+    metrics: Metrics,
+    rpc: &'static str,
+    start: Instant,
+    done: bool,
+}
+
+impl CallCount {
+    fn finish(&mut self, code: Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.metrics
+            .request_duration
+            .with_label_values(&[self.rpc])
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .with_label_values(&[self.rpc, code_name(code)])
+            .inc();
+    }
+
+    /// The `grpc-status` in `headers`, if any.
+    fn status_in(headers: &tonic::codegen::http::HeaderMap) -> Option<Code> {
+        let v = headers.get("grpc-status")?.to_str().ok()?;
+        Some(Code::from_i32(v.parse().ok()?))
+    }
+}
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// A response body that counts its call when the trailers (carrying `grpc-status`) go out.
+struct CountingBody {
+    inner: tonic::body::Body,
+    count: CallCount,
+}
+
+impl hyper::body::Body for CountingBody {
+    type Data = hyper::body::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(CallCount::status_in) {
+                    this.count.finish(code);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => this.count.finish(Code::Internal),
+            // The body ended without a status: the call did not complete.
+            std::task::Poll::Ready(None) => this.count.finish(Code::Unknown),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Stamp<S>
 where
-    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -63,8 +160,24 @@ where
     }
 
     fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
-        req.extensions_mut().insert(Received(Instant::now()));
-        self.inner.call(req)
+        let start = Instant::now();
+        req.extensions_mut().insert(Received(start));
+        let mut count = CallCount {
+            metrics: self.metrics.clone(),
+            rpc: rpc_label(req.uri().path()),
+            start,
+            done: false,
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            // A trailers-only response (every error) carries the status in its headers.
+            if let Some(code) = CallCount::status_in(resp.headers()) {
+                count.finish(code);
+                return Ok(resp);
+            }
+            Ok(resp.map(|inner| tonic::body::Body::new(CountingBody { inner, count })))
+        })
     }
 }
 
@@ -190,14 +303,6 @@ fn recommendation_to_proto(r: Recommendation) -> pb::RecommendResponse {
     }
 }
 
-/// At most 128 characters of a caller's user id, for logs.
-fn log_user(id: &str) -> &str {
-    match id.char_indices().nth(128) {
-        Some((at, _)) => &id[..at],
-        None => id,
-    }
-}
-
 /// The gRPC face of a [`Recommender`].
 #[derive(Debug, Clone)]
 pub struct RecommenderService {
@@ -219,7 +324,7 @@ impl RecommenderService {
         let span = tracing::info_span!(
             "rpc",
             rpc,
-            user_id = log_user(user_id),
+            user_id = crate::util::clip(user_id),
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty
         );
@@ -232,20 +337,21 @@ impl RecommenderService {
             drop(inflight);
             let dt = t.elapsed();
             let code = r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-            m.request_duration
-                .with_label_values(&[rpc])
-                .observe(dt.as_secs_f64());
-            m.requests.with_label_values(&[rpc, code_name(code)]).inc();
             let latency_ms = dt.as_secs_f64() * 1e3;
             let span = tracing::Span::current();
             span.record("status", code_name(code));
             span.record("latency_ms", latency_ms);
             match &r {
                 Ok(_) => tracing::info!("request finished"),
-                Err(s) if matches!(s.code(), Code::Internal | Code::Unknown) => {
+                Err(s) if matches!(s.code(), Code::Internal | Code::Unknown | Code::DataLoss) => {
                     tracing::error!(error = s.message(), "request failed")
                 }
-                Err(s) => tracing::info!(error = s.message(), "request failed"),
+                Err(s) if matches!(s.code(), Code::Unavailable) => {
+                    tracing::warn!(error = s.message(), "request failed")
+                }
+                // The caller's mistakes and load shedding: counted in the metrics, logged
+                // only at debug so a flood of bad requests cannot flood the log.
+                Err(s) => tracing::debug!(error = s.message(), "request refused"),
             }
             r.map(Response::new)
         }
@@ -478,11 +584,5 @@ mod tests {
         let e = mode_from_proto(9).unwrap_err();
         assert!(e.to_string().contains("rank_mode = 9"), "{e}");
         assert_eq!(mode_to_proto(Mode::Generate), pb::RankMode::Generate);
-    }
-
-    #[test]
-    fn user_ids_are_capped_in_logs() {
-        assert_eq!(log_user("u1"), "u1");
-        assert_eq!(log_user(&"é".repeat(500)).chars().count(), 128);
     }
 }

@@ -81,6 +81,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Requests being handled now, every method together.
+    pub fn inflight_total(&self) -> i64 {
+        RPCS.iter()
+            .map(|r| self.inflight.with_label_values(&[r]).get())
+            .sum()
+    }
+
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();

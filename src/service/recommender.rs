@@ -19,6 +19,7 @@ use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
 use crate::engine::{self, LanguageModel, WeightDtype};
 use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
 use crate::retrieval::{FusionSpec, Retriever, RetrieverInfo, RetrieverRegistry, Source};
+use crate::util::clip;
 
 use super::bulkhead::{BulkheadConfig, BulkheadStats, Bulkheads, HealthHook, OwnedContext};
 use crate::tokenizer::Tokenizer;
@@ -536,10 +537,15 @@ impl Recommender {
         let loaded = self.adapter_names();
         Err(ServiceError::NotFound(if loaded.is_empty() {
             format!(
-                "unknown adapter {name:?}: this server has no adapters loaded; leave adapter empty for the base model"
+                "unknown adapter {:?}: this server has no adapters loaded; leave adapter empty for the base model",
+                clip(name)
             )
         } else {
-            format!("unknown adapter {name:?}; loaded: {}", loaded.join(", "))
+            format!(
+                "unknown adapter {:?}; loaded: {}",
+                clip(name),
+                loaded.join(", ")
+            )
         }))
     }
 
@@ -573,7 +579,7 @@ impl Recommender {
                     ServiceError::InvalidArgument(format!(
                         "{field}[{pos}] = {:?} is not an item id of this catalog ({} items); send ids \
                          as the data set writes them",
-                        truncated(id),
+                        clip(id),
                         self.catalog.len()
                     ))
                 })
@@ -1112,14 +1118,6 @@ impl Recommender {
     }
 }
 
-/// At most 64 characters of an untrusted id, for messages.
-fn truncated(id: &str) -> String {
-    match id.char_indices().nth(64) {
-        Some((at, _)) => format!("{}...", &id[..at]),
-        None => id.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1175,13 +1173,6 @@ mod tests {
         assert_eq!(train.items(), &[0, 1, 4, 0]);
         assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
         assert_eq!(train.n_items(), 5);
-    }
-
-    #[test]
-    fn long_ids_are_truncated_in_messages() {
-        assert_eq!(truncated("42"), "42");
-        let long = "x".repeat(1000);
-        assert_eq!(truncated(&long).len(), 67);
     }
 }
 

@@ -45,8 +45,9 @@ pub const SERVICE_NAME: &str = "palr.v1.Recommender";
 pub enum Drained {
     /// Every accepted request finished.
     All,
-    /// `drain_timeout_s` passed with requests still running.
-    TimedOut,
+    /// `drain_timeout_s` passed with `dropped` requests still running: they were cut off
+    /// (their callers see UNAVAILABLE or a reset stream). `palr serve` then exits non-zero.
+    TimedOut { dropped: i64 },
 }
 
 /// Binds `addr`, naming it in the error.
@@ -123,7 +124,7 @@ pub async fn serve(
         .clone()
         .routes();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = accept_loop(grpc, Stamp::new(routes), stop_rx);
+    let serving = accept_loop(grpc, Stamp::new(routes, core.metrics().clone()), stop_rx);
     tokio::pin!(serving);
     tracing::info!(
         grpc = %grpc_addr.map_or_else(String::new, |a| a.to_string()),
@@ -175,11 +176,14 @@ pub async fn serve(
             Drained::All
         }
         Err(_) => {
-            tracing::warn!(
-                inflight = core.metrics().rank_running.get() + core.metrics().queue_depth.get(),
-                "drain timeout passed with requests still running; stopping anyway"
+            let dropped = core.metrics().inflight_total();
+            tracing::error!(
+                dropped,
+                timeout_s = cfg.drain_timeout_s,
+                "drain timeout passed: {dropped} accepted requests were still running and are \
+                 cut off (raise server.drain_timeout_s to let them finish)"
             );
-            Drained::TimedOut
+            Drained::TimedOut { dropped }
         }
     };
     let _ = stop_metrics_tx.send(());
@@ -304,26 +308,47 @@ impl RunningServer {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn termination_signal() {
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, listened for from the moment this is made: made
+/// before anything loads, a signal that arrives during start-up or right after the server
+/// reports SERVING starts a graceful shutdown instead of killing the process.
+pub struct Termination {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Termination {
+    /// Installs the handlers (needs a tokio runtime with I/O).
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(t), Ok(i)) => Self {
+                    signals: Some((t, i)),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; falling back to Ctrl-C");
+                    Self { signals: None }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the first signal.
+    pub async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.signals {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C received");
     }
