@@ -227,3 +227,47 @@ fn bad_adapters_are_clear_errors() {
             .contains("at most one")
     );
 }
+
+/// An adapter whose `target_modules` name no LLaMA projection (made for another
+/// architecture), or disagree with its weights, is refused when it is opened, not ignored.
+#[test]
+fn target_modules_must_match_the_weights() {
+    let base = palr::model::LlamaConfig::from_dir(&model_dir()).unwrap();
+    let with_targets = |targets: serde_json::Value| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture().join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        cfg["target_modules"] = targets;
+        std::fs::write(dir.path().join("adapter_config.json"), cfg.to_string()).unwrap();
+        let r = palr::model::lora::Adapter::open("t", dir.path(), &base).map(|_| ());
+        r.err().map(|e| e.to_string())
+    };
+    let e = with_targets(serde_json::json!(["c_attn", "c_proj"])).unwrap();
+    assert!(e.contains("match no projection of a LLaMA model"), "{e}");
+    let e = with_targets(serde_json::json!(["q_proj"])).unwrap();
+    assert!(
+        e.contains("target_modules") && e.contains("does not list it"),
+        "{e}"
+    );
+    // The fixture's own list, and "all-linear", open.
+    assert_eq!(
+        with_targets(serde_json::json!([
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj"
+        ])),
+        None
+    );
+    assert_eq!(with_targets(serde_json::json!("all-linear")), None);
+}

@@ -746,3 +746,37 @@ fn item_line_writes_year_and_genres_into_the_lists() {
         "{e}"
     );
 }
+
+/// Settings that would make every request fail are refused when the ranker is built.
+#[test]
+fn configs_that_break_every_request_are_refused_at_start() {
+    let catalog = tricky_catalog();
+    let build = |cfg: RankerConfig| {
+        let tok = tokenizer();
+        let mut mcfg = LlamaConfig::from_dir(&model_dir()).unwrap();
+        mcfg.vocab_size = tok.vocab_size();
+        let model = Arc::new(RandomModel {
+            cfg: mcfg,
+            seed: 0.into(),
+        });
+        Ranker::new(model, tok, Some(&chat()), catalog.clone(), cfg)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let e = build(RankerConfig {
+        max_prompt_tokens: 20,
+        ..RankerConfig::default()
+    })
+    .unwrap();
+    assert!(
+        e.contains("max_prompt_tokens = 20") && e.contains("fixed part"),
+        "{e}"
+    );
+    let e = build(RankerConfig {
+        session_pool: 0,
+        ..RankerConfig::default()
+    })
+    .unwrap();
+    assert!(e.contains("session_pool = 0"), "{e}");
+    assert_eq!(build(RankerConfig::default()), None);
+}

@@ -254,6 +254,33 @@ impl Adapter {
         if pairs.is_empty() {
             return Err(bad(dir, "the adapter has no LoRA weights"));
         }
+        // A list of target modules must name the projections the weights adapt; one that
+        // matches no LLaMA projection means the adapter was made for another architecture.
+        if let Some(TargetModules::List(list)) = &config.target_modules {
+            if !list.iter().any(|m| MODULES.contains(&m.as_str())) {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "target_modules {list:?} match no projection of a LLaMA model ({}): the \
+                         adapter was trained for another architecture",
+                        MODULES.join(", ")
+                    ),
+                ));
+            }
+            if let Some(&(layer, module)) = pairs
+                .keys()
+                .find(|(_, m)| !list.iter().any(|t| t == MODULES[*m]))
+            {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "layer {layer}'s {} has LoRA weights but target_modules {list:?} does not \
+                         list it: adapter_config.json and the weights disagree",
+                        MODULES[module]
+                    ),
+                ));
+            }
+        }
         let adapter = Adapter {
             name: name.to_string(),
             dir: dir.to_path_buf(),

@@ -323,6 +323,30 @@ impl Ranker {
                 "max_history and max_prompt_tokens must be positive".into(),
             ));
         }
+        if cfg.session_pool == 0 {
+            return Err(RankError::Config(
+                "session_pool = 0 would drop every KV-cache session after its request (and the \
+                 cached prompt prefix with it): set it to at least 1 (default 4)"
+                    .into(),
+            ));
+        }
+        // The prompt's fixed part must leave room for a history and candidates, or every
+        // request would fail as the caller's fault.
+        for mode in [RankMode::Score, RankMode::Generate] {
+            let fixed = prompts.prefix(mode).len();
+            if fixed >= cfg.max_prompt_tokens {
+                return Err(RankError::Config(format!(
+                    "max_prompt_tokens = {} but the {} prompt's fixed part (system message and \
+                     instructions) alone is {fixed} tokens: every request would be refused; raise \
+                     max_prompt_tokens well above {fixed}",
+                    cfg.max_prompt_tokens,
+                    match mode {
+                        RankMode::Score => "score-mode",
+                        RankMode::Generate => "generate-mode",
+                    }
+                )));
+            }
+        }
         cfg.check_item_line()?;
         Ok(Ranker {
             model,
