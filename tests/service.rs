@@ -1485,3 +1485,66 @@ fn huge_names_are_refused_with_a_short_message() {
         }
     });
 }
+
+/// Admission by time: 8 clients whose deadlines are twice the ranking time. Requests that
+/// cannot finish in time are refused up front (DEADLINE_EXCEEDED, "refused at admission"),
+/// abandoned work stops between layers, so the ranker spends its time on requests that
+/// finish: most of its capacity is answered in time.
+#[test]
+fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
+    let _llm = llm_lock();
+    block_on(async {
+        let req = || recommend(ids(&[1, 2, 3, 4, 5]), 4, 4, pb::RankMode::Score);
+        let mut c = client().await;
+        let mut alone = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            c.recommend(req()).await.unwrap();
+            alone.push(t.elapsed());
+        }
+        alone.sort();
+        let s = alone[2];
+        let deadline = s * 2;
+        let run_for = (s * 15).max(Duration::from_secs(3));
+        let until = Instant::now() + run_for;
+        let client_loop = || async move {
+            let mut c = client().await;
+            let (mut ok, mut refused, mut late) = (0u32, 0u32, 0u32);
+            while Instant::now() < until {
+                let mut r = tonic::Request::new(req());
+                r.set_timeout(deadline);
+                match c.recommend(r).await {
+                    Ok(_) => ok += 1,
+                    Err(e) if e.message().contains("refused at admission") => {
+                        refused += 1;
+                        // A well-behaved client backs off before retrying.
+                        tokio::time::sleep(s / 2).await;
+                    }
+                    Err(e) => {
+                        assert!(
+                            matches!(e.code(), Code::DeadlineExceeded | Code::ResourceExhausted),
+                            "{e}"
+                        );
+                        late += 1;
+                    }
+                }
+            }
+            (ok, refused, late)
+        };
+        let results = futures_util::future::join_all((0..8).map(|_| client_loop())).await;
+        let ok: u32 = results.iter().map(|r| r.0).sum();
+        let refused: u32 = results.iter().map(|r| r.1).sum();
+        let late: u32 = results.iter().map(|r| r.2).sum();
+        let capacity = run_for.as_secs_f64() / s.as_secs_f64();
+        eprintln!(
+            "ranking alone {s:?}, deadline {deadline:?}, {run_for:?}: capacity {capacity:.1}, \
+             answered in time {ok} ({:.0}%), refused up front {refused}, late {late}",
+            100.0 * ok as f64 / capacity
+        );
+        assert!(refused > 0, "some requests must be refused up front");
+        assert!(
+            ok as f64 >= 0.6 * capacity,
+            "goodput {ok} of a capacity of {capacity:.1} in {run_for:?}"
+        );
+    });
+}

@@ -571,3 +571,44 @@ fn concurrent_sessions_share_one_cpu_backend() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `feed_until` stops between layers when asked, leaves the session as it was, and the same
+/// tokens fed afterwards give exactly the logits of an uninterrupted session.
+#[test]
+fn interrupted_feeds_stop_between_layers_and_leave_the_cache_intact() {
+    let cfg_json = format!(
+        r#"{{"architectures":["LlamaForCausalLM"],{BASE},"num_attention_heads":4,"num_key_value_heads":2}}"#
+    );
+    let cfg = LlamaConfig::from_json(&cfg_json).unwrap();
+    let dir = tmpdir("interrupted");
+    write_checkpoint(
+        &dir,
+        &cfg_json,
+        &make_weights(&cfg, &mut Rng(9)),
+        safetensors::Dtype::F32,
+    );
+    let model = engine::load(&dir, &LoadOptions::default()).unwrap();
+    let mut plain = model.clone().new_session(16).unwrap();
+    plain.feed(&[1, 2, 3], Logits::None).unwrap();
+    let want = plain.feed(&[4, 5, 6], Logits::Last).unwrap().to_vec();
+
+    let mut s = model.clone().new_session(16).unwrap();
+    s.feed(&[1, 2, 3], Logits::None).unwrap();
+    // Stop after the first layer: the check runs before each block.
+    let checks = std::sync::atomic::AtomicUsize::new(0);
+    let stop = || checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+    let err = s.feed_until(&[4, 5, 6], Logits::Last, &stop).err().unwrap();
+    assert!(
+        matches!(err, palr::engine::EngineError::Interrupted),
+        "{err}"
+    );
+    assert_eq!(
+        checks.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "stopped at layer 2"
+    );
+    assert_eq!(s.len(), 3, "the interrupted positions were not added");
+    let got = s.feed(&[4, 5, 6], Logits::Last).unwrap().to_vec();
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use crate::model::lora::{Adapter, MODULES};
 use crate::model::{Checkpoint, LlamaConfig};
 
-use super::Result;
 use super::backend::{Backend, Heads, KvLayer};
+use super::{EngineError, Result};
 
 /// An unmerged LoRA update of a linear layer: `y += scale · (x·Aᵀ)·Bᵀ`.
 pub struct Lora<B: Backend> {
@@ -343,6 +343,19 @@ impl<B: Backend> Llama<B> {
     /// Runs `tokens` (at most `st.max_rows`) at positions `st.len..`, appending to the
     /// cache. Returns how many logit rows were written to `st.logits`.
     pub fn forward(&self, st: &mut State<B>, tokens: &[u32], want: Logits) -> Result<usize> {
+        self.forward_until(st, tokens, want, &|| false)
+    }
+
+    /// [`Llama::forward`], checking `stop` before each block: when it holds, returns
+    /// [`EngineError::Interrupted`] with `st.len` unchanged (the rows written to the cache
+    /// so far lie beyond `st.len` and are overwritten by the next call).
+    pub fn forward_until(
+        &self,
+        st: &mut State<B>,
+        tokens: &[u32],
+        want: Logits,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<usize> {
         let (b, c) = (&self.backend, &self.cfg);
         let rows = tokens.len();
         let start = st.len;
@@ -357,6 +370,9 @@ impl<B: Backend> Llama<B> {
             b.rms_norm(&st.x, &first.attn_norm, rows, dim, c.norm_eps, &mut st.h)?;
         }
         for (i, (blk, kv)) in self.blocks.iter().zip(st.kv.iter_mut()).enumerate() {
+            if stop() {
+                return Err(EngineError::Interrupted);
+            }
             // Attention (h = attn_norm(x) on entry).
             let lora = &mut st.lora;
             blk.attn.q.forward(b, &st.h, rows, &mut st.q, ad, lora)?;

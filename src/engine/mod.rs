@@ -52,6 +52,10 @@ pub enum EngineError {
     UnknownAdapter { name: String, loaded: Vec<String> },
     #[error(transparent)]
     Cuda(cuda::CudaError),
+    /// [`Session::feed_until`]'s stop condition held between two layers: the positions of
+    /// this call were not added (the cache is as before the call).
+    #[error("interrupted between layers")]
+    Interrupted,
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -149,6 +153,20 @@ pub trait Session: Send {
     /// `vocab` values for [`Logits::Last`], `tokens.len() * vocab` for [`Logits::All`],
     /// none for [`Logits::None`].
     fn feed(&mut self, tokens: &[u32], want: Logits) -> Result<&[f32]>;
+    /// [`Session::feed`] that checks `stop` between layers and gives up with
+    /// [`EngineError::Interrupted`] when it returns true, so abandoned work ends within one
+    /// layer's time; the session keeps only the positions it had before the call.
+    fn feed_until(
+        &mut self,
+        tokens: &[u32],
+        want: Logits,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<&[f32]> {
+        if stop() {
+            return Err(EngineError::Interrupted);
+        }
+        self.feed(tokens, want)
+    }
     /// Replaces this session's contents with the first `len` positions of `other`
     /// (a session of the same model), so a shared prefix is computed once.
     fn copy_prefix_from(&mut self, other: &dyn Session, len: usize) -> Result<()>;
@@ -315,6 +333,15 @@ impl<B: Backend> Session for ModelSession<B> {
     }
 
     fn feed(&mut self, tokens: &[u32], want: Logits) -> Result<&[f32]> {
+        self.feed_until(tokens, want, &|| false)
+    }
+
+    fn feed_until(
+        &mut self,
+        tokens: &[u32],
+        want: Logits,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<&[f32]> {
         let llama = &self.model.llama;
         let vocab = llama.cfg.vocab_size;
         if tokens.is_empty() {
@@ -349,7 +376,7 @@ impl<B: Backend> Session for ModelSession<B> {
                     Logits::Last if last => Logits::Last,
                     _ => Logits::None,
                 };
-                let rows = llama.forward(state, chunk, w)?;
+                let rows = llama.forward_until(state, chunk, w, stop)?;
                 let dst = match want {
                     Logits::All => &mut logits[i * max_rows * vocab..][..rows * vocab],
                     _ => &mut logits[..rows * vocab],

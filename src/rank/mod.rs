@@ -659,18 +659,21 @@ impl Ranker {
     ) -> Result<Vec<Ranked>, RankError> {
         let t_prefill = Instant::now();
         timings.cached_prompt_tokens = self.load_prefix(s, req.mode)?;
-        // Feed the suffix in chunks so a deadline can stop a long prompt.
-        const CHUNK: usize = 256;
-        let mut last = Vec::new();
-        let n_chunks = suffix.len().div_ceil(CHUNK);
-        for (i, chunk) in suffix.chunks(CHUNK).enumerate() {
-            Self::check_deadline(req, "prefill")?;
-            if i + 1 == n_chunks {
-                last = s.feed(chunk, Logits::Last)?.to_vec();
-            } else {
-                s.feed(chunk, Logits::None)?;
-            }
-        }
+        // The engine checks the deadline and the caller between layers, so abandoned work
+        // frees its slot within one layer's time.
+        let stop = || Self::check_deadline(req, "prefill").is_err();
+        let stopped = |e: EngineError| match e {
+            EngineError::Interrupted => match Self::check_deadline(req, "prefill") {
+                Err(why) => why,
+                Ok(()) => RankError::Engine(EngineError::Interrupted),
+            },
+            e => RankError::Engine(e),
+        };
+        Self::check_deadline(req, "prefill")?;
+        let last = s
+            .feed_until(suffix, Logits::Last, &stop)
+            .map_err(stopped)?
+            .to_vec();
         timings.prefill_s = t_prefill.elapsed().as_secs_f64();
         match req.mode {
             RankMode::Score => {

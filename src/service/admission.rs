@@ -1,27 +1,65 @@
-//! Admission to the ranker: at most `max_concurrent_rank` ranking jobs run at once, at most
-//! `max_queue` requests wait for a slot, and the rest are refused at once ("server busy,
-//! retry later") instead of piling up. Waiting is FIFO (tokio's semaphore is fair).
+//! Admission to the ranker, bounded by count and by time: at most `max_concurrent_rank`
+//! ranking jobs run at once, at most `max_queue` requests wait for a slot, none waits longer
+//! than `max_queue_wait_ms`, and a request whose deadline cannot be met — the expected wait
+//! (the measured ranking time × the queue ahead of it ÷ the slots) plus its own expected
+//! ranking time passes the deadline — is refused up front, so slots go to requests that can
+//! still finish in time. Waiting is FIFO (tokio's semaphore is fair).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull {
-    /// Requests already waiting.
-    pub waiting: usize,
+pub enum Refused {
+    /// The wait queue is full.
+    QueueFull {
+        /// Requests already waiting.
+        waiting: usize,
+    },
+    /// It would finish after its deadline.
+    TooLate {
+        /// Expected queue wait plus ranking time.
+        expected: Duration,
+        /// Time left to the deadline.
+        left: Duration,
+    },
+    /// It waited `max_queue_wait_ms` without a slot.
+    WaitedTooLong { waited: Duration },
 }
 
 /// The ranker's slots and wait queue.
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    n_slots: usize,
     max_queue: usize,
+    max_wait: Option<Duration>,
     waiting: AtomicUsize,
     depth: IntGauge,
+    /// Mean ranking time of a job, microseconds (exponentially weighted; 0 = none yet).
+    service_us: AtomicU64,
+    /// When each running job got its slot (for how long the slots stay taken).
+    running: Arc<Mutex<Vec<(u64, Instant)>>>,
+    next_slot: AtomicU64,
+}
+
+/// A ranking slot: held while the job runs, freed when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    id: u64,
+    running: Arc<Mutex<Vec<(u64, Instant)>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Counts one waiting request; uncounts it when dropped, also when the wait is abandoned
@@ -35,14 +73,41 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Weight of the newest measurement in the mean ranking time.
+const EWMA_NEW: f64 = 0.2;
+
 impl Admission {
-    /// `slots` concurrent jobs (at least 1), `max_queue` waiters; `depth` mirrors the queue.
-    pub fn new(slots: usize, max_queue: usize, depth: IntGauge) -> Self {
+    /// `slots` concurrent jobs (at least 1), `max_queue` waiters, each waiting at most
+    /// `max_wait` (`None`: until its deadline); `depth` mirrors the queue.
+    pub fn new(
+        slots: usize,
+        max_queue: usize,
+        max_wait: Option<Duration>,
+        depth: IntGauge,
+    ) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            n_slots: slots.max(1),
             max_queue,
+            max_wait,
             waiting: AtomicUsize::new(0),
             depth,
+            service_us: AtomicU64::new(0),
+            running: Arc::new(Mutex::new(Vec::new())),
+            next_slot: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, Instant::now()));
+        Slot {
+            _permit: permit,
+            id,
+            running: self.running.clone(),
         }
     }
 
@@ -51,17 +116,72 @@ impl Admission {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// A slot: at once if one is free, else after waiting in the queue, or `QueueFull` if
-    /// the queue is full. The permit frees the slot when dropped; move it into the job so
-    /// the slot stays taken until the job really ends.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, QueueFull> {
+    /// Records how long one ranking job took (slot held), for the time estimates.
+    pub fn record(&self, took: Duration) {
+        let new = took.as_micros() as f64;
+        let _ = self
+            .service_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    new as u64
+                } else {
+                    (old as f64 * (1.0 - EWMA_NEW) + new * EWMA_NEW) as u64
+                })
+            });
+    }
+
+    /// The mean ranking time of a job, once one was measured.
+    pub fn service_time(&self) -> Option<Duration> {
+        match self.service_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// How long a request that joins the queue now should expect to wait, and then to rank
+    /// (`own`: its own expected ranking time, else the mean), once a ranking time is known:
+    /// the first running job's expected remaining time (the mean less how long it has run),
+    /// plus a mean time per `n_slots` requests already waiting, plus its own.
+    pub fn expected(&self, own: Option<Duration>) -> Option<Duration> {
+        let t = self.service_time()?;
+        let own = own.unwrap_or(t);
+        if self.slots.available_permits() > 0 {
+            return Some(own);
+        }
+        let first_free = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, since)| t.saturating_sub(since.elapsed()))
+            .min()
+            .unwrap_or(Duration::ZERO);
+        let ahead = self.waiting() as f64 / self.n_slots as f64;
+        Some(first_free + t.mul_f64(ahead) + own)
+    }
+
+    /// A slot: at once if one is free, else after waiting in the queue. Refused at once when
+    /// the queue is full or the request could not finish by `deadline` (`own`: its expected
+    /// ranking time), and after waiting `max_queue_wait`. The permit frees the slot when
+    /// dropped; move it into the job so the slot stays taken until the job really ends.
+    pub async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+        own: Option<Duration>,
+    ) -> Result<Slot, Refused> {
+        if let (Some(d), Some(expected)) = (deadline, self.expected(own)) {
+            let left = d.saturating_duration_since(Instant::now());
+            if expected > left {
+                return Err(Refused::TooLate { expected, left });
+            }
+        }
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
+            return Ok(self.slot(p));
         }
         let mut n = self.waiting.load(Ordering::SeqCst);
         loop {
             if n >= self.max_queue {
-                return Err(QueueFull { waiting: n });
+                return Err(Refused::QueueFull { waiting: n });
             }
             match self
                 .waiting
@@ -73,12 +193,21 @@ impl Admission {
         }
         self.depth.set((n + 1) as i64);
         let _waiting = Waiting(self);
+        let started = Instant::now();
         // The semaphore is never closed, so acquiring cannot fail.
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| QueueFull { waiting: n })
+        let wait = self.slots.clone().acquire_owned();
+        let permit = match self.max_wait {
+            None => wait.await.map_err(|_| Refused::QueueFull { waiting: n })?,
+            Some(limit) => match tokio::time::timeout(limit, wait).await {
+                Ok(p) => p.map_err(|_| Refused::QueueFull { waiting: n })?,
+                Err(_) => {
+                    return Err(Refused::WaitedTooLong {
+                        waited: started.elapsed(),
+                    });
+                }
+            },
+        };
+        Ok(self.slot(permit))
     }
 }
 
@@ -99,29 +228,32 @@ mod tests {
     fn bounded_slots_and_queue() {
         rt().block_on(async {
             let gauge = IntGauge::new("q", "q").unwrap();
-            let a = Arc::new(Admission::new(1, 2, gauge.clone()));
-            let running = a.acquire().await.unwrap();
+            let a = Arc::new(Admission::new(1, 2, None, gauge.clone()));
+            let running = a.acquire(None, None).await.unwrap();
             // Two may wait...
             let w1 = tokio::spawn({
                 let a = a.clone();
-                async move { a.acquire().await.map(drop) }
+                async move { a.acquire(None, None).await.map(drop) }
             });
             let w2 = tokio::spawn({
                 let a = a.clone();
-                async move { a.acquire().await.map(drop) }
+                async move { a.acquire(None, None).await.map(drop) }
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(a.waiting(), 2);
             assert_eq!(gauge.get(), 2);
             // ...the third is refused at once.
-            assert_eq!(a.acquire().await.unwrap_err(), QueueFull { waiting: 2 });
+            assert_eq!(
+                a.acquire(None, None).await.unwrap_err(),
+                Refused::QueueFull { waiting: 2 }
+            );
             // Freeing the slot lets the waiters through, in turn.
             drop(running);
             w1.await.unwrap().unwrap();
             w2.await.unwrap().unwrap();
             assert_eq!(a.waiting(), 0);
             assert_eq!(gauge.get(), 0);
-            let _again = a.acquire().await.unwrap();
+            let _again = a.acquire(None, None).await.unwrap();
         });
     }
 
@@ -129,14 +261,14 @@ mod tests {
     fn abandoned_waits_leave_the_queue() {
         rt().block_on(async {
             let gauge = IntGauge::new("q", "q").unwrap();
-            let a = Admission::new(1, 1, gauge.clone());
-            let _running = a.acquire().await.unwrap();
-            let r = tokio::time::timeout(Duration::from_millis(10), a.acquire()).await;
+            let a = Admission::new(1, 1, None, gauge.clone());
+            let _running = a.acquire(None, None).await.unwrap();
+            let r = tokio::time::timeout(Duration::from_millis(10), a.acquire(None, None)).await;
             assert!(r.is_err(), "nothing frees the slot");
             assert_eq!(a.waiting(), 0, "the timed-out waiter left the queue");
             assert_eq!(gauge.get(), 0);
             // So the queue has room again (still times out, but is not refused).
-            let r = tokio::time::timeout(Duration::from_millis(10), a.acquire()).await;
+            let r = tokio::time::timeout(Duration::from_millis(10), a.acquire(None, None)).await;
             assert!(r.is_err());
         });
     }
@@ -144,10 +276,62 @@ mod tests {
     #[test]
     fn zero_queue_never_waits() {
         rt().block_on(async {
-            let a = Admission::new(2, 0, IntGauge::new("q", "q").unwrap());
-            let _p1 = a.acquire().await.unwrap();
-            let _p2 = a.acquire().await.unwrap();
-            assert_eq!(a.acquire().await.unwrap_err(), QueueFull { waiting: 0 });
+            let a = Admission::new(2, 0, None, IntGauge::new("q", "q").unwrap());
+            let _p1 = a.acquire(None, None).await.unwrap();
+            let _p2 = a.acquire(None, None).await.unwrap();
+            assert_eq!(
+                a.acquire(None, None).await.unwrap_err(),
+                Refused::QueueFull { waiting: 0 }
+            );
+        });
+    }
+
+    #[test]
+    fn requests_that_cannot_finish_in_time_are_refused_up_front() {
+        rt().block_on(async {
+            let a = Admission::new(1, 10, None, IntGauge::new("q", "q").unwrap());
+            // Nothing measured yet: no estimate, so admitted.
+            let soon = Some(Instant::now() + Duration::from_millis(50));
+            let running = a.acquire(soon, None).await.unwrap();
+            a.record(Duration::from_millis(100));
+            a.record(Duration::from_millis(100));
+            assert_eq!(a.service_time(), Some(Duration::from_millis(100)));
+            // The slot's job just started: about its 100 ms to wait, then its own 100 ms.
+            let e = a.expected(None).unwrap();
+            assert!(
+                e > Duration::from_millis(190) && e <= Duration::from_millis(200),
+                "{e:?}"
+            );
+            let e = a.acquire(soon, None).await.unwrap_err();
+            assert!(matches!(e, Refused::TooLate { .. }), "{e:?}");
+            // Once the running job has run 60 ms, 40 ms of it remain.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let e = a.expected(Some(Duration::from_millis(10))).unwrap();
+            assert!(e <= Duration::from_millis(50), "{e:?}");
+            // A later deadline is admitted to the queue (and gets the slot when it frees).
+            let later = Some(Instant::now() + Duration::from_secs(5));
+            let waiter = a.acquire(later, None);
+            drop(running);
+            let _slot = waiter.await.unwrap();
+            // The mean follows new measurements.
+            a.record(Duration::from_millis(200));
+            assert_eq!(a.service_time(), Some(Duration::from_millis(120)));
+        });
+    }
+
+    #[test]
+    fn waiting_is_bounded_in_time() {
+        rt().block_on(async {
+            let a = Admission::new(
+                1,
+                10,
+                Some(Duration::from_millis(20)),
+                IntGauge::new("q", "q").unwrap(),
+            );
+            let _running = a.acquire(None, None).await.unwrap();
+            let e = a.acquire(None, None).await.unwrap_err();
+            assert!(matches!(e, Refused::WaitedTooLong { waited } if waited >= Duration::from_millis(20)), "{e:?}");
+            assert_eq!(a.waiting(), 0);
         });
     }
 }

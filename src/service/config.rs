@@ -115,13 +115,18 @@ pub struct ServerSection {
     /// Requests that may wait for a ranking slot; more are refused with RESOURCE_EXHAUSTED
     /// ("server busy, retry later"). 0 = never wait.
     pub max_queue: usize,
+    /// Longest a request waits for a ranking slot, in milliseconds; then RESOURCE_EXHAUSTED.
+    /// 0 = until its deadline. (Requests whose deadline the expected wait plus ranking time
+    /// would pass are refused at once with DEADLINE_EXCEEDED, whatever this says.)
+    pub max_queue_wait_ms: u64,
     /// Compute the ranker's shared prompt prefixes (both modes) before reporting SERVING.
     pub warmup: bool,
     /// On SIGTERM/SIGINT, report NOT_SERVING for this long before refusing new requests,
     /// so load balancers stop sending (milliseconds).
     pub shutdown_grace_ms: u64,
     /// Then wait at most this long for in-flight requests to finish (seconds); requests
-    /// still running after it are abandoned and the server exits anyway.
+    /// still running after it are cut off, logged with their count, and `palr serve` exits
+    /// non-zero.
     pub drain_timeout_s: u64,
 }
 
@@ -133,6 +138,7 @@ impl Default for ServerSection {
             log_format: LogFormat::Text,
             max_concurrent_rank: 1,
             max_queue: 64,
+            max_queue_wait_ms: 5000,
             warmup: true,
             shutdown_grace_ms: 0,
             drain_timeout_s: 30,

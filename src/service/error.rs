@@ -28,6 +28,19 @@ pub enum ServiceError {
     /// The caller's deadline passed (DEADLINE_EXCEEDED); `0` is the stage it passed in.
     #[error("deadline exceeded during {0}")]
     DeadlineExceeded(&'static str),
+    /// The request could not finish by its deadline, so it was not started
+    /// (DEADLINE_EXCEEDED).
+    #[error(
+        "refused at admission: the ranker would answer in about {expected_ms} ms (queue and \
+         ranking, as measured) but the deadline leaves {left_ms} ms; retry with a longer \
+         deadline or later"
+    )]
+    TooLate { expected_ms: u64, left_ms: u64 },
+    /// No ranking slot freed within `server.max_queue_wait_ms` (RESOURCE_EXHAUSTED).
+    #[error(
+        "server busy, retry later: waited {waited_ms} ms for the ranker (server.max_queue_wait_ms)"
+    )]
+    WaitedTooLong { waited_ms: u64 },
     /// A retriever failed (code by [`retrieval_status`]).
     #[error(transparent)]
     Retrieval(#[from] RetrievalError),
@@ -109,7 +122,8 @@ impl ServiceError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::Busy { .. } => Code::ResourceExhausted,
-            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::DeadlineExceeded(_) | Self::TooLate { .. } => Code::DeadlineExceeded,
+            Self::WaitedTooLong { .. } => Code::ResourceExhausted,
             Self::Retrieval(e) => retrieval_code(e),
             Self::Rank(e) => rank_code(e),
             Self::RetrieverTimeout { .. }

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub rank_deadline_stops: IntCounterVec,
     /// `palr_queue_depth`: requests waiting for a ranking slot.
     pub queue_depth: IntGauge,
+    /// `palr_admission_refusals_total{reason}`: requests refused a ranking slot (reason:
+    /// queue_full, too_late = could not finish by its deadline, waited_too_long).
+    pub admission_refusals: IntCounterVec,
     /// `palr_rank_running`: ranking jobs running on blocking threads.
     pub rank_running: IntGauge,
     /// `palr_inflight_requests{rpc}`: requests being handled.
@@ -192,6 +195,14 @@ impl Metrics {
                 r,
                 IntGauge::new("palr_queue_depth", "Requests waiting for a ranking slot")
                     .expect("valid gauge"),
+            ),
+            admission_refusals: reg(
+                r,
+                counter(
+                    "palr_admission_refusals_total",
+                    "Requests refused a ranking slot, by reason (queue_full, too_late, waited_too_long)",
+                    &["reason"],
+                ),
             ),
             rank_running: reg(
                 r,

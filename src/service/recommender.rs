@@ -24,7 +24,7 @@ use crate::util::clip;
 use super::bulkhead::{BulkheadConfig, BulkheadStats, Bulkheads, HealthHook, OwnedContext};
 use crate::tokenizer::Tokenizer;
 
-use super::admission::Admission;
+use super::admission::{Admission, Refused};
 use super::config::{DtypeConfig, ModeConfig, ServerConfig};
 use super::error::{Result, ServiceError, StartError};
 use super::metrics::Metrics;
@@ -204,7 +204,16 @@ pub struct Recommender {
     model: Arc<dyn LanguageModel>,
     ranker: Arc<Ranker>,
     admission: Admission,
+    /// Mean ranking time per mode (score, generate), microseconds; 0 = none measured yet.
+    rank_us: [std::sync::atomic::AtomicU64; 2],
     metrics: Metrics,
+}
+
+fn mode_index(mode: RankMode) -> usize {
+    match mode {
+        RankMode::Score => 0,
+        RankMode::Generate => 1,
+    }
 }
 
 impl std::fmt::Debug for Recommender {
@@ -414,8 +423,11 @@ impl Recommender {
             admission: Admission::new(
                 cfg.server.max_concurrent_rank,
                 cfg.server.max_queue,
+                (cfg.server.max_queue_wait_ms > 0)
+                    .then(|| Duration::from_millis(cfg.server.max_queue_wait_ms)),
                 metrics.queue_depth.clone(),
             ),
+            rank_us: Default::default(),
             cfg: cfg.clone(),
             catalog,
             registry,
@@ -798,6 +810,27 @@ impl Recommender {
         }
     }
 
+    /// The mean time a whole ranking job of `mode` took, once one did.
+    fn rank_time(&self, mode: RankMode) -> Option<Duration> {
+        let us = self.rank_us[mode_index(mode)].load(std::sync::atomic::Ordering::Relaxed);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
+
+    fn record_rank_time(&self, mode: RankMode, took: Duration) {
+        let new = took.as_micros() as f64;
+        let _ = self.rank_us[mode_index(mode)].fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |old| {
+                Some(if old == 0 {
+                    new as u64
+                } else {
+                    (old as f64 * 0.8 + new * 0.2) as u64
+                })
+            },
+        );
+    }
+
     /// Retriever `name`'s isolation state (plugins only).
     pub fn bulkhead(&self, name: &str) -> Option<BulkheadStats> {
         self.bulkheads.stats(name)
@@ -821,11 +854,36 @@ impl Recommender {
         timings: &mut Timings,
     ) -> Result<RankOutput> {
         let t = Instant::now();
-        let permit = by(respond_by, "the queue wait", self.admission.acquire())
-            .await?
-            .map_err(|full| ServiceError::Busy {
-                waiting: full.waiting,
-            })?;
+        let own = self.rank_time(mode);
+        let permit = by(
+            respond_by,
+            "the queue wait",
+            self.admission.acquire(respond_by, own),
+        )
+        .await?
+        .map_err(|r| {
+            let (reason, e) = match r {
+                Refused::QueueFull { waiting } => ("queue_full", ServiceError::Busy { waiting }),
+                Refused::TooLate { expected, left } => (
+                    "too_late",
+                    ServiceError::TooLate {
+                        expected_ms: expected.as_millis() as u64,
+                        left_ms: left.as_millis() as u64,
+                    },
+                ),
+                Refused::WaitedTooLong { waited } => (
+                    "waited_too_long",
+                    ServiceError::WaitedTooLong {
+                        waited_ms: waited.as_millis() as u64,
+                    },
+                ),
+            };
+            self.metrics
+                .admission_refusals
+                .with_label_values(&[reason])
+                .inc();
+            e
+        })?;
         timings.queue_s = t.elapsed().as_secs_f64();
         self.metrics.stage("queue", t.elapsed());
         let me = self.clone();
@@ -836,6 +894,7 @@ impl Recommender {
         let job = tokio::task::spawn_blocking(move || {
             let _slot = permit;
             let _running = GaugeGuard::new(&me.metrics.rank_running);
+            let started = Instant::now();
             let out = me.ranker.rank(&RankRequest {
                 history: &history,
                 candidates: &candidates,
@@ -854,6 +913,12 @@ impl Recommender {
                 }
                 Err(RankError::Cancelled(stage)) => {
                     tracing::info!(stage, "ranking stopped: the caller went away");
+                }
+                // Only whole jobs measure the ranking time the admission estimates use.
+                Ok(_) => {
+                    let took = started.elapsed();
+                    me.admission.record(took);
+                    me.record_rank_time(mode, took);
                 }
                 _ => {}
             }
