@@ -1548,3 +1548,153 @@ fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
         );
     });
 }
+
+/// One address holding many idle connections cannot lock others out: past its per-peer limit
+/// its connections are closed at once, a client from another address is served at once, and
+/// idle connections (even ones that never speak HTTP/2) are closed after the idle timeout.
+#[test]
+fn idle_connections_from_one_peer_do_not_lock_others_out() {
+    block_on(async {
+        let mut cfg = test_config();
+        cfg.server.warmup = false;
+        cfg.server.max_connections_per_peer = 40;
+        cfg.server.idle_timeout_s = 1;
+        let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
+        let mut server = RunningServer::start(core.clone()).await.unwrap();
+        let addr = server.grpc_addr;
+        // 300 bare TCP connections from 127.0.0.1 that never send a byte.
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Everything past the per-peer limit was closed at once: reads see EOF.
+        let mut closed = 0;
+        for s in &mut idle {
+            let mut buf = [0u8; 64];
+            use tokio::io::AsyncReadExt;
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(
+            closed, 260,
+            "connections beyond the per-peer limit of 40 are closed"
+        );
+        // A client from another loopback address is served at once.
+        let t = Instant::now();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .local_address(Some("127.0.0.2".parse().unwrap()))
+            .connect()
+            .await
+            .unwrap();
+        let info = pb::recommender_client::RecommenderClient::new(ch)
+            .get_model_info(pb::GetModelInfoRequest {})
+            .await
+            .unwrap();
+        assert_eq!(info.into_inner().catalog_items, 1682);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // After the idle timeout the 40 that were let in are closed too.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let mut open = 0;
+        for s in &mut idle {
+            let mut buf = [0u8; 64];
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                _ => open += 1,
+            }
+        }
+        assert_eq!(
+            open, 0,
+            "idle connections are closed after server.idle_timeout_s"
+        );
+        let text = common::scrape(server.metrics_addr.unwrap()).await;
+        assert!(
+            series(
+                &text,
+                r#"palr_connections_refused_total{limit="max_connections_per_peer"}"#
+            ) >= 260.0,
+            "{text}"
+        );
+        assert!(series(&text, "palr_connections_closed_idle_total") >= 40.0);
+        server.shutdown();
+        server.wait().await.unwrap();
+    });
+}
+
+/// A too-large header block refuses its own stream only: the connection and the other calls
+/// on it carry on. Rate limits answer RESOURCE_EXHAUSTED per peer address.
+#[test]
+fn oversize_headers_reset_one_stream_and_rate_limits_apply_per_peer() {
+    block_on(async {
+        use http_body_util::{BodyExt, Full};
+        let addr = shared().server.grpc_addr;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let call = |big: Option<String>| {
+            let payload = prost::Message::encode_to_vec(&pb::GetModelInfoRequest {});
+            let mut body = vec![0u8];
+            body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            body.extend_from_slice(&payload);
+            let mut b =
+                hyper::Request::post(format!("http://{addr}/palr.v1.Recommender/GetModelInfo"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers");
+            if let Some(v) = big {
+                b = b.header("x-big", v);
+            }
+            b.body(Full::new(hyper::body::Bytes::from(body))).unwrap()
+        };
+        // 64 KiB of header: over server.max_header_bytes (32 KiB), under h2's abuse limit.
+        let r = send.send_request(call(Some("x".repeat(64 * 1024)))).await;
+        match r {
+            Err(_) => {}
+            Ok(resp) => assert_eq!(
+                resp.status(),
+                hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ),
+        }
+        // The same connection still serves.
+        send.ready().await.unwrap();
+        let resp = send.send_request(call(None)).await.unwrap();
+        let trailers = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .cloned()
+            .unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+
+        // Rate limit: 5 calls per second with a burst of 5, from one address.
+        let mut cfg = test_config();
+        cfg.server.warmup = false;
+        cfg.server.rate_limit_per_s = 5.0;
+        cfg.server.rate_limit_burst = 5.0;
+        let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
+        let mut server = RunningServer::start(core).await.unwrap();
+        let mut c = pb::recommender_client::RecommenderClient::new(channel(server.grpc_addr).await);
+        let mut limited = 0;
+        for _ in 0..12 {
+            if let Err(s) = c.get_model_info(pb::GetModelInfoRequest {}).await {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s}");
+                assert!(s.message().contains("rate limit"), "{s}");
+                limited += 1;
+            }
+        }
+        assert!((6..=7).contains(&limited), "{limited} of 12 limited");
+        server.shutdown();
+        server.wait().await.unwrap();
+    });
+}

@@ -128,6 +128,26 @@ pub struct ServerSection {
     /// still running after it are cut off, logged with their count, and `palr serve` exits
     /// non-zero.
     pub drain_timeout_s: u64,
+    /// Most gRPC connections open at once; more are closed at once (counted in
+    /// `palr_connections_refused_total`). The open-file limit is raised to fit it.
+    pub max_connections: usize,
+    /// Most connections from one peer address, so one client cannot take them all.
+    pub max_connections_per_peer: usize,
+    /// A connection with no request in flight for this long is closed (GOAWAY); 0 = never.
+    pub idle_timeout_s: u64,
+    /// HTTP/2 keep-alive ping interval (seconds; 0 = off) ...
+    pub keepalive_interval_s: u64,
+    /// ... and how long an unanswered ping waits before the connection is closed.
+    pub keepalive_timeout_s: u64,
+    /// Most concurrent streams (calls) on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request header block (bytes); a larger one refuses its stream only.
+    pub max_header_bytes: u32,
+    /// Calls per second one peer address may make (token bucket); 0 = no limit. Over it:
+    /// RESOURCE_EXHAUSTED before any work.
+    pub rate_limit_per_s: f64,
+    /// The bucket's size: calls a peer may make at once after being quiet.
+    pub rate_limit_burst: f64,
 }
 
 impl Default for ServerSection {
@@ -142,6 +162,15 @@ impl Default for ServerSection {
             warmup: true,
             shutdown_grace_ms: 0,
             drain_timeout_s: 30,
+            max_connections: 4096,
+            max_connections_per_peer: 512,
+            idle_timeout_s: 300,
+            keepalive_interval_s: 60,
+            keepalive_timeout_s: 20,
+            max_concurrent_streams: 128,
+            max_header_bytes: 32 * 1024,
+            rate_limit_per_s: 0.0,
+            rate_limit_burst: 50.0,
         }
     }
 }

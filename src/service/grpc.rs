@@ -54,7 +54,7 @@ impl<S> Stamp<S> {
 
 /// The `rpc` label of a request path: the method of `palr.v1.Recommender`, `Health`,
 /// `Reflection`, or `unknown` (bounded label values).
-fn rpc_label(path: &str) -> &'static str {
+pub(crate) fn rpc_label(path: &str) -> &'static str {
     match path.strip_prefix("/palr.v1.Recommender/") {
         Some(m) => RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown"),
         None if path.starts_with("/grpc.health.v1.Health/") => "Health",

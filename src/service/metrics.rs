@@ -67,6 +67,13 @@ pub struct Metrics {
     pub rank_running: IntGauge,
     /// `palr_inflight_requests{rpc}`: requests being handled.
     pub inflight: IntGaugeVec,
+    /// `palr_connections_open`: gRPC connections open now.
+    pub connections_open: IntGauge,
+    /// `palr_connections_refused_total{limit}`: connections closed at once (limit:
+    /// max_connections, max_connections_per_peer).
+    pub connections_refused: IntCounterVec,
+    /// `palr_connections_closed_idle_total`: connections closed after `idle_timeout_s`.
+    pub connections_closed_idle: prometheus::IntCounter,
     /// `palr_build_info{version,model,backend}` = 1.
     pub build_info: IntGaugeVec,
 }
@@ -195,6 +202,27 @@ impl Metrics {
                 r,
                 IntGauge::new("palr_queue_depth", "Requests waiting for a ranking slot")
                     .expect("valid gauge"),
+            ),
+            connections_open: reg(
+                r,
+                IntGauge::new("palr_connections_open", "gRPC connections open")
+                    .expect("valid gauge"),
+            ),
+            connections_refused: reg(
+                r,
+                counter(
+                    "palr_connections_refused_total",
+                    "gRPC connections closed at once, by the limit that refused them",
+                    &["limit"],
+                ),
+            ),
+            connections_closed_idle: reg(
+                r,
+                prometheus::IntCounter::new(
+                    "palr_connections_closed_idle_total",
+                    "gRPC connections closed after server.idle_timeout_s without a request",
+                )
+                .expect("valid counter"),
             ),
             admission_refusals: reg(
                 r,

@@ -17,6 +17,7 @@
 //! - [`error`]: [`ServiceError`] and the one mapping of every layer's error to a status;
 //! - [`grpc`]: the tonic service, the only place protobuf messages are converted;
 //! - [`server`]: listeners, health, reflection, metrics endpoint, graceful shutdown;
+//! - [`conn`]: connection limits, idle timeouts, per-peer rate limits;
 //! - [`metrics`]: the Prometheus registry and `/metrics`;
 //! - [`client`]: a typed client over the generated one, for the CLI and benchmarks;
 //! - [`bench`]: `palr bench recommend`, end-to-end latency against a running server.
@@ -28,6 +29,7 @@ pub mod bench;
 pub mod bulkhead;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

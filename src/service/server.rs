@@ -32,8 +32,10 @@ use tonic_health::ServingStatus;
 
 use crate::proto::v1::recommender_server::RecommenderServer;
 
+use super::conn::{Activity, ConnLimits, ConnService, Connections, RateLimiter};
 use super::error::StartError;
 use super::grpc::{RecommenderService, Stamp};
+use super::metrics::Metrics;
 use super::metrics::serve_metrics;
 use super::recommender::Recommender;
 
@@ -124,7 +126,15 @@ pub async fn serve(
         .clone()
         .routes();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = accept_loop(grpc, Stamp::new(routes, core.metrics().clone()), stop_rx);
+    let limits = ConnLimits::from_config(&cfg);
+    super::conn::ensure_fd_limit(limits.max_connections);
+    let serving = accept_loop(
+        grpc,
+        Stamp::new(routes, core.metrics().clone()),
+        limits,
+        core.metrics().clone(),
+        stop_rx,
+    );
     tokio::pin!(serving);
     tracing::info!(
         grpc = %grpc_addr.map_or_else(String::new, |a| a.to_string()),
@@ -199,11 +209,17 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Accepts HTTP/2 (h2c) connections on `listener` and serves `svc` on each, until `stop`
-/// turns true; then closes the listener, asks every connection to finish (GOAWAY: streams
-/// already open complete, new ones are refused) and returns once all have closed.
-async fn accept_loop<S>(listener: TcpListener, svc: S, mut stop: watch::Receiver<bool>)
-where
+/// Accepts HTTP/2 (h2c) connections on `listener` and serves `svc` on each, within the
+/// connection limits (`conn` module), until `stop` turns true; then closes the listener, asks
+/// every connection to finish (GOAWAY: streams already open complete, new ones are refused)
+/// and returns once all have closed.
+async fn accept_loop<S>(
+    listener: TcpListener,
+    svc: S,
+    limits: ConnLimits,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) where
     S: tonic::codegen::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = hyper::Response<tonic::body::Body>,
@@ -214,7 +230,14 @@ where
     S::Future: Send + 'static,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes);
+    let conns = Arc::new(Connections::default());
+    let limiter = RateLimiter::new(&limits);
     // Each connection task holds a clone; `recv` returns None once all are gone.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     loop {
@@ -230,23 +253,75 @@ where
                 }
             },
         };
+        let permit = match conns.admit(peer.ip(), &limits) {
+            Ok(p) => p,
+            Err(why) => {
+                metrics
+                    .connections_refused
+                    .with_label_values(&[why.label()])
+                    .inc();
+                tracing::debug!(%peer, limit = why.label(), "connection refused");
+                drop(stream);
+                continue;
+            }
+        };
+        metrics.connections_open.set(conns.open() as i64);
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let service = ConnService {
+            inner: svc.clone(),
+            activity: activity.clone(),
+            peer: peer.ip(),
+            limiter: limiter.clone(),
+            metrics: metrics.clone(),
+        };
         let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()));
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let mut stop = stop.clone();
         let open = open_tx.clone();
+        let (metrics, conns) = (metrics.clone(), conns.clone());
+        let idle_limit = limits.idle_timeout;
         tokio::spawn(async move {
             tokio::pin!(conn);
+            let idle = async {
+                match idle_limit {
+                    None => std::future::pending::<()>().await,
+                    Some(limit) => loop {
+                        let idle_for = activity.idle_for();
+                        if idle_for >= limit {
+                            break;
+                        }
+                        tokio::time::sleep((limit - idle_for).max(Duration::from_millis(50))).await;
+                    },
+                }
+            };
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 () = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                () = idle => {
+                    metrics.connections_closed_idle.inc();
+                    tracing::debug!(%peer, "closing an idle connection");
+                    if activity.saw_requests() {
+                        // A real client: GOAWAY, and let it close (a bounded wait).
+                        conn.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await {
+                            Ok(r) => r,
+                            Err(_) => Ok(()),
+                        }
+                    } else {
+                        // It never sent a request (maybe not even the HTTP/2 preface): drop it.
+                        Ok(())
+                    }
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+            drop(permit);
+            metrics.connections_open.set(conns.open() as i64);
             drop(open);
         });
     }
