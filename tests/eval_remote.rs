@@ -260,6 +260,7 @@ impl Setup {
     fn connect(&self, addr: SocketAddr) -> RemoteBackend {
         RemoteBackend::connect(
             &addr.to_string(),
+            &Default::default(),
             Arc::new(self.ds.catalog.clone()),
             Duration::from_secs(30),
         )
@@ -363,6 +364,7 @@ fn setup_mistakes_are_named_before_any_user_runs() {
         .unwrap();
     let e = RemoteBackend::connect(
         &port.to_string(),
+        &Default::default(),
         Arc::new(s.ds.catalog.clone()),
         Duration::from_secs(5),
     )
@@ -372,6 +374,7 @@ fn setup_mistakes_are_named_before_any_user_runs() {
     assert!(e.contains("cannot connect"), "{e}");
     let e = RemoteBackend::connect(
         "http://bad address",
+        &Default::default(),
         Arc::new(s.ds.catalog.clone()),
         Duration::from_secs(5),
     )

@@ -1698,3 +1698,204 @@ fn oversize_headers_reset_one_stream_and_rate_limits_apply_per_peer() {
         server.wait().await.unwrap();
     });
 }
+
+/// A CA, a server certificate for `localhost` and a client certificate, written as PEM files
+/// under `dir` (made at test time with rcgen).
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: String,
+    client_key: String,
+    /// A client certificate from a CA the server does not trust.
+    stranger_cert: String,
+    stranger_key: String,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair,
+        };
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, name.to_owned());
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, san: &str, eku| {
+            let mut p = CertificateParams::new(vec![san.to_owned()]).unwrap();
+            p.extended_key_usages = vec![eku];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let trusted = ca("palr test CA");
+        let other = ca("someone else's CA");
+        let (server_cert, server_key) =
+            leaf(&trusted, "localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf(
+            &trusted,
+            "recsys-frontend",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let (stranger_cert, stranger_key) =
+            leaf(&other, "stranger", ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        Pki {
+            ca: write("ca.pem", &trusted.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert,
+            client_key,
+            stranger_cert,
+            stranger_key,
+        }
+    }
+}
+
+/// Mutual TLS and bearer tokens: a plaintext client, a TLS client without a certificate and
+/// one whose certificate another CA signed are all turned away at the handshake; with a good
+/// certificate, every call but health needs an accepted token (UNAUTHENTICATED otherwise,
+/// counted by reason); reflection can be switched off.
+#[test]
+fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let token = "s3cr3t-0123456789abcdef";
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, format!("# callers\nrecsys-frontend {token}\n")).unwrap();
+        let mut cfg = test_config();
+        cfg.server.warmup = false;
+        cfg.server.reflection = false;
+        cfg.server.tls = palr::service::config::TlsSection {
+            cert_file: pki.server_cert.clone(),
+            key_file: pki.server_key.clone(),
+            client_ca_file: pki.ca.clone(),
+        };
+        cfg.server.auth.tokens_file = tokens;
+        let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
+        let mut server = RunningServer::start(core.clone()).await.unwrap();
+        let port = server.grpc_addr.port();
+        let ca = Certificate::from_pem(std::fs::read(&pki.ca).unwrap());
+        let connect = |identity: Option<(&str, &str)>| {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(ca.clone())
+                .domain_name("localhost");
+            if let Some((cert, key)) = identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            async move {
+                Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                    .unwrap()
+                    .tls_config(tls)
+                    .unwrap()
+                    .connect()
+                    .await
+            }
+        };
+        let info = |ch: Channel, token: Option<&str>| {
+            let mut req = tonic::Request::new(pb::GetModelInfoRequest {});
+            if let Some(t) = token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            async move { RecommenderClient::new(ch).get_model_info(req).await }
+        };
+
+        // Plaintext HTTP/2 to a TLS listener: no call gets through.
+        let plain = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+        match plain.connect().await {
+            Err(_) => {}
+            Ok(ch) => assert!(info(ch, Some(token)).await.is_err()),
+        }
+        // TLS without a client certificate, and with one from an untrusted CA.
+        for identity in [
+            None,
+            Some((pki.stranger_cert.as_str(), pki.stranger_key.as_str())),
+        ] {
+            match connect(identity).await {
+                Err(_) => {}
+                Ok(ch) => {
+                    // TLS 1.3: the client learns of the refusal only at its first read (an
+                    // alert, or the connection closed); the server counts it below.
+                    let r = info(ch, Some(token)).await;
+                    assert!(r.is_err(), "{r:?}");
+                }
+            }
+        }
+        let handshakes = series(
+            &core.metrics().render(),
+            "palr_tls_handshake_failures_total",
+        );
+        assert!(handshakes >= 3.0, "{handshakes} failed handshakes counted");
+
+        let ch = connect(Some((&pki.client_cert, &pki.client_key)))
+            .await
+            .expect("a trusted client certificate connects");
+        // Health needs no token (probes and load balancers carry none).
+        let s = HealthClient::new(ch.clone())
+            .check(HealthCheckRequest {
+                service: "palr.v1.Recommender".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.status, ServingStatus::Serving as i32);
+        assert_status(
+            info(ch.clone(), None).await,
+            Code::Unauthenticated,
+            &["Bearer TOKEN"],
+        );
+        assert_status(
+            info(ch.clone(), Some("not-the-token-at-all")).await,
+            Code::Unauthenticated,
+            &["not accepted"],
+        );
+        let model = info(ch.clone(), Some(token)).await.unwrap().into_inner();
+        assert!(!model.model_name.is_empty());
+
+        // Reflection is off: its calls are unknown routes.
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        let mut req = tonic::Request::new(tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let e = ServerReflectionClient::new(ch)
+            .server_reflection_info(req)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "{e}");
+
+        let text = core.metrics().render();
+        assert_eq!(
+            series(&text, r#"palr_auth_failures_total{reason="missing"}"#),
+            1.0
+        );
+        assert_eq!(
+            series(&text, r#"palr_auth_failures_total{reason="unknown"}"#),
+            1.0
+        );
+        assert_eq!(
+            series(
+                &text,
+                r#"palr_requests_total{code="UNAUTHENTICATED",rpc="GetModelInfo"}"#
+            ),
+            2.0
+        );
+        server.shutdown();
+        server.wait().await.unwrap();
+    });
+}

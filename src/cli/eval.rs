@@ -295,6 +295,9 @@ pub struct EvalArgs {
     /// server's retrievers must be built from the evaluated split's training view.
     #[arg(long)]
     pub addr: Option<String>,
+    /// TLS and token options for --addr.
+    #[command(flatten)]
+    pub connect: crate::service::client::ConnectArgs,
     /// Per-call timeout against a server, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_s: u64,
@@ -360,8 +363,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                      --methods as RETRIEVER+MODE@NAME"
                 );
             }
-            let backend =
-                RemoteBackend::connect(addr, catalog, Duration::from_secs(args.timeout_s))?;
+            let backend = RemoteBackend::connect(
+                addr,
+                &args.connect,
+                catalog,
+                Duration::from_secs(args.timeout_s),
+            )?;
             eval::evaluate(
                 &backend,
                 &split,

@@ -20,6 +20,8 @@ pub struct RecommendArgs {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    #[command(flatten)]
+    pub connect: crate::service::client::ConnectArgs,
     /// The user's history: item ids, oldest first, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub history: Vec<String>,
@@ -127,7 +129,7 @@ pub fn run(args: &RecommendArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&args.addr)
+    let mut client = Client::connect_with(&args.addr, &args.connect)
         .await?
         .with_timeout(args.timeout_ms.map(Duration::from_millis));
     let json = |v: &dyn erased::Json| -> anyhow::Result<()> {

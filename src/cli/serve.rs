@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::engine::Device;
 use crate::service::Drained;
 use crate::service::config::{DtypeConfig, LogFormat};
+use crate::service::security::Transport;
 use crate::service::server::{Termination, bind};
 use crate::service::{Metrics, Overrides, Recommender, ServerConfig, serve};
 
@@ -106,10 +107,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
+        // Certificates and tokens too, before the model loads.
+        let transport = Transport::from_config(&cfg.server)?;
         let core = tokio::task::spawn_blocking(move || Recommender::load(&cfg, Metrics::new()))
             .await
             .context("loading")??;
-        anyhow::Ok(serve(Arc::new(core), grpc, metrics, termination.wait()).await?)
+        anyhow::Ok(serve(Arc::new(core), grpc, metrics, transport, termination.wait()).await?)
     })?;
     // Abandoned requests (drain timeout) must not keep the process alive.
     rt.shutdown_background();

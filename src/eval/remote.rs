@@ -14,19 +14,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
-
 use super::{Backend, EvalError, LlmRanking, Method, Result};
 use crate::data::Catalog;
 use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_client::RecommenderClient;
 use crate::rank::{RankMode, RankTimings};
+use crate::service::client::{AuthChannel, ConnectArgs};
 
 /// A server's evaluation backend.
 pub struct RemoteBackend {
     addr: String,
     rt: tokio::runtime::Runtime,
-    client: RecommenderClient<Channel>,
+    client: RecommenderClient<AuthChannel>,
     catalog: Arc<Catalog>,
     info: pb::ModelInfo,
     retrievers: Vec<String>,
@@ -38,16 +37,20 @@ fn status(what: &str, s: tonic::Status) -> EvalError {
 }
 
 impl RemoteBackend {
-    /// Connects to `addr` (`host:port` or a URL such as `http://127.0.0.1:50051`) and reads the
-    /// server's model info and retrievers. `timeout` bounds every call.
-    pub fn connect(addr: &str, catalog: Arc<Catalog>, timeout: Duration) -> Result<Self> {
-        let url = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| EvalError::Config(format!("--addr {addr:?} is not a valid address: {e}")))?
+    /// Connects to `addr` (`host:port` or a URL such as `http://127.0.0.1:50051`), with TLS
+    /// and a token as `opts` says, and reads the server's model info and retrievers.
+    /// `timeout` bounds every call.
+    pub fn connect(
+        addr: &str,
+        opts: &ConnectArgs,
+        catalog: Arc<Catalog>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let url = opts.url(addr);
+        let (endpoint, auth) = opts
+            .endpoint(addr)
+            .map_err(|e| EvalError::Config(format!("--addr: {e}")))?;
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -56,7 +59,7 @@ impl RemoteBackend {
             .map_err(|e| EvalError::Remote(format!("starting the client runtime: {e}")))?;
         let mut client = rt
             .block_on(endpoint.connect())
-            .map(RecommenderClient::new)
+            .map(|ch| RecommenderClient::with_interceptor(ch, auth))
             .map_err(|e| {
                 EvalError::Remote(format!(
                     "cannot connect to {url}: {e} (is `palr serve` running there?)"

@@ -24,6 +24,8 @@ pub struct RecommendBenchArgs {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    #[command(flatten)]
+    pub connect: super::client::ConnectArgs,
     /// Data set the server runs on (histories are drawn from it).
     #[arg(long, default_value = "data/ml-100k")]
     pub data: PathBuf,
@@ -171,7 +173,7 @@ pub async fn run(args: &RecommendBenchArgs) -> anyhow::Result<RecommendBenchRepo
         args.history_len,
         args.requests + args.warmup,
     )?);
-    let mut client = Client::connect(&args.addr).await?;
+    let mut client = Client::connect_with(&args.addr, &args.connect).await?;
     let info = client.model_info().await?;
     let params = |i: usize| RecommendParams {
         history: hist[i % hist.len()].clone(),

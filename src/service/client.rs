@@ -2,10 +2,14 @@
 //! messages converted to the service's plain types, for `palr recommend` and `palr bench
 //! recommend`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_client::RecommenderClient;
@@ -140,43 +144,157 @@ fn recommendation_from_proto(r: pb::RecommendResponse) -> Result<Recommendation>
     })
 }
 
+/// How a client reaches a server that asks for TLS, client certificates or a bearer token
+/// (`[server.tls]`, `[server.auth]`); shared by `palr recommend`, `palr bench recommend` and
+/// `palr eval --addr`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// TLS: PEM CA certificates to verify the server with (an https:// address without it
+    /// uses the system's roots).
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Mutual TLS: this client's PEM certificate chain (with --client-key).
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Mutual TLS: this client's PEM private key.
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the address's host).
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+    /// Bearer token sent with every call (prefer the variable: arguments are visible to
+    /// other users of the machine).
+    #[arg(long, env = "PALR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone, Default)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Auth(Bearer ...)"
+        } else {
+            "Auth(none)"
+        })
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel with the caller's token attached.
+pub type AuthChannel = InterceptedService<Channel, Auth>;
+
+/// Flattens an error and its sources into one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        message = format!("{message}: {s}");
+        src = s.source();
+    }
+    message
+}
+
+impl ConnectArgs {
+    /// The URL of `addr` (a bare `HOST:PORT` gets `https://` when TLS options are given,
+    /// else `http://`).
+    pub fn url(&self, addr: &str) -> String {
+        if addr.contains("://") {
+            addr.to_owned()
+        } else if self.ca_cert.is_some() || self.client_cert.is_some() {
+            format!("https://{addr}")
+        } else {
+            format!("http://{addr}")
+        }
+    }
+
+    /// The endpoint of `addr` with TLS configured, and the token interceptor. Errors name
+    /// the option to fix.
+    pub fn endpoint(&self, addr: &str) -> std::result::Result<(Endpoint, Auth), String> {
+        let url = self.url(addr);
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("{addr:?} is not a valid address: {e}"))?;
+        let tls_options = self.ca_cert.is_some() || self.client_cert.is_some();
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            match &self.ca_cert {
+                Some(p) => {
+                    let pem =
+                        std::fs::read(p).map_err(|e| format!("--ca-cert {}: {e}", p.display()))?;
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                None => tls = tls.with_native_roots(),
+            }
+            if let (Some(c), Some(k)) = (&self.client_cert, &self.client_key) {
+                let cert =
+                    std::fs::read(c).map_err(|e| format!("--client-cert {}: {e}", c.display()))?;
+                let key =
+                    std::fs::read(k).map_err(|e| format!("--client-key {}: {e}", k.display()))?;
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &self.tls_domain {
+                tls = tls.domain_name(d.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings: {}", chain(&e)))?;
+        } else if tls_options {
+            return Err(format!(
+                "{url} is plaintext but TLS options were given: use an https:// address"
+            ));
+        }
+        let auth = match &self.token {
+            None => Auth(None),
+            Some(t) => Auth(Some(format!("Bearer {}", t.trim()).parse().map_err(
+                |_| {
+                    "the token (--token / PALR_TOKEN) has characters a header cannot carry"
+                        .to_owned()
+                },
+            )?)),
+        };
+        Ok((endpoint, auth))
+    }
+}
+
 /// A connection to a palr server.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: RecommenderClient<Channel>,
+    inner: RecommenderClient<AuthChannel>,
     timeout: Option<Duration>,
 }
 
 impl Client {
-    /// Connects to `addr` (`http://HOST:PORT`; a bare `HOST:PORT` gets `http://`).
+    /// Connects to `addr` (`http://HOST:PORT`; a bare `HOST:PORT` gets `http://`), plaintext
+    /// and without a token.
     pub async fn connect(addr: &str) -> Result<Self> {
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
+        Self::connect_with(addr, &ConnectArgs::default()).await
+    }
+
+    /// Connects to `addr` with TLS and a token as `opts` says.
+    pub async fn connect_with(addr: &str, opts: &ConnectArgs) -> Result<Self> {
         let err = |message: String| ClientError::Connect {
-            addr: uri.clone(),
+            addr: opts.url(addr),
             message,
         };
-        let channel = Endpoint::from_shared(uri.clone())
-            .map_err(|e| err(e.to_string()))?
+        let (endpoint, auth) = opts.endpoint(addr).map_err(err)?;
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| {
-                use std::error::Error;
-                let mut message = e.to_string();
-                let mut src = e.source();
-                while let Some(s) = src {
-                    message = format!("{message}: {s}");
-                    src = s.source();
-                }
-                err(message)
-            })?;
+            .map_err(|e| err(chain(&e)))?;
         Ok(Self {
-            inner: RecommenderClient::new(channel),
+            inner: RecommenderClient::with_interceptor(channel, auth),
             timeout: None,
         })
     }

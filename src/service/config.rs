@@ -148,6 +148,36 @@ pub struct ServerSection {
     pub rate_limit_per_s: f64,
     /// The bucket's size: calls a peer may make at once after being quiet.
     pub rate_limit_burst: f64,
+    /// Serve gRPC server reflection (grpcurl and the like work without proto files).
+    pub reflection: bool,
+    /// `[server.tls]`: TLS or mutual TLS on the gRPC listener.
+    pub tls: TlsSection,
+    /// `[server.auth]`: bearer-token authentication.
+    pub auth: AuthSection,
+}
+
+/// `[server.tls]`. Empty paths = plaintext HTTP/2 (a warning when listening beyond loopback).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate they signed
+    /// (mutual TLS).
+    pub client_ca_file: PathBuf,
+}
+
+/// `[server.auth]`. No tokens = no authentication.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// A file of accepted bearer tokens, one per line: `TOKEN` or `NAME TOKEN` (the name
+    /// identifies the caller in logs and rate limits); `#` starts a comment.
+    pub tokens_file: PathBuf,
+    /// The name of an environment variable holding accepted tokens, comma separated.
+    pub tokens_env: String,
 }
 
 impl Default for ServerSection {
@@ -171,6 +201,9 @@ impl Default for ServerSection {
             max_header_bytes: 32 * 1024,
             rate_limit_per_s: 0.0,
             rate_limit_burst: 50.0,
+            reflection: true,
+            tls: TlsSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }

@@ -8,8 +8,11 @@
 //! - HTTP/2 keep-alive pings find dead peers; at most `server.max_concurrent_streams`
 //!   streams per connection; a header block over `server.max_header_bytes` refuses its
 //!   stream only (four times over it, h2 closes the connection as abuse);
-//! - optionally a token bucket per peer address (`server.rate_limit_per_s`,
-//!   `server.rate_limit_burst`): calls over it get RESOURCE_EXHAUSTED before any work.
+//! - with bearer tokens (`[server.auth]`), every call but the health service's must carry
+//!   an accepted token, or it is UNAUTHENTICATED before any work;
+//! - optionally a token bucket per caller (`server.rate_limit_per_s`,
+//!   `server.rate_limit_burst`): the token's name when authenticated, else the peer address;
+//!   calls over it get RESOURCE_EXHAUSTED before any work.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::config::ServerSection;
 use super::metrics::Metrics;
+use super::security::Tokens;
 
 /// The limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -190,12 +194,19 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Token buckets by peer address.
+/// Who a rate limit applies to: an authenticated caller, or a peer address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallerKey {
+    Token(Arc<str>),
+    Addr(IpAddr),
+}
+
+/// Token buckets by caller.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<CallerKey, (f64, Instant)>>,
 }
 
 impl RateLimiter {
@@ -210,8 +221,8 @@ impl RateLimiter {
         })
     }
 
-    /// Takes a token for `peer`; false when its bucket is empty.
-    pub fn allow(&self, peer: IpAddr) -> bool {
+    /// Takes a token for `caller`; false when its bucket is empty.
+    pub fn allow(&self, caller: CallerKey) -> bool {
         let now = Instant::now();
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         // Forget full buckets now and then, so the map stays as small as the active peers.
@@ -219,7 +230,7 @@ impl RateLimiter {
             let (rate, burst) = (self.rate, self.burst);
             map.retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * rate < burst);
         }
-        let (tokens, at) = map.entry(peer).or_insert((self.burst, now));
+        let (tokens, at) = map.entry(caller).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -232,14 +243,24 @@ impl RateLimiter {
 }
 
 /// The per-connection service in front of the routes: marks requests in flight (idle
-/// timeout), applies the rate limit.
+/// timeout), checks the bearer token, applies the rate limit.
 #[derive(Clone)]
 pub struct ConnService<S> {
     pub inner: S,
     pub activity: Arc<Activity>,
     pub peer: IpAddr,
     pub limiter: Option<Arc<RateLimiter>>,
+    pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
+}
+
+/// The authenticated caller's name, in the request's extensions (for handlers and logs).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<str>);
+
+/// Calls that need no token: health checks (load balancers and probes carry none).
+fn needs_no_token(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
 }
 
 /// A response body that keeps its request marked in flight until it is sent.
@@ -290,25 +311,49 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: hyper::Request<B>) -> Self::Future {
         let active = self.activity.begin();
-        if let Some(l) = &self.limiter
-            && !l.allow(self.peer)
-        {
-            self.metrics
+        // A call refused here never reaches `Stamp`, so it is counted here.
+        let refuse = |active: ActiveGuard, metrics: &Metrics, path: &str, status: tonic::Status| {
+            metrics
                 .requests
                 .with_label_values(&[
-                    super::grpc::rpc_label(req.uri().path()),
-                    "RESOURCE_EXHAUSTED",
+                    super::grpc::rpc_label(path),
+                    super::grpc::code_name(status.code()),
                 ])
                 .inc();
-            let status = tonic::Status::resource_exhausted(
-                "rate limit: too many calls from this address (server.rate_limit_per_s); slow down",
-            );
-            return Box::pin(async move {
+            Box::pin(async move {
                 drop(active);
                 Ok(status.into_http())
-            });
+            }) as Self::Future
+        };
+        let mut caller = CallerKey::Addr(self.peer);
+        if self.tokens.enabled() && !needs_no_token(req.uri().path()) {
+            let header = req.headers().get(hyper::header::AUTHORIZATION);
+            match self.tokens.check(header.map(|v| v.as_bytes())) {
+                Ok(name) => {
+                    let name: Arc<str> = Arc::from(name);
+                    req.extensions_mut().insert(Caller(name.clone()));
+                    caller = CallerKey::Token(name);
+                }
+                Err(why) => {
+                    self.metrics
+                        .auth_failures
+                        .with_label_values(&[why.label()])
+                        .inc();
+                    tracing::debug!(peer = %self.peer, reason = why.label(), "unauthenticated call");
+                    let status = tonic::Status::unauthenticated(why.message());
+                    return refuse(active, &self.metrics, req.uri().path(), status);
+                }
+            }
+        }
+        if let Some(l) = &self.limiter
+            && !l.allow(caller)
+        {
+            let status = tonic::Status::resource_exhausted(
+                "rate limit: too many calls from this caller (server.rate_limit_per_s); slow down",
+            );
+            return refuse(active, &self.metrics, req.uri().path(), status);
         }
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -396,13 +441,18 @@ mod tests {
     #[test]
     fn buckets_refill_at_the_rate() {
         let r = RateLimiter::new(&limits(1, 1)).unwrap();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(r.allow(a) && r.allow(a));
-        assert!(!r.allow(a), "burst of 2 spent");
+        let a = CallerKey::Addr("10.0.0.1".parse().unwrap());
+        let b = CallerKey::Addr("10.0.0.2".parse().unwrap());
+        let svc = CallerKey::Token(Arc::from("svc"));
+        assert!(r.allow(a.clone()) && r.allow(a.clone()));
+        assert!(!r.allow(a.clone()), "burst of 2 spent");
         assert!(r.allow(b), "other peers have their own bucket");
+        assert!(r.allow(svc), "and so has every authenticated caller");
         std::thread::sleep(Duration::from_millis(550));
-        assert!(r.allow(a), "one token back after half a second at 2/s");
+        assert!(
+            r.allow(a.clone()),
+            "one token back after half a second at 2/s"
+        );
         assert!(!r.allow(a));
     }
 

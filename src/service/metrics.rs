@@ -74,6 +74,12 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// `palr_connections_closed_idle_total`: connections closed after `idle_timeout_s`.
     pub connections_closed_idle: prometheus::IntCounter,
+    /// `palr_tls_handshake_failures_total`: connections closed because their TLS handshake
+    /// failed or did not finish within `server.idle_timeout_s`.
+    pub tls_handshake_failures: prometheus::IntCounter,
+    /// `palr_auth_failures_total{reason}`: calls refused UNAUTHENTICATED (reason: missing,
+    /// unknown).
+    pub auth_failures: IntCounterVec,
     /// `palr_build_info{version,model,backend}` = 1.
     pub build_info: IntGaugeVec,
 }
@@ -223,6 +229,22 @@ impl Metrics {
                     "gRPC connections closed after server.idle_timeout_s without a request",
                 )
                 .expect("valid counter"),
+            ),
+            tls_handshake_failures: reg(
+                r,
+                prometheus::IntCounter::new(
+                    "palr_tls_handshake_failures_total",
+                    "gRPC connections closed because the TLS handshake failed or timed out",
+                )
+                .expect("valid counter"),
+            ),
+            auth_failures: reg(
+                r,
+                counter(
+                    "palr_auth_failures_total",
+                    "Calls refused UNAUTHENTICATED, by reason (missing, unknown token)",
+                    &["reason"],
+                ),
             ),
             admission_refusals: reg(
                 r,

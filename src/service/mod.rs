@@ -17,7 +17,8 @@
 //! - [`error`]: [`ServiceError`] and the one mapping of every layer's error to a status;
 //! - [`grpc`]: the tonic service, the only place protobuf messages are converted;
 //! - [`server`]: listeners, health, reflection, metrics endpoint, graceful shutdown;
-//! - [`conn`]: connection limits, idle timeouts, per-peer rate limits;
+//! - [`conn`]: connection limits, idle timeouts, per-caller rate limits, token checks;
+//! - [`security`]: TLS / mutual TLS of the listener and bearer tokens;
 //! - [`metrics`]: the Prometheus registry and `/metrics`;
 //! - [`client`]: a typed client over the generated one, for the CLI and benchmarks;
 //! - [`bench`]: `palr bench recommend`, end-to-end latency against a running server.
@@ -34,6 +35,7 @@ pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod recommender;
+pub mod security;
 pub mod server;
 
 pub use config::{ConfigError, Overrides, ServerConfig};

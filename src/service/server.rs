@@ -38,6 +38,7 @@ use super::grpc::{RecommenderService, Stamp};
 use super::metrics::Metrics;
 use super::metrics::serve_metrics;
 use super::recommender::Recommender;
+use super::security::Transport;
 
 /// The gRPC service name of the recommender (for health checks).
 pub const SERVICE_NAME: &str = "palr.v1.Recommender";
@@ -68,10 +69,12 @@ pub async fn serve(
     core: Arc<Recommender>,
     grpc: TcpListener,
     metrics: Option<TcpListener>,
+    transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drained, StartError> {
     let cfg = core.config().server.clone();
     let grpc_addr = grpc.local_addr().ok();
+    transport.warn_if_exposed(grpc_addr);
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
     let (mut health, health_svc) = tonic_health::server::health_reporter();
@@ -102,12 +105,6 @@ pub async fn serve(
         b.register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
 
     let (stop_metrics_tx, stop_metrics_rx) = oneshot::channel::<()>();
     let metrics_task = metrics.map(|l| {
@@ -116,15 +113,27 @@ pub async fn serve(
         }))
     });
 
-    let routes = Routes::builder()
+    let mut routes = Routes::builder();
+    routes
         .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
         .add_service(RecommenderServer::new(RecommenderService::new(
             core.clone(),
-        )))
-        .clone()
-        .routes();
+        )));
+    if cfg.reflection {
+        routes
+            .add_service(
+                reflection(tonic_reflection::server::Builder::configure())
+                    .build_v1()
+                    .map_err(|e| StartError::Serve(format!("reflection: {e}")))?,
+            )
+            .add_service(
+                reflection(tonic_reflection::server::Builder::configure())
+                    .build_v1alpha()
+                    .map_err(|e| StartError::Serve(format!("reflection: {e}")))?,
+            );
+    }
+    let routes = routes.routes();
+    let security = transport.description.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = ConnLimits::from_config(&cfg);
     super::conn::ensure_fd_limit(limits.max_connections);
@@ -132,6 +141,7 @@ pub async fn serve(
         grpc,
         Stamp::new(routes, core.metrics().clone()),
         limits,
+        transport,
         core.metrics().clone(),
         stop_rx,
     );
@@ -139,6 +149,8 @@ pub async fn serve(
     tracing::info!(
         grpc = %grpc_addr.map_or_else(String::new, |a| a.to_string()),
         metrics = %super::metrics::describe(metrics_addr),
+        %security,
+        reflection = cfg.reflection,
         "serving"
     );
 
@@ -209,14 +221,19 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Accepts HTTP/2 (h2c) connections on `listener` and serves `svc` on each, within the
-/// connection limits (`conn` module), until `stop` turns true; then closes the listener, asks
-/// every connection to finish (GOAWAY: streams already open complete, new ones are refused)
-/// and returns once all have closed.
+/// How long a TLS handshake may take before the connection is dropped (a peer that opens a
+/// socket and never finishes the handshake holds a connection slot at most this long).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts HTTP/2 connections (h2c, or h2 over TLS) on `listener` and serves `svc` on each,
+/// within the connection limits (`conn` module), until `stop` turns true; then closes the
+/// listener, asks every connection to finish (GOAWAY: streams already open complete, new ones
+/// are refused) and returns once all have closed.
 async fn accept_loop<S>(
     listener: TcpListener,
     svc: S,
     limits: ConnLimits,
+    transport: Transport,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -273,47 +290,36 @@ async fn accept_loop<S>(
             activity: activity.clone(),
             peer: peer.ip(),
             limiter: limiter.clone(),
+            tokens: transport.tokens.clone(),
             metrics: metrics.clone(),
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let mut stop = stop.clone();
+        let conn = Conn {
+            builder: builder.clone(),
+            activity,
+            idle_limit: limits.idle_timeout,
+            stop: stop.clone(),
+            metrics: metrics.clone(),
+            peer,
+        };
+        let tls = transport.tls.clone();
         let open = open_tx.clone();
         let (metrics, conns) = (metrics.clone(), conns.clone());
-        let idle_limit = limits.idle_timeout;
         tokio::spawn(async move {
-            tokio::pin!(conn);
-            let idle = async {
-                match idle_limit {
-                    None => std::future::pending::<()>().await,
-                    Some(limit) => loop {
-                        let idle_for = activity.idle_for();
-                        if idle_for >= limit {
-                            break;
+            let result = match tls {
+                None => conn.drive(TokioIo::new(stream), service).await,
+                Some(tls) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => conn.drive(TokioIo::new(stream), service).await,
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
                         }
-                        tokio::time::sleep((limit - idle_for).max(Duration::from_millis(50))).await;
-                    },
-                }
-            };
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = idle => {
-                    metrics.connections_closed_idle.inc();
-                    tracing::debug!(%peer, "closing an idle connection");
-                    if activity.saw_requests() {
-                        // A real client: GOAWAY, and let it close (a bounded wait).
-                        conn.as_mut().graceful_shutdown();
-                        match tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await {
-                            Ok(r) => r,
-                            Err(_) => Ok(()),
+                        Err(_) => {
+                            metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
                         }
-                    } else {
-                        // It never sent a request (maybe not even the HTTP/2 preface): drop it.
-                        Ok(())
                     }
                 }
             };
@@ -331,6 +337,74 @@ async fn accept_loop<S>(
     let _ = open_rx.recv().await;
 }
 
+/// One admitted connection's HTTP/2 session, whatever stream it runs on.
+struct Conn {
+    builder: hyper::server::conn::http2::Builder<TokioExecutor>,
+    activity: Arc<Activity>,
+    idle_limit: Option<Duration>,
+    stop: watch::Receiver<bool>,
+    metrics: Metrics,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Serves HTTP/2 on `io` until the peer closes, the server stops (GOAWAY, open streams
+    /// finish) or the connection is idle for `idle_limit`.
+    async fn drive<I, S>(mut self, io: I, service: ConnService<S>) -> Result<(), hyper::Error>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tonic::codegen::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection(io, TowerToHyperService::new(service));
+        tokio::pin!(conn);
+        let activity = self.activity.clone();
+        let idle_limit = self.idle_limit;
+        let idle = async {
+            match idle_limit {
+                None => std::future::pending::<()>().await,
+                Some(limit) => loop {
+                    let idle_for = activity.idle_for();
+                    if idle_for >= limit {
+                        break;
+                    }
+                    tokio::time::sleep((limit - idle_for).max(Duration::from_millis(50))).await;
+                },
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = stopped(&mut self.stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = idle => {
+                self.metrics.connections_closed_idle.inc();
+                tracing::debug!(peer = %self.peer, "closing an idle connection");
+                if self.activity.saw_requests() {
+                    // A real client: GOAWAY, and let it close (a bounded wait).
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
+                    }
+                } else {
+                    // It never sent a request (maybe not even the HTTP/2 preface): drop it.
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
 /// A server running on the current tokio runtime (tests, embedding).
 #[derive(Debug)]
 pub struct RunningServer {
@@ -346,6 +420,7 @@ impl RunningServer {
     /// Binds the configured addresses and starts serving `core` in a task.
     pub async fn start(core: Arc<Recommender>) -> Result<Self, StartError> {
         let cfg = &core.config().server;
+        let transport = Transport::from_config(cfg)?;
         let grpc = bind(cfg.grpc_addr()?).await?;
         let metrics = match cfg.metrics_socket()? {
             Some(a) => Some(bind(a).await?),
@@ -357,7 +432,7 @@ impl RunningServer {
         })?;
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(core, grpc, metrics, async {
+        let task = tokio::spawn(serve(core, grpc, metrics, transport, async {
             let _ = stopped.await;
         }));
         Ok(Self {
