@@ -40,7 +40,12 @@ L+1 items is cut into windows of at most L+1 items (L inputs) such that each of 
 positions 1..n-1 is predicted exactly once; the last window ends at the sequence's end.
 Windows are bucketed by length (a sort with a little random jitter, redone every epoch) into
 batches that are padded only to their own longest window, and the batch order is shuffled.
-Adam. Stage `valid`: after every `--eval-every` epochs the model is scored with palr's protocol
+Because a batch of long windows holds ~10x the positions of a batch of short ones, each step's
+loss is the sum of its positions' cross-entropies divided by the epoch's mean number of
+positions per batch (`--loss-norm position`, the default), so that every position weighs the
+same whatever batch it falls in; the per-batch mean (`--loss-norm batch`) over-weights short
+sequences and was clearly worse on validation (benchmarks/results/sasrec/sweep.md). Adam.
+Stage `valid`: after every `--eval-every` epochs the model is scored with palr's protocol
 (input = the last L items of the user's sequence; every item of the sequence masked; rank of
 the target = 1 + number of items with a strictly higher score; NDCG@10 = 1/log2(rank+1) if
 rank <= 10, HR@10 = [rank <= 10]; means over users with a target); the best state on NDCG@10 is
@@ -108,7 +113,7 @@ BUCKET_JITTER = 0.1
 EVAL_BATCH = 256
 # Hyper-parameters that a fixed-epoch run must share with the run it takes its epochs from.
 SHARED_HYPER = ("hidden", "blocks", "heads", "inner", "max_len", "dropout", "lr", "beta1", "beta2",
-                "batch_size")
+                "batch_size", "loss_norm")
 
 
 class UsageError(Exception):
@@ -439,12 +444,18 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--inner", type=int, default=256, help="feed-forward inner size")
-    p.add_argument("--max-len", type=int, default=200, help="L: positions; longer inputs keep their last L items")
+    p.add_argument("--max-len", type=int, default=200,
+                   help="L: positions; longer inputs keep their last L items")
     p.add_argument("--dropout", type=float, default=0.5, help="hidden and attention dropout")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--beta1", type=float, default=0.9)
     p.add_argument("--beta2", type=float, default=0.98)
     p.add_argument("--batch-size", type=int, default=128, help="windows per step")
+    p.add_argument("--loss-norm", choices=("batch", "position"), default="position",
+                   help="batch: each step's loss is the mean over its positions (batches of short "
+                   "windows weigh as much as batches of long ones); position: the sum over its "
+                   "positions divided by the epoch's mean positions per batch (every position "
+                   "of the epoch weighs the same)")
     p.add_argument("--max-epochs", type=int, default=200, help="stage valid: upper bound")
     p.add_argument("--patience", type=int, default=20, help="stage valid: epochs without improvement")
     p.add_argument("--eval-every", type=int, default=1, help="stage valid: epochs between evaluations")
@@ -573,6 +584,7 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
         order = [i for *_, i in sorted(keys)]
         batches = [order[s:s + a.batch_size] for s in range(0, len(order), a.batch_size)]
         rng.shuffle(batches)
+        position_scale = len(batches) / n_targets
         loss_sum, positions = 0.0, 0
         for rows in batches:
             width = max(lengths[i] for i in rows)
@@ -584,11 +596,15 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
             positions += inputs.numel()
             hidden = model(inputs)[keep]
             logits = hidden @ model.item_table().T
-            loss = F.cross_entropy(logits, targets[keep] - 1)
+            if a.loss_norm == "batch":
+                loss = F.cross_entropy(logits, targets[keep] - 1)
+            else:
+                loss = F.cross_entropy(logits, targets[keep] - 1, reduction="sum") * position_scale
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * int(keep.sum())
+            loss_sum += (loss.item() * int(keep.sum()) if a.loss_norm == "batch"
+                         else loss.item() / position_scale)
         secs = time.perf_counter() - t0
         epoch_seconds.append(secs)
         epochs_run = epoch
@@ -673,7 +689,8 @@ def run(argv=None) -> int:
         "format": SUMMARY_FORMAT, **trained,
         "hyper": {**hyper_of(model), "layer_norm_eps": LAYER_NORM_EPS, "activation": "gelu",
                   "dropout": a.dropout, "lr": a.lr, "beta1": a.beta1, "beta2": a.beta2,
-                  "batch_size": a.batch_size, "max_epochs": a.max_epochs, "patience": a.patience,
+                  "batch_size": a.batch_size, "loss_norm": a.loss_norm,
+                  "max_epochs": a.max_epochs, "patience": a.patience,
                   "eval_every": a.eval_every, "epochs": fixed,
                   "epochs_from": str(a.epochs_from) if a.epochs_from else None},
         "view": {"path": str(a.view), "stage": stage, "fingerprint": view["fingerprint"],

@@ -268,6 +268,26 @@ class TrainSasrecTest(unittest.TestCase):
             ref[idx] = float("-inf")
             self.assertLessEqual(float(ref.max()), scores[-1] + 1e-4 * max(1.0, abs(scores[-1])))
 
+    def test_loss_norms_report_the_same_mean_loss(self):
+        # With lr 0 the model never changes, so both normalisations must log the same epoch
+        # loss: the mean cross-entropy per target position over the epoch (position scales
+        # each step's sum by batches / targets and the log undoes exactly that).
+        losses = {}
+        for norm in ("batch", "position"):
+            opts = list(TRAIN_OPTS)
+            opts[opts.index("--lr") + 1] = "0"
+            opts[opts.index("--max-epochs") + 1] = "1"
+            log_dir = self.dir / f"norm-{norm}"
+            proc = run_script("--view", self.dir / "valid.json", "--out",
+                              self.dir / f"norm-{norm}.safetensors", "--log-dir", log_dir,
+                              "--loss-norm", norm, *opts)
+            self.assert_ran(proc)
+            rec = json.loads((log_dir / "train_log.jsonl").read_text().splitlines()[0])
+            losses[norm] = rec["loss"]
+        # Untrained scores over ~50 items: the loss is near log(50).
+        self.assertAlmostEqual(losses["batch"], losses["position"], places=4)
+        self.assertGreater(losses["batch"], 3.0)
+
     def test_windows_cover_every_target_once(self):
         spec = importlib.util.spec_from_file_location("train_sasrec", SCRIPT)
         mod = importlib.util.module_from_spec(spec)
