@@ -332,3 +332,79 @@ members = ["knn", "last"]
         "{err}"
     );
 }
+
+/// The shipped SASRec weights (`plugins/sasrec/weights/ml100k`, the default config's
+/// `sasrec`): on the validation split the plugin's NDCG@10 and HR@10 over all 943 users are
+/// the ones the trainer measured with its own PyTorch forward pass on the exported view (so the
+/// Rust inference, the id mapping and the protocol agree on real data, up to the f16 storage of
+/// the weights), and on the test split, with the test view's weights, SASRec beats the Markov
+/// chain.
+#[test]
+fn shipped_sasrec_weights_reproduce_the_trainers_validation_numbers() {
+    let (ds, split) = load();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(palr::service::config::SASREC_ML100K_WEIGHTS);
+    let bytes = std::fs::read(dir.join("valid.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let header: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["palr_sasrec"]).unwrap();
+    let trained = &header["trained"];
+    let (want_ndcg, want_hr) = (
+        trained["valid_ndcg10"].as_f64().unwrap(),
+        trained["valid_hr10"].as_f64().unwrap(),
+    );
+    let specs = vec![
+        RetrieverSpec::new(
+            "sasrec",
+            "palr_retriever_sasrec",
+            format!(r#"{{"weights":"{}"}}"#, dir.display()),
+        ),
+        RetrieverSpec::new("markov", "palr_retriever_markov", "{}"),
+    ];
+    let mut ndcg = Vec::new();
+    for stage in [Stage::Valid, Stage::Test] {
+        let backend =
+            LocalBackend::load(&split, &ds.interactions, &ds.catalog, stage, &specs).unwrap();
+        let opts = EvalOptions {
+            stage,
+            methods: Method::parse_list("sasrec,markov").unwrap(),
+            candidates: 20,
+            users: None,
+            seed: 0,
+            per_user: false,
+        };
+        let rep = eval::evaluate(
+            &backend,
+            &split,
+            &ds.catalog,
+            &ds.interactions,
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(rep.users, 943);
+        let (s, m) = (&rep.methods[0].metrics, &rep.methods[1].metrics);
+        if stage == Stage::Valid {
+            // One user's rank moving by one changes NDCG@10 by at most ~0.0002 (1/943 of a
+            // gain difference); f16 weights move a few.
+            assert!(
+                (s.ndcg_10 - want_ndcg).abs() < 0.002,
+                "{} vs trainer {want_ndcg}",
+                s.ndcg_10
+            );
+            assert!(
+                (s.hr_10 - want_hr).abs() < 0.004,
+                "{} vs trainer {want_hr}",
+                s.hr_10
+            );
+        }
+        assert!(
+            s.ndcg_10 > m.ndcg_10,
+            "{stage:?}: sasrec {} markov {}",
+            s.ndcg_10,
+            m.ndcg_10
+        );
+        ndcg.push(s.ndcg_10);
+    }
+    assert!(ndcg[1] > 0.1, "test NDCG@10 {}", ndcg[1]);
+}

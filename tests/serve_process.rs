@@ -111,7 +111,7 @@ fn a_drain_that_times_out_exits_non_zero_with_the_count() {
     // A retriever that takes 8 s, no per-call limit, and a 1 s drain.
     let (child, addr, rx, _dir) = start(
         "drain_timeout_s = 1\n\
-         [retrieval]\ntimeout_ms = 0\n\
+         [retrieval]\ntimeout_ms = 0\ndefault = \"markov\"\n\
          [[retrieval.retrievers]]\nname = \"markov\"\npath = \"palr_retriever_markov\"\n\
          [[retrieval.retrievers]]\nname = \"slow\"\npath = \"palr_retriever_testkit\"\n\
          config = { sleep_ms = 8000 }\n",

@@ -223,7 +223,7 @@ fn recommend_in_score_generate_and_retriever_modes() {
             .into_inner();
         assert_eq!(r.items.len(), 5);
         assert_eq!(r.rank_mode, pb::RankMode::Score as i32);
-        assert_eq!(r.retriever, "markov");
+        assert_eq!(r.retriever, "sasrec");
         let t = r.timings.unwrap();
         assert!(t.prefill_ms > 0.0 && t.first_token_ms > 0.0 && t.total_ms >= t.prefill_ms);
         assert!(t.prompt_tokens > t.cached_prompt_tokens && t.cached_prompt_tokens > 0);
@@ -395,17 +395,24 @@ fn list_retrievers_and_model_info() {
                 "markov",
                 "panicky",
                 "popularity",
+                "sasrec",
                 "sleepy",
-                "blend"
+                "blend",
+                "fused"
             ]
         );
         let markov = list.iter().find(|r| r.name == "markov").unwrap();
-        assert!(markov.is_default && markov.plugin_name == "markov");
+        assert!(!markov.is_default && markov.plugin_name == "markov");
         assert!(markov.library_path.contains("palr_retriever_markov"));
         assert_eq!(markov.abi_version, palr::retrieval::ABI_VERSION);
         assert_eq!(markov.view_stage, "all");
         assert!(markov.trained_on_stage.is_empty() && !markov.stale_snapshot);
         assert!(list.iter().filter(|r| r.is_default).count() == 1);
+        // The default: SASRec with the shipped weights of exactly this view (not a snapshot).
+        let sasrec = list.iter().find(|r| r.name == "sasrec").unwrap();
+        assert!(sasrec.is_default && sasrec.plugin_name == "sasrec");
+        assert_eq!(sasrec.trained_on_stage, "all");
+        assert!(!sasrec.stale_snapshot, "{sasrec:?}");
         let blend = list.iter().find(|r| r.name == "blend").unwrap();
         assert_eq!(
             (blend.plugin_name.as_str(), blend.fusion_method.as_str()),
@@ -434,7 +441,7 @@ fn list_retrievers_and_model_info() {
             (1000, 200, 20)
         );
         assert_eq!((m.max_score_candidates, m.max_prompt_tokens), (26, 512));
-        assert_eq!(m.default_retriever, "markov");
+        assert_eq!(m.default_retriever, "sasrec");
         assert_eq!(m.adapters, ["fx"]);
         // The retrievers' view: every interaction, with the fingerprint a local copy of the
         // same data gives (what `palr eval --addr` compares).
@@ -555,7 +562,7 @@ fn metrics_count_requests_stages_tokens_and_errors() {
         );
         grew(r#"palr_prompt_tokens_total{mode="score"}"#, 50.0);
         grew(r#"palr_cached_prompt_tokens_total{mode="score"}"#, 10.0);
-        grew(r#"palr_retriever_calls_total{retriever="markov"}"#, 1.0);
+        grew(r#"palr_retriever_calls_total{retriever="sasrec"}"#, 1.0);
         for gauge in ["palr_queue_depth", "palr_rank_running", "palr_build_info"] {
             assert!(after.contains(&format!("# TYPE {gauge} gauge")), "{gauge}");
         }
@@ -634,7 +641,7 @@ fn validation_errors_name_the_problem() {
                 Code::NotFound,
                 vec![
                     "unknown retriever `nope`",
-                    "blend, broken, cheater, ctx, hung, itemknn, markov, panicky, popularity, sleepy",
+                    "blend, broken, cheater, ctx, fused, hung, itemknn, markov, panicky, popularity, sasrec, sleepy",
                 ],
             ),
             (
@@ -1033,7 +1040,7 @@ fn cli_client_prints_a_table_json_and_errors() {
         );
         assert!(line.trim_end().ends_with("no"), "{text}");
     }
-    assert!(text.contains("mode retriever, retriever markov"), "{text}");
+    assert!(text.contains("mode retriever, retriever sasrec"), "{text}");
     assert!(
         text.contains("retrieve ") && text.contains("total "),
         "{text}"
@@ -1056,7 +1063,7 @@ fn cli_client_prints_a_table_json_and_errors() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.lines()
-            .any(|l| l.starts_with("markov") && l.contains("yes")),
+            .any(|l| l.starts_with("sasrec") && l.contains("yes")),
         "{text}"
     );
 
@@ -1098,7 +1105,7 @@ fn busy_queue_and_graceful_shutdown_drain() {
     cfg.server.shutdown_grace_ms = 1000;
     // Shorter than the default, so a drain that hangs fails the test soon.
     cfg.server.drain_timeout_s = 15;
-    cfg.retrieval.retrievers.truncate(3);
+    cfg.retrieval.retrievers.truncate(4);
     let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
     rt.block_on(async {
         let mut server = RunningServer::start(core.clone()).await.unwrap();

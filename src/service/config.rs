@@ -29,7 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::engine::Device;
 use crate::eval::ViewStage;
 use crate::rank::RankerConfig;
-use crate::retrieval::{FusionSpec, RetrieverSpec};
+use crate::retrieval::{FusionMethod, FusionSpec, RetrieverSpec};
 
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "PALR_";
@@ -370,18 +370,31 @@ pub struct RetrievalSection {
     pub breaker_open_ms: u64,
 }
 
+/// The shipped SASRec weights for MovieLens-100k (one file per training view; relative to the
+/// working directory, the repository root for `scripts/run.sh` and the tests).
+pub const SASREC_ML100K_WEIGHTS: &str = "plugins/sasrec/weights/ml100k";
+
 impl Default for RetrievalSection {
     fn default() -> Self {
         Self {
-            default: "markov".into(),
+            default: "sasrec".into(),
             training: ViewStage::All,
             plugin_dirs: Vec::new(),
             retrievers: vec![
                 RetrieverSpec::new("popularity", "palr_retriever_popularity", "{}"),
                 RetrieverSpec::new("itemknn", "palr_retriever_itemknn", "{}"),
                 RetrieverSpec::new("markov", "palr_retriever_markov", "{}"),
+                RetrieverSpec::new(
+                    "sasrec",
+                    "palr_retriever_sasrec",
+                    format!(r#"{{"weights":"{SASREC_ML100K_WEIGHTS}"}}"#),
+                ),
             ],
-            fusions: Vec::new(),
+            // Chosen on the validation split: benchmarks/results/fusion/valid-grid.md.
+            fusions: vec![FusionSpec {
+                weights: vec![1.0, 0.3, 0.3],
+                ..FusionSpec::new("fused", FusionMethod::Rrf, &["sasrec", "markov", "itemknn"])
+            }],
             timeout_ms: 2000,
             max_concurrent_calls: 16,
             breaker_timeouts: 5,
@@ -514,7 +527,16 @@ impl ServerConfig {
     }
 
     fn from_table(table: toml::Table) -> std::result::Result<Self, String> {
-        Self::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+        let retrieval = table.get("retrieval").and_then(toml::Value::as_table);
+        // The default fusions merge the default retrievers: a config with retrievers of its
+        // own starts without them (it may name its own).
+        let own_retrievers_only =
+            retrieval.is_some_and(|r| r.contains_key("retrievers") && !r.contains_key("fusions"));
+        let mut cfg = Self::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())?;
+        if own_retrievers_only {
+            cfg.retrieval.fusions.clear();
+        }
+        Ok(cfg)
     }
 
     /// Applies command-line overrides.
@@ -734,8 +756,9 @@ mod tests {
         );
         assert_eq!(
             table["retrieval"]["retrievers"].as_array().unwrap().len(),
-            3
+            4
         );
+        assert_eq!(table["retrieval"]["fusions"].as_array().unwrap().len(), 1);
     }
 
     /// The TOML examples in the docs are real configuration: the `[[retrieval.*]]` block of
@@ -762,6 +785,21 @@ mod tests {
             .collect();
         let c = ServerConfig::from_toml(&format!("[retrieval]\n{example}")).unwrap();
         assert_eq!(c.retrieval.fusions[0].weights, [1.0, 0.5]);
+    }
+
+    /// The default fusion merges the default retrievers: a config with its own retrievers and
+    /// no fusions has none (else it would fail for members it never loaded); one that keeps
+    /// the default retrievers keeps it.
+    #[test]
+    fn own_retrievers_drop_the_default_fusions() {
+        let c = ServerConfig::from_toml(
+            "[retrieval]\ndefault = \"m\"\n[[retrieval.retrievers]]\nname = \"m\"\npath = \"palr_retriever_markov\"\n",
+        )
+        .unwrap();
+        assert!(c.retrieval.fusions.is_empty());
+        let c = ServerConfig::from_toml("[retrieval]\ntimeout_ms = 5\n").unwrap();
+        assert_eq!(c.retrieval.fusions[0].name, "fused");
+        assert_eq!(c.retrieval.default, "sasrec");
     }
 
     #[test]
