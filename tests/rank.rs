@@ -255,7 +255,7 @@ fn bad_requests_say_what_to_fix() {
         (req(&[0], &[1, 1], 2, RankMode::Generate), "twice"),
         (
             req(&[0], &[1, 0], 2, RankMode::Score),
-            "already in the history",
+            "is in the history: candidates must be items",
         ),
     ];
     for (r, want) in cases {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::service::bench::parse_mode;
 use crate::service::client::Client;
 use crate::service::recommender::{
     Mode, RankParams, RecommendParams, Recommendation, RetrieveParams, Timings,
@@ -29,7 +28,7 @@ pub struct RecommendArgs {
     #[arg(long, default_value_t = 0)]
     pub k: u32,
     /// score, generate or retriever (default: the server's).
-    #[arg(long, value_parser = parse_mode)]
+    #[arg(long)]
     pub mode: Option<Mode>,
     /// Retriever plugin (default: the server's).
     #[arg(long, default_value = "")]

@@ -157,7 +157,7 @@ impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.retriever)?;
         if let Some(mode) = self.mode {
-            write!(f, "+{}", mode_name(mode))?;
+            write!(f, "+{}", mode.name())?;
         }
         if let Some(a) = &self.adapter {
             write!(f, "@{a}")?;
@@ -209,14 +209,6 @@ impl FromStr for Method {
             adapter,
             prior,
         })
-    }
-}
-
-/// `score` / `generate`.
-pub fn mode_name(mode: RankMode) -> &'static str {
-    match mode {
-        RankMode::Score => "score",
-        RankMode::Generate => "generate",
     }
 }
 
@@ -548,13 +540,14 @@ impl Backend for LocalBackend {
                         ),
                     })
                 })?;
-            if mode == RankMode::Score && candidates > ranker.max_score_candidates() {
-                return Err(EvalError::Config(format!(
-                    "method {m}: score mode ranks at most {} candidates (one per label), \
-                     --candidates is {candidates}",
-                    ranker.max_score_candidates()
-                )));
-            }
+            crate::rank::check_score_cap(candidates, mode, ranker.max_score_candidates()).map_err(
+                |p| {
+                    EvalError::Config(format!(
+                        "method {m}: {} (--candidates)",
+                        p.message(|_| String::new())
+                    ))
+                },
+            )?;
         }
         Ok(())
     }

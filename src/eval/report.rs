@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Method, Metrics, mode_name};
+use super::{Method, Metrics};
 use crate::rank::RankTimings;
 
 /// Time totals over all evaluated users, in seconds, and token counts.
@@ -63,7 +63,7 @@ impl MethodReport {
         MethodReport {
             method: m.to_string(),
             retriever: m.retriever.clone(),
-            mode: m.mode.map(|x| mode_name(x).to_owned()),
+            mode: m.mode.map(|x| x.name().to_owned()),
             adapter: m.adapter.clone(),
             metrics,
             seconds_per_user: times.total_s / users.max(1) as f64,

@@ -36,6 +36,73 @@ use crate::tokenizer::{Tokenizer, TokenizerError};
 pub use prompt::{PromptBuilder, PromptConfig};
 pub use trie::TokenTrie;
 
+/// What makes a candidate list unrankable. The one definition of these rules and their
+/// words: the ranker checks its requests with [`check_candidates`], and the service checks
+/// callers' lists up front with the same function, naming the caller's ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateProblem {
+    /// `candidates[pos]` appears earlier in the list too.
+    Repeated { pos: usize },
+    /// `candidates[pos]` is in the user's history.
+    InHistory { pos: usize },
+    /// Score mode labels each candidate with one character: at most `max` candidates.
+    OverScoreCap { got: usize, max: usize },
+}
+
+impl CandidateProblem {
+    /// The message, with `id(pos)` naming the candidate at `pos` as the caller wrote it.
+    pub fn message(self, id: impl Fn(usize) -> String) -> String {
+        match self {
+            Self::Repeated { pos } => format!(
+                "candidates[{pos}] = {:?} is listed twice: send each candidate once",
+                id(pos)
+            ),
+            Self::InHistory { pos } => format!(
+                "candidates[{pos}] = {:?} is in the history: candidates must be items the user \
+                 has not interacted with",
+                id(pos)
+            ),
+            Self::OverScoreCap { got, max } => format!(
+                "score mode ranks at most {max} candidates (one label each), got {got}: send \
+                 fewer candidates or use generate mode"
+            ),
+        }
+    }
+}
+
+/// Score mode's cap: `n` candidates fit `max_score` labels.
+pub fn check_score_cap(n: usize, mode: RankMode, max_score: usize) -> Result<(), CandidateProblem> {
+    if mode == RankMode::Score && n > max_score {
+        return Err(CandidateProblem::OverScoreCap {
+            got: n,
+            max: max_score,
+        });
+    }
+    Ok(())
+}
+
+/// The ranker's rules for a candidate list: no repeats, nothing from `history`, and score
+/// mode's cap. The first problem in list order is reported.
+pub fn check_candidates(
+    history: &[u32],
+    candidates: &[u32],
+    mode: RankMode,
+    max_score: usize,
+) -> Result<(), CandidateProblem> {
+    check_score_cap(candidates.len(), mode, max_score)?;
+    let in_history: std::collections::HashSet<u32> = history.iter().copied().collect();
+    let mut seen = std::collections::HashSet::with_capacity(candidates.len());
+    for (pos, c) in candidates.iter().enumerate() {
+        if !seen.insert(*c) {
+            return Err(CandidateProblem::Repeated { pos });
+        }
+        if in_history.contains(c) {
+            return Err(CandidateProblem::InHistory { pos });
+        }
+    }
+    Ok(())
+}
+
 /// How the LLM orders candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,16 +111,23 @@ pub enum RankMode {
     Generate,
 }
 
+impl RankMode {
+    /// Lower-case name, as configs, method names and metric labels write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Score => "score",
+            Self::Generate => "generate",
+        }
+    }
+}
+
 impl std::str::FromStr for RankMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "score" => Ok(Self::Score),
-            "generate" => Ok(Self::Generate),
-            other => Err(format!(
-                "unknown rank mode {other:?}; use score or generate"
-            )),
-        }
+        [Self::Score, Self::Generate]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown rank mode {s:?}; use score or generate"))
     }
 }
 
@@ -447,29 +521,20 @@ impl Ranker {
         if let Some(i) = req.history.iter().chain(req.candidates).find(|&&i| i >= n) {
             return bad(format!("item index {i} is outside the catalog ({n} items)"));
         }
-        let mut seen = std::collections::HashSet::with_capacity(req.candidates.len());
-        for &c in req.candidates {
-            if !seen.insert(c) {
-                return bad(format!(
-                    "candidate {:?} is listed twice",
-                    self.catalog.id(c).unwrap_or("?")
-                ));
-            }
-        }
-        if let Some(&h) = req.history.iter().find(|h| seen.contains(h)) {
-            return bad(format!(
-                "candidate {:?} is already in the history; candidates must be new items",
-                self.catalog.id(h).unwrap_or("?")
-            ));
-        }
-        if req.mode == RankMode::Score && req.candidates.len() > self.max_score_candidates() {
-            return bad(format!(
-                "score mode ranks at most {} candidates (one per label), got {}; send fewer or use generate mode",
-                self.max_score_candidates(),
-                req.candidates.len()
-            ));
-        }
-        Ok(())
+        check_candidates(
+            req.history,
+            req.candidates,
+            req.mode,
+            self.max_score_candidates(),
+        )
+        .map_err(|p| {
+            RankError::Invalid(p.message(|pos| {
+                self.catalog
+                    .id(req.candidates[pos])
+                    .unwrap_or("?")
+                    .to_owned()
+            }))
+        })
     }
 
     /// Ranks `req.candidates` for the user whose history is `req.history`.

@@ -48,7 +48,7 @@ pub struct RecommendBenchArgs {
     #[arg(long, default_value_t = 10)]
     pub k: u32,
     /// score, generate or retriever.
-    #[arg(long, default_value = "score", value_parser = parse_mode)]
+    #[arg(long, default_value = "score")]
     pub mode: Mode,
     /// Retriever (empty = the server's default).
     #[arg(long, default_value = "")]
@@ -56,18 +56,6 @@ pub struct RecommendBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Parses `score`, `generate` or `retriever`.
-pub fn parse_mode(s: &str) -> Result<Mode, String> {
-    match s {
-        "score" => Ok(Mode::Score),
-        "generate" => Ok(Mode::Generate),
-        "retriever" => Ok(Mode::Retriever),
-        other => Err(format!(
-            "unknown mode {other:?}; use score, generate or retriever"
-        )),
-    }
 }
 
 /// Summary of one series of seconds, reported in milliseconds.
@@ -320,9 +308,13 @@ mod tests {
 
     #[test]
     fn modes_parse() {
-        assert_eq!(parse_mode("generate").unwrap(), Mode::Generate);
+        assert_eq!("generate".parse::<Mode>().unwrap(), Mode::Generate);
+        for m in Mode::ALL {
+            assert_eq!(m.name().parse::<Mode>().unwrap(), m);
+        }
         assert!(
-            parse_mode("llm")
+            "llm"
+                .parse::<Mode>()
                 .unwrap_err()
                 .contains("score, generate or retriever")
         );

@@ -89,21 +89,12 @@ pub struct ServerInfo {
 }
 
 fn mode_to_proto(m: Option<Mode>) -> i32 {
-    match m {
-        None => pb::RankMode::Unspecified as i32,
-        Some(Mode::Score) => pb::RankMode::Score as i32,
-        Some(Mode::Generate) => pb::RankMode::Generate as i32,
-        Some(Mode::Retriever) => pb::RankMode::Retriever as i32,
-    }
+    m.map_or(pb::RankMode::Unspecified, super::grpc::mode_to_proto) as i32
 }
 
+/// A response's mode; one this client does not know reads as unspecified.
 fn mode_from_proto(v: i32) -> Option<Mode> {
-    match pb::RankMode::try_from(v).ok()? {
-        pb::RankMode::Unspecified => None,
-        pb::RankMode::Score => Some(Mode::Score),
-        pb::RankMode::Generate => Some(Mode::Generate),
-        pb::RankMode::Retriever => Some(Mode::Retriever),
-    }
+    super::grpc::mode_from_proto(v).ok().flatten()
 }
 
 fn timings_from_proto(t: Option<pb::StageTimings>) -> Timings {

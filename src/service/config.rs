@@ -29,6 +29,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::engine::Device;
 use crate::eval::ViewStage;
 use crate::rank::RankerConfig;
+
+use super::recommender::Mode;
 use crate::retrieval::{FusionMethod, FusionSpec, RetrieverSpec};
 
 /// Prefix of configuration environment variables.
@@ -403,19 +405,6 @@ impl Default for RetrievalSection {
     }
 }
 
-/// The rank mode used when a request leaves it unspecified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModeConfig {
-    /// One pass, the candidates' label probabilities.
-    #[default]
-    Score,
-    /// PALR's constrained generation of titles.
-    Generate,
-    /// No LLM: the retriever's order.
-    Retriever,
-}
-
 /// `[limits]`: defaults for unset request fields and the bounds of set ones.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -439,7 +428,7 @@ pub struct Limits {
     /// Most items a request's `exclude` may list.
     pub max_exclude: u32,
     /// `score`, `generate` or `retriever`: the mode of requests that leave it unspecified.
-    pub default_rank_mode: ModeConfig,
+    pub default_rank_mode: Mode,
 }
 
 impl Default for Limits {
@@ -453,7 +442,7 @@ impl Default for Limits {
             max_history_items: 200,
             max_request_history: 1000,
             max_exclude: 1000,
-            default_rank_mode: ModeConfig::Score,
+            default_rank_mode: Mode::Score,
         }
     }
 }

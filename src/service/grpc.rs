@@ -243,7 +243,8 @@ pub fn code_name(c: Code) -> &'static str {
     }
 }
 
-fn mode_from_proto(v: i32) -> Result<Option<Mode>, ServiceError> {
+/// A request's `rank_mode` (0 = the server's default).
+pub(crate) fn mode_from_proto(v: i32) -> Result<Option<Mode>, ServiceError> {
     match pb::RankMode::try_from(v) {
         Ok(pb::RankMode::Unspecified) => Ok(None),
         Ok(pb::RankMode::Score) => Ok(Some(Mode::Score)),
@@ -256,7 +257,7 @@ fn mode_from_proto(v: i32) -> Result<Option<Mode>, ServiceError> {
     }
 }
 
-fn mode_to_proto(m: Mode) -> pb::RankMode {
+pub(crate) fn mode_to_proto(m: Mode) -> pb::RankMode {
     match m {
         Mode::Score => pb::RankMode::Score,
         Mode::Generate => pb::RankMode::Generate,

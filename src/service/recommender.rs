@@ -7,12 +7,11 @@
 //! (`respond_by`): the request then fails with DEADLINE_EXCEEDED and the ranker, which gets
 //! the same instant, stops at its next check and frees its slot.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatTemplate;
 use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
@@ -25,15 +24,19 @@ use super::bulkhead::{BulkheadConfig, BulkheadStats, Bulkheads, HealthHook, Owne
 use crate::tokenizer::Tokenizer;
 
 use super::admission::{Admission, Refused};
-use super::config::{DtypeConfig, ModeConfig, ServerConfig};
+use super::config::{DtypeConfig, ServerConfig};
 use super::error::{Result, ServiceError, StartError};
 use super::metrics::Metrics;
 
-/// How candidates are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a request's candidates are ordered: the one rank-mode type of the service — requests,
+/// `[limits] default_rank_mode`, the CLI's `--mode` and metric labels all use it (protobuf's
+/// `RankMode` is converted in `grpc.rs` only). The LLM modes are [`RankMode`], the ranker's own
+/// type; `Retriever` is the one mode that never reaches the ranker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// LLM, one pass over labelled candidates.
+    #[default]
     Score,
     /// LLM, constrained generation of titles (PALR).
     Generate,
@@ -42,7 +45,11 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn rank_mode(self) -> Option<RankMode> {
+    /// Every mode, in the order messages list them.
+    pub const ALL: [Mode; 3] = [Mode::Score, Mode::Generate, Mode::Retriever];
+
+    /// The ranker's mode, `None` for `Retriever`.
+    pub fn rank_mode(self) -> Option<RankMode> {
         match self {
             Self::Score => Some(RankMode::Score),
             Self::Generate => Some(RankMode::Generate),
@@ -50,24 +57,48 @@ impl Mode {
         }
     }
 
-    /// Lower-case name (metric labels, logs).
+    /// Lower-case name (config, flags, metric labels, logs).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Score => "score",
-            Self::Generate => "generate",
-            Self::Retriever => "retriever",
+        self.rank_mode().map_or("retriever", RankMode::name)
+    }
+}
+
+impl From<RankMode> for Mode {
+    fn from(m: RankMode) -> Self {
+        match m {
+            RankMode::Score => Self::Score,
+            RankMode::Generate => Self::Generate,
         }
     }
 }
 
-impl From<ModeConfig> for Mode {
-    fn from(m: ModeConfig) -> Self {
-        match m {
-            ModeConfig::Score => Self::Score,
-            ModeConfig::Generate => Self::Generate,
-            ModeConfig::Retriever => Self::Retriever,
-        }
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown mode {s:?}; use score, generate or retriever"))
     }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A request's `num_candidates`: `None` for 0 (the default), else `n` if within `1..=max`.
+fn bounded_num_candidates(n: u32, max: u32, default: u32) -> Result<Option<usize>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    if n > max {
+        return Err(ServiceError::InvalidArgument(format!(
+            "num_candidates = {n} is out of bounds: use 1..={max} (0 = the default, {default})"
+        )));
+    }
+    Ok(Some(n as usize))
 }
 
 /// A Recommend call. Counts of 0, empty names and `mode: None` mean the server's defaults.
@@ -400,7 +431,7 @@ impl Recommender {
             )));
         }
         let max_score = ranker.max_score_candidates();
-        if cfg.limits.default_rank_mode == ModeConfig::Score
+        if cfg.limits.default_rank_mode == Mode::Score
             && cfg.limits.default_num_candidates as usize > max_score
         {
             return Err(StartError::Config(super::config::ConfigError::Invalid(
@@ -497,7 +528,7 @@ impl Recommender {
 
     /// The mode used when a request leaves it unspecified.
     pub fn default_mode(&self) -> Mode {
-        self.cfg.limits.default_rank_mode.into()
+        self.cfg.limits.default_rank_mode
     }
 
     /// The model and the ranker's limits.
@@ -665,37 +696,24 @@ impl Recommender {
         m.unwrap_or_else(|| self.default_mode())
     }
 
-    /// `num_candidates` after defaults, checked against `max` (and the score labels).
+    /// `num_candidates` after defaults, checked against `max` (and, for score mode, the score
+    /// labels: a default is capped to them, an explicit number over them is refused).
     fn num_candidates(&self, n: u32, max: u32, mode: Mode) -> Result<usize> {
-        let l = &self.cfg.limits;
         let max_score = self.ranker.max_score_candidates();
-        if n == 0 {
-            let d = l.default_num_candidates as usize;
-            return Ok(if mode == Mode::Score {
-                d.min(max_score)
-            } else {
-                d
-            });
+        let n = bounded_num_candidates(n, max, self.cfg.limits.default_num_candidates)?;
+        match (n, mode.rank_mode()) {
+            (None, Some(RankMode::Score)) => {
+                Ok((self.cfg.limits.default_num_candidates as usize).min(max_score))
+            }
+            (None, _) => Ok(self.cfg.limits.default_num_candidates as usize),
+            (Some(n), m) => {
+                if let Some(m) = m {
+                    crate::rank::check_score_cap(n, m, max_score)
+                        .map_err(|p| ServiceError::InvalidArgument(p.message(|_| String::new())))?;
+                }
+                Ok(n)
+            }
         }
-        if n > max {
-            return Err(ServiceError::InvalidArgument(format!(
-                "num_candidates = {n} is out of bounds: use 1..={max} (0 = the default, {})",
-                l.default_num_candidates
-            )));
-        }
-        self.check_score_cap(n as usize, mode)?;
-        Ok(n as usize)
-    }
-
-    fn check_score_cap(&self, n: usize, mode: Mode) -> Result<()> {
-        let max_score = self.ranker.max_score_candidates();
-        if mode == Mode::Score && n > max_score {
-            return Err(ServiceError::InvalidArgument(format!(
-                "score mode ranks at most {max_score} candidates (one label each), got {n}: send \
-                 fewer candidates or use generate mode"
-            )));
-        }
-        Ok(())
     }
 
     /// `k` after defaults, checked against `max_k` and the `available` candidates.
@@ -928,10 +946,7 @@ impl Recommender {
         cancel.disarm();
         let rt = &out.timings;
         let m = &self.metrics;
-        let label = match mode {
-            RankMode::Score => "score",
-            RankMode::Generate => "generate",
-        };
+        let label = mode.name();
         m.stage_histogram("prompt").observe(rt.prompt_s);
         m.stage_histogram("prefill").observe(rt.prefill_s);
         if mode == RankMode::Generate {
@@ -1087,25 +1102,15 @@ impl Recommender {
                 p.candidates.len()
             )));
         }
-        self.check_score_cap(p.candidates.len(), mode)?;
         let candidates = self.resolve("candidates", &p.candidates)?;
-        let mut seen = HashSet::with_capacity(candidates.len());
-        for (pos, c) in candidates.iter().enumerate() {
-            if !seen.insert(*c) {
-                return Err(ServiceError::InvalidArgument(format!(
-                    "candidates[{pos}] = {:?} is listed twice: send each candidate once",
-                    p.candidates[pos]
-                )));
-            }
-        }
-        let in_history: HashSet<u32> = history.iter().copied().collect();
-        if let Some(pos) = candidates.iter().position(|c| in_history.contains(c)) {
-            return Err(ServiceError::InvalidArgument(format!(
-                "candidates[{pos}] = {:?} is in the history: candidates must be items the user has \
-                 not interacted with",
-                p.candidates[pos]
-            )));
-        }
+        // Against the whole history (the ranker sees only its recent part), before any wait.
+        crate::rank::check_candidates(
+            &history,
+            &candidates,
+            mode.rank_mode().unwrap_or(RankMode::Generate),
+            self.ranker.max_score_candidates(),
+        )
+        .map_err(|e| ServiceError::InvalidArgument(e.message(|pos| p.candidates[pos].clone())))?;
         let k = self.k(p.k, candidates.len(), "the number of candidates")?;
         let (recent, _) = self.recent(&history);
         let mut timings = Timings::default();
@@ -1148,16 +1153,12 @@ impl Recommender {
         let history = self.resolve_history(&p.history)?;
         let mut exclude = self.resolve_exclude(&p.exclude)?;
         let l = &self.cfg.limits;
-        let n = if p.num_candidates == 0 {
-            l.default_num_candidates as usize
-        } else if p.num_candidates > l.max_retrieve_candidates {
-            return Err(ServiceError::InvalidArgument(format!(
-                "num_candidates = {} is out of bounds: use 1..={} (0 = the default, {})",
-                p.num_candidates, l.max_retrieve_candidates, l.default_num_candidates
-            )));
-        } else {
-            p.num_candidates as usize
-        };
+        let n = bounded_num_candidates(
+            p.num_candidates,
+            l.max_retrieve_candidates,
+            l.default_num_candidates,
+        )?
+        .unwrap_or(l.default_num_candidates as usize);
         let (recent, older) = self.recent(&history);
         let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
         exclude.extend_from_slice(older);
