@@ -52,6 +52,13 @@ rank <= 10, HR@10 = [rank <= 10]; means over users with a target); the best stat
 kept and training stops after `--patience` epochs without improvement. Stages `test` and `all`
 have no targets and run a fixed `--epochs N` or `--epochs-from` a valid run's summary (its best
 epoch).
+`--ema DECAY` (default 0 = off) keeps an exponential moving average of all parameters, updated
+after every optimizer step k = 1, 2, ...: ema = d_k * ema + (1 - d_k) * param with
+d_k = DECAY * (1 - DECAY^(k-1)) / (1 - DECAY^k), i.e. the bias-corrected average
+sum_i DECAY^(k-i) param_i / sum_i DECAY^(k-i) of the weights after steps 1..k (d_1 = 0: the
+initial random weights never enter it; for large k, d_k -> DECAY, a horizon of ~1/(1-DECAY)
+steps). When on, the EMA weights are what is validated each epoch, kept as the best state by
+early stopping, and saved (also at the end of a fixed-epoch run); the raw weights only train.
 
 Output
 ------
@@ -64,8 +71,8 @@ Output
   `__metadata__["palr_sasrec"]` is a JSON string: {"format": "palr-sasrec/1", "hidden",
   "blocks", "heads", "inner", "max_len", "layer_norm_eps", "activation": "gelu", "stage",
   "fingerprint", "item_ids", "n_items", "trained": {"epochs_run", "best_epoch", "valid_ndcg10",
-  "valid_hr10", "seconds", "seed", "dropout", "lr", "batch_size", "created_utc", "torch",
-  "command"}}.
+  "valid_hr10", "seconds", "seed", "dropout", "lr", "batch_size", "ema", "created_utc", "torch",
+  "command"}} (`ema` is the `--ema` decay, 0 = the raw weights were saved).
 - `--log-dir DIR`: `train_log.jsonl` (one line per epoch), `train_curve.png` (loss and valid
   NDCG@10 per epoch) and `train_summary.json` (the header's `trained` block plus the
   hyper-parameters, the view, the CPU, per-epoch seconds).
@@ -113,7 +120,9 @@ BUCKET_JITTER = 0.1
 EVAL_BATCH = 256
 # Hyper-parameters that a fixed-epoch run must share with the run it takes its epochs from.
 SHARED_HYPER = ("hidden", "blocks", "heads", "inner", "max_len", "dropout", "lr", "beta1", "beta2",
-                "batch_size", "loss_norm")
+                "batch_size", "loss_norm", "ema")
+# What a summary written before an option existed means for it (the behaviour it had then).
+SHARED_HYPER_DEFAULTS = {"ema": 0.0}
 
 
 class UsageError(Exception):
@@ -299,6 +308,28 @@ class SASRec(nn.Module):
         return self.item_emb[1:]
 
 
+class EMA:
+    """Bias-corrected exponential moving average of a model's parameters (see the module
+    docstring): after k updates, sum_i decay^(k-i) p_i / sum_i decay^(k-i) over the parameters
+    p_1..p_k passed to update(). The model has no buffers, so the parameters are its whole state."""
+
+    def __init__(self, model: SASRec, decay: float):
+        self.decay, self.steps = decay, 0
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.params = list(self.model.parameters())
+        if len(self.params) != len(self.model.state_dict()):
+            raise RuntimeError("the model has buffers that the EMA does not average")
+
+    @torch.no_grad()
+    def update(self, model: SASRec):
+        self.steps += 1
+        k, d = self.steps, self.decay
+        # d_k = d (1 - d^(k-1)) / (1 - d^k): 0 at the first step, -> d.
+        d_k = d * (1.0 - d ** (k - 1)) / (1.0 - d ** k)
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - d_k)
+
+
 def hyper_of(model: SASRec) -> dict:
     b0 = model.blocks[0]
     return {"hidden": model.item_emb.shape[1], "blocks": len(model.blocks), "heads": b0.attn.heads,
@@ -456,6 +487,9 @@ def parse_args(argv=None):
                    "windows weigh as much as batches of long ones); position: the sum over its "
                    "positions divided by the epoch's mean positions per batch (every position "
                    "of the epoch weighs the same)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="exponential moving average of the parameters, decay per optimizer step "
+                   "(bias-corrected; 0 = off): validated, kept and saved instead of the raw weights")
     p.add_argument("--max-epochs", type=int, default=200, help="stage valid: upper bound")
     p.add_argument("--patience", type=int, default=20, help="stage valid: epochs without improvement")
     p.add_argument("--eval-every", type=int, default=1, help="stage valid: epochs between evaluations")
@@ -486,6 +520,8 @@ def check_args(a):
         raise UsageError(f"--hidden {a.hidden} is not divisible by --heads {a.heads}")
     if not 0.0 <= a.dropout < 1.0:
         raise UsageError("--dropout must be in [0, 1)")
+    if not 0.0 <= a.ema < 1.0:
+        raise UsageError("--ema must be in [0, 1) (0 = off)")
     if a.epochs is not None and a.epochs_from is not None:
         raise UsageError("give --epochs or --epochs-from, not both")
     if a.epochs is not None and a.epochs < 1:
@@ -507,8 +543,9 @@ def epochs_from_summary(path: Path, a) -> int:
         raise UsageError(f"--epochs-from {path}: that run trained on stage "
                          f"{summary.get('view', {}).get('stage')!r}, not valid (no early stopping)")
     theirs = summary.get("hyper", {})
-    diff = [f"{k}: {theirs.get(k)!r} there, {getattr(a, k)!r} here" for k in SHARED_HYPER
-            if theirs.get(k) != getattr(a, k)]
+    theirs = {k: theirs.get(k, SHARED_HYPER_DEFAULTS.get(k)) for k in SHARED_HYPER}
+    diff = [f"{k}: {theirs[k]!r} there, {getattr(a, k)!r} here" for k in SHARED_HYPER
+            if theirs[k] != getattr(a, k)]
     if diff:
         raise UsageError(f"--epochs-from {path}: hyper-parameters differ ({'; '.join(diff)}); "
                          "pass the same options, or --epochs N to choose the count yourself")
@@ -563,6 +600,9 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
 
     model = SASRec(n_items, a.hidden, a.blocks, a.heads, a.inner, a.max_len, a.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(a.beta1, a.beta2), fused=True)
+    # With --ema, `scored` is the averaged copy (validated, kept and saved); without, the model.
+    ema = EMA(model, a.ema) if a.ema > 0 else None
+    scored = ema.model if ema else model
     early_stop = stage == "valid" and fixed_epochs is None
     max_epochs = a.max_epochs if fixed_epochs is None else fixed_epochs
 
@@ -603,6 +643,8 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema:
+                ema.update(model)
             loss_sum += (loss.item() * int(keep.sum()) if a.loss_norm == "batch"
                          else loss.item() / position_scale)
         secs = time.perf_counter() - t0
@@ -611,12 +653,12 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
         rec = {"epoch": epoch, "loss": loss_sum / n_targets, "seconds": round(secs, 3)}
         if stage == "valid" and (epoch % a.eval_every == 0 or epoch == max_epochs):
             t1 = time.perf_counter()
-            m = validate(model, val_hist, val_tgt)
+            m = validate(scored, val_hist, val_tgt)
             rec.update(valid_ndcg10=m["ndcg10"], valid_hr10=m["hr10"],
                        eval_seconds=round(time.perf_counter() - t1, 3))
             if early_stop and m["ndcg10"] > best["ndcg10"]:
                 best.update(epoch=epoch, ndcg10=m["ndcg10"], hr10=m["hr10"],
-                            state=copy.deepcopy(model.state_dict()))
+                            state=copy.deepcopy(scored.state_dict()))
         log.append(rec)
         log_file.write(json.dumps(rec) + "\n")
         log_file.flush()
@@ -636,6 +678,8 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
         model.load_state_dict(best["state"])
         best_epoch, ndcg, hr = best["epoch"], best["ndcg10"], best["hr10"]
     else:
+        if ema:
+            model.load_state_dict(ema.model.state_dict())
         best_epoch = epochs_run
         last = log[-1]
         ndcg, hr = last.get("valid_ndcg10"), last.get("valid_hr10")
@@ -643,7 +687,7 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
     trained = {
         "epochs_run": epochs_run, "best_epoch": best_epoch, "valid_ndcg10": ndcg, "valid_hr10": hr,
         "seconds": round(seconds, 1), "seed": a.seed, "dropout": a.dropout, "lr": a.lr,
-        "batch_size": a.batch_size,
+        "batch_size": a.batch_size, "ema": a.ema,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "torch": torch.__version__,
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable] + sys.argv)),
@@ -689,7 +733,7 @@ def run(argv=None) -> int:
         "format": SUMMARY_FORMAT, **trained,
         "hyper": {**hyper_of(model), "layer_norm_eps": LAYER_NORM_EPS, "activation": "gelu",
                   "dropout": a.dropout, "lr": a.lr, "beta1": a.beta1, "beta2": a.beta2,
-                  "batch_size": a.batch_size, "loss_norm": a.loss_norm,
+                  "batch_size": a.batch_size, "loss_norm": a.loss_norm, "ema": a.ema,
                   "max_epochs": a.max_epochs, "patience": a.patience,
                   "eval_every": a.eval_every, "epochs": fixed,
                   "epochs_from": str(a.epochs_from) if a.epochs_from else None},

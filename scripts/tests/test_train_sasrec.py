@@ -131,6 +131,13 @@ def reference_scores(t: dict, header: dict, history: list) -> "torch.Tensor":
     return h[-1] @ t["item_emb"][1:].T
 
 
+def load_module():
+    spec = importlib.util.spec_from_file_location("train_sasrec", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @unittest.skipIf(MISSING, SKIP_REASON)
 class TrainSasrecTest(unittest.TestCase):
     @classmethod
@@ -188,10 +195,11 @@ class TrainSasrecTest(unittest.TestCase):
         self.assertEqual(header["n_items"], N_ITEMS)
         tr = header["trained"]
         self.assertEqual(set(tr), {"epochs_run", "best_epoch", "valid_ndcg10", "valid_hr10",
-                                   "seconds", "seed", "dropout", "lr", "batch_size", "created_utc",
-                                   "torch", "command"})
+                                   "seconds", "seed", "dropout", "lr", "batch_size", "ema",
+                                   "created_utc", "torch", "command"})
         self.assertLessEqual(tr["best_epoch"], tr["epochs_run"])
-        self.assertEqual((tr["seed"], tr["dropout"], tr["lr"], tr["batch_size"]), (1, 0.1, 5e-3, 16))
+        self.assertEqual((tr["seed"], tr["dropout"], tr["lr"], tr["batch_size"], tr["ema"]),
+                         (1, 0.1, 5e-3, 16, 0.0))
         self.assertIn("train_sasrec.py", tr["command"])
         self.assertIn("--dump-k 12", tr["command"])
 
@@ -288,10 +296,110 @@ class TrainSasrecTest(unittest.TestCase):
         self.assertAlmostEqual(losses["batch"], losses["position"], places=4)
         self.assertGreater(losses["batch"], 3.0)
 
+    def ema_run(self, name, ema, *, lr="5e-3", epochs="3", stage="valid", extra=()):
+        """A run of TRAIN_OPTS with --ema, --lr and a fixed epoch count (or early stopping if
+        epochs is None), saved as f32; returns (tensors, header, summary)."""
+        opts = list(TRAIN_OPTS)
+        opts[opts.index("--lr") + 1] = lr
+        if epochs is not None:
+            opts += ["--epochs", epochs]
+        log_dir = self.dir / f"ema-{name}"
+        proc = run_script("--view", self.dir / f"{stage}.json", "--out",
+                          self.dir / f"ema-{name}.safetensors", "--log-dir", log_dir,
+                          "--save-dtype", "f32", "--ema", ema, *extra, *opts)
+        self.assert_ran(proc)
+        tensors, header = read_weights(self.dir / f"ema-{name}.safetensors")
+        summary = json.loads((log_dir / "train_summary.json").read_text())
+        return tensors, header, summary
+
+    def test_ema_average_formula(self):
+        # After updates with parameters p_1..p_k the EMA is sum_i d^(k-i) p_i / sum_i d^(k-i),
+        # whatever the initial weights were.
+        import torch
+
+        mod = load_module()
+        model = mod.SASRec(N_ITEMS, HIDDEN, BLOCKS, HEADS, INNER, MAX_LEN, 0.1)
+        d = 0.7
+        ema = mod.EMA(model, d)
+        gen = torch.Generator().manual_seed(3)
+        snapshots = []
+        for _ in range(4):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen))
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+            ema.update(model)
+            k = len(snapshots)
+            w = [d ** (k - 1 - i) for i in range(k)]
+            for name, got in ema.model.state_dict().items():
+                want = sum(wi * s[name] for wi, s in zip(w, snapshots)) / sum(w)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+        # the EMA copy is not the model, and training the model leaves it alone until update()
+        self.assertIsNot(ema.model.item_emb, model.item_emb)
+        before = ema.model.item_emb.clone()
+        with torch.no_grad():
+            model.item_emb.add_(1.0)
+        self.assertTrue(torch.equal(ema.model.item_emb, before))
+
+    def test_ema_saved_weights(self):
+        import torch
+
+        base, _, _ = self.ema_run("off", "0")
+        on, header, summary = self.ema_run("0.9", "0.9")
+        # the header and the summary record the decay
+        self.assertEqual(header["trained"]["ema"], 0.9)
+        self.assertEqual(summary["hyper"]["ema"], 0.9)
+        # the same trajectory (the EMA draws no random numbers), averaged: different weights
+        self.assertEqual(sorted(on), sorted(base))
+        self.assertFalse(all(torch.equal(on[k], base[k]) for k in base),
+                         "--ema 0.9 saved the raw weights")
+        # a decay so small that the average is the last step's weights: the raw run's weights
+        tiny, _, _ = self.ema_run("tiny", "1e-12")
+        for k in base:
+            torch.testing.assert_close(tiny[k], base[k], rtol=0, atol=1e-6, msg=k)
+        # lr 0: the weights never move, so their average is the initial weights
+        still_off, _, _ = self.ema_run("lr0-off", "0", lr="0", epochs="2")
+        still_on, _, _ = self.ema_run("lr0-on", "0.9", lr="0", epochs="2")
+        for k in still_off:
+            self.assertTrue(torch.equal(still_on[k], still_off[k]), k)
+
+        # early stopping: the kept (saved) state is the EMA state that scored best
+        mod = load_module()
+        tensors, header, summary = self.ema_run("early", "0.9", epochs=None)
+        tr = header["trained"]
+        log = [json.loads(x) for x in
+               (self.dir / "ema-early" / "train_log.jsonl").read_text().splitlines()]
+        self.assertEqual(max(r["valid_ndcg10"] for r in log), tr["valid_ndcg10"])
+        model, _ = mod.load_weights(self.dir / "ema-early.safetensors")
+        view = synthetic_view("valid")
+        m = mod.validate(model, view["sequences"], view["valid_targets"])
+        self.assertAlmostEqual(m["ndcg10"], tr["valid_ndcg10"], places=6)
+
+        # a fixed-epoch run must share --ema with the run it takes its epochs from
+        p = run_script("--view", self.dir / "test.json", "--out", self.dir / "x.safetensors",
+                       "--epochs-from", self.dir / "ema-early", *TRAIN_OPTS)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("ema: 0.9 there, 0.0 here", p.stderr)
+        _, header, _ = self.ema_run("from", "0.9", epochs=None, stage="test",
+                                    extra=("--epochs-from", self.dir / "ema-early"))
+        self.assertEqual(header["trained"]["epochs_run"], tr["best_epoch"])
+        self.assertEqual(header["trained"]["ema"], 0.9)
+
+    def test_summary_without_ema_means_ema_off(self):
+        # summaries written before --ema existed have no "ema": they mean 0
+        self.assert_ran(self.valid)
+        old = json.loads((self.dir / "valid-log" / "train_summary.json").read_text())
+        del old["hyper"]["ema"]
+        (self.dir / "old-summary.json").write_text(json.dumps(old))
+        mod = load_module()
+        a = mod.parse_args(["--view", "v", "--out", "o", *TRAIN_OPTS])
+        self.assertEqual(mod.epochs_from_summary(self.dir / "old-summary.json", a), old["best_epoch"])
+        a = mod.parse_args(["--view", "v", "--out", "o", "--ema", "0.5", *TRAIN_OPTS])
+        with self.assertRaisesRegex(mod.UsageError, "ema: 0.0 there, 0.5 here"):
+            mod.epochs_from_summary(self.dir / "old-summary.json", a)
+
     def test_windows_cover_every_target_once(self):
-        spec = importlib.util.spec_from_file_location("train_sasrec", SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_module()
         rng = random.Random(5)
         for L in (1, 2, 3, 8):
             for n in list(range(0, 30)):
