@@ -12,6 +12,8 @@ cargo build --release --workspace
 # The trainers' Python environment (torch, pinned): tests/sasrec_e2e.rs trains a tiny SASRec
 # with scripts/train_sasrec.py and checks the Rust plugin against it.
 TRAIN_PYTHON=$(scripts/train-venv.sh | tail -n 1)
+# tests/c_abi.rs also compiles C (the header check, the C example plugin) with $CC or `cc`,
+# the system compiler rustc already links with: nothing more to install.
 PALR_TRAIN_PYTHON=$TRAIN_PYTHON cargo test --release --workspace
 # Peer benchmark harness checks that need neither torch nor a model (pinned prompt ids).
 python3 -m unittest discover -s benchmarks/peers

@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod plugin;
 pub mod recommend;
 pub mod serve;
 pub mod sft;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Data sets: fetch and inspect.
     #[command(subcommand)]
     Data(data::DataCmd),
+    /// Retriever plugins: check a library against the ABI contract.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Model(cmd) => model::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Plugin(cmd) => plugin::run(cmd),
         Command::Eval(args) => eval::run(&args),
         Command::SftData(args) => sft::run(&args),
         Command::Bench(BenchCmd::Engine(args)) => {

@@ -20,6 +20,7 @@
 //! - this module knows nothing of gRPC or the engine; [`RetrievalError::code`] gives the
 //!   transport layer a status class to map.
 
+pub mod conformance;
 pub mod fusion;
 mod library;
 mod registry;
