@@ -36,6 +36,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::bench::median;
 use crate::engine::backend::{Backend, Heads, KvLayer};
 use crate::engine::cuda::{CudaBackend, CudaBuf, LoraAdapter, LoraSegment, synthetic};
 use crate::engine::{Device, LanguageModel, Logits, Model};
@@ -87,20 +88,6 @@ pub struct Record {
     pub flops: f64,
     /// Extra figures (tokens/s, TB/s, overhead, shapes).
     pub extra: serde_json::Value,
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 struct Out {

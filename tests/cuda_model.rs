@@ -32,7 +32,6 @@ use palr::engine::{self, Device, LanguageModel, LoadOptions, Logits, WeightDtype
 use palr::proto::v1 as pb;
 use palr::rank::{RankMode, RankRequest, Ranker, RankerConfig};
 use palr::retrieval::RetrieverSpec;
-use palr::service::config::DtypeConfig;
 use palr::service::{Drained, Metrics, Recommender, RunningServer, ServerConfig};
 use palr::tokenizer::Tokenizer;
 use serde_json::json;
@@ -596,7 +595,7 @@ fn service_config(model: &Path, data: &Path, device: Device) -> ServerConfig {
     c.server.drain_timeout_s = 30;
     c.model.dir = model.to_path_buf();
     c.model.device = device;
-    c.model.dtype = DtypeConfig::Bf16;
+    c.model.dtype = WeightDtype::Bf16;
     c.data.dir = data.to_path_buf();
     c.data.format = "csv".into();
     c.retrieval.retrievers = vec![RetrieverSpec::new(

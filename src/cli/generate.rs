@@ -33,11 +33,8 @@ pub struct ModelArgs {
 /// A GPU holds bf16 weights: refuse `--device cuda` with another `--dtype` up front, saying
 /// which flag to add (`engine::load` would refuse it too, after opening the checkpoint).
 pub fn check_device_dtype(device: Device, dtype: WeightDtype) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        device == Device::Cpu || dtype == WeightDtype::Bf16,
-        "--device {device} needs --dtype bf16 (the CUDA backend holds weights in bf16)"
-    );
-    Ok(())
+    engine::check_device_dtype(device, dtype)
+        .map_err(|e| anyhow::anyhow!("--device {device}: {e}; add --dtype bf16"))
 }
 
 impl ModelArgs {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::engine::Device;
+use crate::engine::WeightDtype;
 use crate::service::Drained;
-use crate::service::config::{DtypeConfig, LogFormat};
+use crate::service::config::LogFormat;
 use crate::service::security::Transport;
 use crate::service::server::{Termination, bind};
 use crate::service::{Metrics, Overrides, Recommender, ServerConfig, serve};
@@ -35,7 +36,7 @@ pub struct ServeArgs {
     pub device: Option<Device>,
     /// Weights in memory: f32 or bf16 [model.dtype].
     #[arg(long)]
-    pub dtype: Option<DtypeConfig>,
+    pub dtype: Option<WeightDtype>,
     /// Data set directory [data.dir].
     #[arg(long)]
     pub data: Option<PathBuf>,

@@ -189,6 +189,18 @@ pub trait Session: Send {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// The one rule on devices and dtypes: a GPU holds weights in bf16. Every layer that takes a
+/// device and a dtype (engine load, `palr serve`'s config, the CLI's flags) checks with this
+/// and says how to fix it in its own terms (a config key, a flag).
+pub fn check_device_dtype(device: Device, dtype: WeightDtype) -> std::result::Result<(), String> {
+    if device != Device::Cpu && dtype != WeightDtype::Bf16 {
+        return Err(format!(
+            "{device} needs bf16 weights (the CUDA backend holds weights in bf16), not {dtype}"
+        ));
+    }
+    Ok(())
+}
+
 /// Loads the Hugging Face model directory `dir` (`config.json` + safetensors).
 pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
     let cfg = LlamaConfig::from_dir(dir)?;
@@ -231,12 +243,8 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
             }))
         }
         Device::Cuda(ordinal) => {
-            if opts.dtype != WeightDtype::Bf16 {
-                return Err(EngineError::Invalid(format!(
-                    "the CUDA backend holds weights in bf16; load with dtype bf16 (asked for {})",
-                    opts.dtype
-                )));
-            }
+            check_device_dtype(opts.device, opts.dtype)
+                .map_err(|e| EngineError::Invalid(format!("{e}; load with dtype bf16")))?;
             let backend = cuda::CudaBackend::new(ordinal)?;
             Ok(Arc::new(Model {
                 llama: Llama::load(cfg, &ck, backend, adapters)?,

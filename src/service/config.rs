@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::engine::Device;
+use crate::engine::{Device, WeightDtype};
 use crate::eval::ViewStage;
 use crate::rank::RankerConfig;
 
@@ -233,28 +233,6 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr> {
     })
 }
 
-/// Element type of the weights in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DtypeConfig {
-    /// 32-bit floats (exact).
-    #[default]
-    F32,
-    /// bfloat16 (half the memory, slightly different scores).
-    Bf16,
-}
-
-impl std::str::FromStr for DtypeConfig {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown dtype {other:?}; use f32 or bf16")),
-        }
-    }
-}
-
 /// `model.device`: a string parsed by [`Device`]'s `FromStr` (`cpu`, `cuda`, `cuda:N`).
 fn device_from_str<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Device, D::Error> {
     let s = String::deserialize(d)?;
@@ -273,7 +251,7 @@ pub struct ModelSection {
     #[serde(deserialize_with = "device_from_str")]
     pub device: Device,
     /// `f32` or `bf16` (`bf16` on a GPU).
-    pub dtype: DtypeConfig,
+    pub dtype: WeightDtype,
     /// Engine worker threads; 0 = one per core.
     pub threads: usize,
     /// Most prompt tokens one forward pass processes (longer prompts are fed in chunks).
@@ -304,7 +282,7 @@ impl Default for ModelSection {
         Self {
             dir: PathBuf::from("models/smollm2-135m-instruct"),
             device: Device::Cpu,
-            dtype: DtypeConfig::F32,
+            dtype: WeightDtype::F32,
             threads: 0,
             max_batch_rows: 512,
             default_adapter: String::new(),
@@ -454,7 +432,7 @@ pub struct Overrides {
     pub metrics_addr: Option<String>,
     pub model_dir: Option<PathBuf>,
     pub device: Option<Device>,
-    pub dtype: Option<DtypeConfig>,
+    pub dtype: Option<WeightDtype>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub threads: Option<usize>,
@@ -575,11 +553,10 @@ impl ServerConfig {
             return bad("server.max_concurrent_rank must be at least 1".into());
         }
         // Checked here, before the data, the plugins or the GPU driver are touched.
-        if self.model.device != Device::Cpu && self.model.dtype != DtypeConfig::Bf16 {
+        if let Err(e) = crate::engine::check_device_dtype(self.model.device, self.model.dtype) {
             return bad(format!(
-                "model.device = \"{}\" needs model.dtype = \"bf16\" (the CUDA backend holds \
-                 weights in bf16): set dtype = \"bf16\" in [model] (or PALR_MODEL__DTYPE=bf16, \
-                 or --dtype bf16)",
+                "model.device = \"{}\": {e}: set dtype = \"bf16\" in [model] (or \
+                 PALR_MODEL__DTYPE=bf16, or --dtype bf16)",
                 self.model.device
             ));
         }
@@ -869,7 +846,7 @@ mod tests {
         ] {
             let e = ServerConfig::from_toml(text).unwrap_err().to_string();
             assert!(
-                e.contains("needs model.dtype = \"bf16\"") && e.contains("set dtype = \"bf16\""),
+                e.contains("needs bf16 weights") && e.contains("set dtype = \"bf16\""),
                 "{e}"
             );
         }
@@ -881,7 +858,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("model.device = \"cuda:1\" needs"),
+            e.to_string()
+                .contains("model.device = \"cuda:1\": cuda:1 needs bf16"),
             "{e}"
         );
         let e = ServerConfig::load(
@@ -899,21 +877,21 @@ mod tests {
             None,
             env(&[("PALR_MODEL__DEVICE", "cuda:1")]),
             &Overrides {
-                dtype: Some(DtypeConfig::Bf16),
+                dtype: Some(WeightDtype::Bf16),
                 ..Overrides::default()
             },
         )
         .unwrap();
         assert_eq!(
             (c.model.device, c.model.dtype),
-            (Device::Cuda(1), DtypeConfig::Bf16)
+            (Device::Cuda(1), WeightDtype::Bf16)
         );
         let c = ServerConfig::load(
             None,
             Vec::new(),
             &Overrides {
                 device: Some(Device::Cuda(2)),
-                dtype: Some(DtypeConfig::Bf16),
+                dtype: Some(WeightDtype::Bf16),
                 ..Overrides::default()
             },
         )

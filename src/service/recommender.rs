@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatTemplate;
 use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
-use crate::engine::{self, LanguageModel, WeightDtype};
+use crate::engine::{self, LanguageModel};
 use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
 use crate::retrieval::{FusionSpec, Retriever, RetrieverInfo, RetrieverRegistry, Source};
 use crate::util::clip;
@@ -24,7 +24,7 @@ use super::bulkhead::{BulkheadConfig, BulkheadStats, Bulkheads, HealthHook, Owne
 use crate::tokenizer::Tokenizer;
 
 use super::admission::{Admission, Refused};
-use super::config::{DtypeConfig, ServerConfig};
+use super::config::ServerConfig;
 use super::error::{Result, ServiceError, StartError};
 use super::metrics::Metrics;
 
@@ -382,10 +382,7 @@ impl Recommender {
             model_dir,
             &engine::LoadOptions {
                 device,
-                dtype: match cfg.model.dtype {
-                    DtypeConfig::F32 => WeightDtype::F32,
-                    DtypeConfig::Bf16 => WeightDtype::Bf16,
-                },
+                dtype: cfg.model.dtype,
                 threads: cfg.model.threads,
                 max_batch_rows: cfg.model.max_batch_rows,
                 adapters: cfg
@@ -538,11 +535,7 @@ impl Recommender {
             name: c.name.clone(),
             architecture: c.architecture.clone(),
             backend: self.model.describe(),
-            dtype: match self.cfg.model.dtype {
-                DtypeConfig::F32 => "f32",
-                DtypeConfig::Bf16 => "bf16",
-            }
-            .to_owned(),
+            dtype: self.cfg.model.dtype.name().to_owned(),
             num_layers: c.n_layers,
             hidden_size: c.dim,
             vocab_size: c.vocab_size,

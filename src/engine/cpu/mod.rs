@@ -22,30 +22,41 @@ use super::backend::{Backend, Heads, KvLayer};
 use super::{EngineError, Result};
 use crate::model::{DType, TensorRef};
 
-/// Element type of weights held in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Element type of weights held in memory: the one dtype type of palr (engine options, the
+/// server's `model.dtype`, every `--dtype` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WeightDtype {
+    /// 32-bit floats (exact).
+    #[default]
     F32,
+    /// bfloat16 (half the memory, slightly different scores; required on a GPU).
     Bf16,
+}
+
+impl WeightDtype {
+    /// Lower-case name, as configs and flags write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
 }
 
 impl std::str::FromStr for WeightDtype {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown weight dtype {other:?}; use f32 or bf16")),
-        }
+        [Self::F32, Self::Bf16]
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown dtype {s:?}; use f32 or bf16"))
     }
 }
 
 impl std::fmt::Display for WeightDtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
+        f.write_str(self.name())
     }
 }
 
