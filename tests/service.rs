@@ -1886,10 +1886,48 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented, "{e}");
 
+        // palr's own client (palr recommend, bench recommend, eval --addr) with the options a
+        // user passes.
+        use palr::service::client::{Client, ClientError, ConnectOptions};
+        let cert = dir.path().join("client.pem");
+        let key = dir.path().join("client.key");
+        std::fs::write(&cert, &pki.client_cert).unwrap();
+        std::fs::write(&key, &pki.client_key).unwrap();
+        let mut opts = ConnectOptions {
+            ca_cert: Some(pki.ca.clone()),
+            client_cert: Some(cert),
+            client_key: Some(key),
+            tls_domain: Some("localhost".into()),
+            token: Some(token.into()),
+        };
+        let addr = format!("127.0.0.1:{port}");
+        assert_eq!(opts.url(&addr), format!("https://{addr}"));
+        let info = Client::connect_with(&addr, &opts)
+            .await
+            .unwrap()
+            .model_info()
+            .await
+            .unwrap();
+        assert!(!info.model_name.is_empty());
+        opts.token = None;
+        match Client::connect_with(&addr, &opts)
+            .await
+            .unwrap()
+            .model_info()
+            .await
+        {
+            Err(ClientError::Status { code, .. }) => assert_eq!(code, Code::Unauthenticated),
+            other => panic!("{other:?}"),
+        }
+        let e = Client::connect_with(&format!("http://{addr}"), &opts)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("use an https:// address"), "{e}");
+
         let text = core.metrics().render();
         assert_eq!(
             series(&text, r#"palr_auth_failures_total{reason="missing"}"#),
-            1.0
+            2.0
         );
         assert_eq!(
             series(&text, r#"palr_auth_failures_total{reason="unknown"}"#),
@@ -1900,7 +1938,7 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
                 &text,
                 r#"palr_requests_total{code="UNAUTHENTICATED",rpc="GetModelInfo"}"#
             ),
-            2.0
+            3.0
         );
         server.shutdown();
         server.wait().await.unwrap();

@@ -297,7 +297,7 @@ pub struct EvalArgs {
     pub addr: Option<String>,
     /// TLS and token options for --addr.
     #[command(flatten)]
-    pub connect: crate::service::client::ConnectArgs,
+    pub connect: super::connect::ConnectArgs,
     /// Per-call timeout against a server, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_s: u64,
@@ -365,7 +365,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             }
             let backend = RemoteBackend::connect(
                 addr,
-                &args.connect,
+                &args.connect.options(),
                 catalog,
                 Duration::from_secs(args.timeout_s),
             )?;

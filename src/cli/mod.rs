@@ -2,6 +2,7 @@
 //! The only place (with `main.rs`) that uses `anyhow`.
 
 pub mod bench_retrieve;
+pub mod connect;
 pub mod data;
 pub mod eval;
 pub mod generate;

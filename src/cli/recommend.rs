@@ -20,7 +20,7 @@ pub struct RecommendArgs {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     #[command(flatten)]
-    pub connect: crate::service::client::ConnectArgs,
+    pub connect: super::connect::ConnectArgs,
     /// The user's history: item ids, oldest first, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub history: Vec<String>,
@@ -128,7 +128,7 @@ pub fn run(args: &RecommendArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect_with(&args.addr, &args.connect)
+    let mut client = Client::connect_with(&args.addr, &args.connect.options())
         .await?
         .with_timeout(args.timeout_ms.map(Duration::from_millis));
     let json = |v: &dyn erased::Json| -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ use crate::data::Catalog;
 use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_client::RecommenderClient;
 use crate::rank::{RankMode, RankTimings};
-use crate::service::client::{AuthChannel, ConnectArgs};
+use crate::service::client::{AuthChannel, ConnectOptions};
 
 /// A server's evaluation backend.
 pub struct RemoteBackend {
@@ -42,7 +42,7 @@ impl RemoteBackend {
     /// `timeout` bounds every call.
     pub fn connect(
         addr: &str,
-        opts: &ConnectArgs,
+        opts: &ConnectOptions,
         catalog: Arc<Catalog>,
         timeout: Duration,
     ) -> Result<Self> {

@@ -25,7 +25,7 @@ pub struct RecommendBenchArgs {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     #[command(flatten)]
-    pub connect: super::client::ConnectArgs,
+    pub connect: crate::cli::connect::ConnectArgs,
     /// Data set the server runs on (histories are drawn from it).
     #[arg(long, default_value = "data/ml-100k")]
     pub data: PathBuf,
@@ -161,7 +161,7 @@ pub async fn run(args: &RecommendBenchArgs) -> anyhow::Result<RecommendBenchRepo
         args.history_len,
         args.requests + args.warmup,
     )?);
-    let mut client = Client::connect_with(&args.addr, &args.connect).await?;
+    let mut client = Client::connect_with(&args.addr, &args.connect.options()).await?;
     let info = client.model_info().await?;
     let params = |i: usize| RecommendParams {
         history: hist[i % hist.len()].clone(),

@@ -136,26 +136,21 @@ fn recommendation_from_proto(r: pb::RecommendResponse) -> Result<Recommendation>
 }
 
 /// How a client reaches a server that asks for TLS, client certificates or a bearer token
-/// (`[server.tls]`, `[server.auth]`); shared by `palr recommend`, `palr bench recommend` and
-/// `palr eval --addr`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ConnectArgs {
-    /// TLS: PEM CA certificates to verify the server with (an https:// address without it
-    /// uses the system's roots).
-    #[arg(long, value_name = "PEM")]
+/// (`[server.tls]`, `[server.auth]`); the CLI's `--ca-cert`, `--client-cert`, `--client-key`,
+/// `--tls-domain` and `PALR_TOKEN` (`cli::connect`) fill it for `palr recommend`, `palr bench
+/// recommend` and `palr eval --addr`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// PEM CA certificates to verify the server with (an https:// address without them uses
+    /// the system's roots).
     pub ca_cert: Option<PathBuf>,
-    /// Mutual TLS: this client's PEM certificate chain (with --client-key).
-    #[arg(long, value_name = "PEM", requires = "client_key")]
+    /// Mutual TLS: this client's PEM certificate chain (with `client_key`).
     pub client_cert: Option<PathBuf>,
     /// Mutual TLS: this client's PEM private key.
-    #[arg(long, value_name = "PEM", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
     /// The name the server's certificate must carry (default: the address's host).
-    #[arg(long)]
     pub tls_domain: Option<String>,
-    /// Bearer token sent with every call (prefer the variable: arguments are visible to
-    /// other users of the machine).
-    #[arg(long, env = "PALR_TOKEN", hide_env_values = true)]
+    /// Bearer token sent with every call.
     pub token: Option<String>,
 }
 
@@ -196,7 +191,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     message
 }
 
-impl ConnectArgs {
+impl ConnectOptions {
     /// The URL of `addr` (a bare `HOST:PORT` gets `https://` when TLS options are given,
     /// else `http://`).
     pub fn url(&self, addr: &str) -> String {
@@ -268,11 +263,11 @@ impl Client {
     /// Connects to `addr` (`http://HOST:PORT`; a bare `HOST:PORT` gets `http://`), plaintext
     /// and without a token.
     pub async fn connect(addr: &str) -> Result<Self> {
-        Self::connect_with(addr, &ConnectArgs::default()).await
+        Self::connect_with(addr, &ConnectOptions::default()).await
     }
 
     /// Connects to `addr` with TLS and a token as `opts` says.
-    pub async fn connect_with(addr: &str, opts: &ConnectArgs) -> Result<Self> {
+    pub async fn connect_with(addr: &str, opts: &ConnectOptions) -> Result<Self> {
         let err = |message: String| ClientError::Connect {
             addr: opts.url(addr),
             message,
