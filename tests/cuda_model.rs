@@ -597,7 +597,7 @@ fn service_config(model: &Path, data: &Path, device: Device) -> ServerConfig {
     c.model.device = device;
     c.model.dtype = WeightDtype::Bf16;
     c.data.dir = data.to_path_buf();
-    c.data.format = "csv".into();
+    c.data.format = Some(palr::data::Format::Csv);
     c.retrieval.retrievers = vec![RetrieverSpec::new(
         "popularity",
         "palr_retriever_popularity",

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::data::Format;
 use crate::engine::{Device, WeightDtype};
 use crate::eval::ViewStage;
 use crate::rank::RankerConfig;
@@ -233,6 +234,19 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr> {
     })
 }
 
+/// `data.format`: "" = detect, else a name [`Format`] knows.
+fn format_from_str<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Format>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("data.format: {e}, or \"\" to detect")))
+}
+
 /// `model.device`: a string parsed by [`Device`]'s `FromStr` (`cpu`, `cuda`, `cuda:N`).
 fn device_from_str<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Device, D::Error> {
     let s = String::deserialize(d)?;
@@ -297,8 +311,10 @@ impl Default for ModelSection {
 pub struct DataSection {
     /// Data set directory (`palr data fetch ml-100k` puts MovieLens-100k here).
     pub dir: PathBuf,
-    /// `recbole`, `ml-100k`, `ml-1m`, `csv` or `jsonl`; empty = detected from the files.
-    pub format: String,
+    /// `recbole`, `ml-100k`, `ml-1m`, `csv` or `jsonl` (any case); empty = detected from the
+    /// files. Parsed by [`Format`]'s own `FromStr`, the one list of formats.
+    #[serde(deserialize_with = "format_from_str")]
+    pub format: Option<Format>,
     /// Drop interactions whose item is not in the catalog instead of failing at start-up.
     pub skip_unknown_items: bool,
 }
@@ -307,7 +323,7 @@ impl Default for DataSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("data/ml-100k"),
-            format: String::new(),
+            format: None,
             skip_unknown_items: false,
         }
     }
@@ -602,15 +618,6 @@ impl ServerConfig {
         if l.max_request_history == 0 {
             return bad("limits.max_request_history must be at least 1".into());
         }
-        if !matches!(
-            self.data.format.as_str(),
-            "" | "recbole" | "ml-100k" | "ml-1m" | "csv" | "jsonl"
-        ) {
-            return bad(format!(
-                "data.format = {:?}: use recbole, ml-100k, ml-1m, csv, jsonl, or \"\" to detect",
-                self.data.format
-            ));
-        }
         let r = &self.retrieval;
         if r.retrievers.is_empty() {
             return bad(
@@ -797,6 +804,17 @@ mod tests {
         assert!(e.to_string().contains("max_concurrent_rank"), "{e}");
         let e = ServerConfig::from_toml("[data]\nformat = \"parquet\"").unwrap_err();
         assert!(e.to_string().contains("data.format"), "{e}");
+        assert!(e.to_string().contains("known: recbole, ml-100k"), "{e}");
+        // Format's own rules: any case, "" = detect.
+        let c = ServerConfig::from_toml("[data]\nformat = \"ML-100K\"").unwrap();
+        assert_eq!(c.data.format, Some(crate::data::Format::MovieLens100k));
+        assert_eq!(
+            ServerConfig::from_toml("[data]\nformat = \"\"")
+                .unwrap()
+                .data
+                .format,
+            None
+        );
         let e = ServerConfig::from_toml("[ranking]\nmax_histroy = 3").unwrap_err();
         assert!(e.to_string().contains("unknown field `max_histroy`"), "{e}");
         let e = ServerConfig::from_toml("[retrieval]\ntraining = \"train\"").unwrap_err();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatTemplate;
-use crate::data::{Catalog, Dataset, Format, LoadOptions, Split, UnknownItems};
+use crate::data::{Catalog, Dataset, LoadOptions, Split, UnknownItems};
 use crate::engine::{self, LanguageModel};
 use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
 use crate::retrieval::{FusionSpec, Retriever, RetrieverInfo, RetrieverRegistry, Source};
@@ -300,15 +300,8 @@ impl Recommender {
     pub fn load(cfg: &ServerConfig, metrics: Metrics) -> std::result::Result<Self, StartError> {
         cfg.validate()?;
         let data_dir = cfg.data.dir.display().to_string();
-        let format = match cfg.data.format.as_str() {
-            "" => None,
-            f => Some(f.parse::<Format>().map_err(|source| StartError::Data {
-                dir: data_dir.clone(),
-                source,
-            })?),
-        };
         let opts = LoadOptions {
-            format,
+            format: cfg.data.format,
             unknown_items: if cfg.data.skip_unknown_items {
                 UnknownItems::Skip
             } else {
