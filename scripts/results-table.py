@@ -110,6 +110,8 @@ def load_report(path: Path) -> tuple[str, list[Row]]:
             kind = "llm"
         elif "sasrec" in rep or rep.get("backend", "").startswith("RecBole"):
             kind = "baseline"
+            # palr serves a `sasrec` of its own: name the outside baseline by its origin.
+            name = f"{name} (RecBole)"
         else:
             kind = "retriever"
         rows.append(Row(name, kind, int(rep["users"]), int(rep["n_evaluable_users"]),

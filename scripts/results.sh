@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's results: MovieLens-100k test split, every method on palr's protocol.
-#   1. retrievers alone (popularity, itemknn, markov) on all users        -> retrievers.json  (seconds)
+#   1. retrievers alone (popularity, itemknn, markov, sasrec, fused) on all users -> retrievers.json
 #   2. LLM methods (retriever top 20 re-ranked by the LLM)                 -> llm[-NAME].json
 #      (~1 s/user/method in score mode, ~3.5 s in generate mode on 2 CPU cores)
 #   3. SASRec trained with RecBole 1.2.1 (scripts/sasrec_recbole.py)     -> sasrec.json
@@ -67,7 +67,7 @@ cargo build --release --workspace
 $palr data fetch ml-100k
 
 echo "== retrievers alone, all users"
-$palr eval --split test --methods popularity,itemknn,markov --per-user --no-progress \
+$palr eval --split test --methods popularity,itemknn,markov,sasrec,fused --per-user --no-progress \
     --out "$out/retrievers.json" --markdown "$out/retrievers.md"
 
 if [ "$run_llm" = 1 ]; then

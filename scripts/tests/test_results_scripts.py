@@ -144,6 +144,8 @@ class TableTest(unittest.TestCase):
         split, rows = table.load_all([a, b, s])
         self.assertEqual(split, "test")
         self.assertEqual([r.kind for r in rows], ["retriever", "retriever", "retriever", "llm", "baseline"])
+        # The outside SASRec is named apart from palr's own `sasrec` retriever.
+        self.assertEqual(rows[-1].method, "sasrec (RecBole)")
         # SE of markov's per-user NDCG@10 [1, 0.5, 0, 0]: sample sd / sqrt(4)
         vals = [1.0, 0.5, 0.0, 0.0]
         mean = sum(vals) / 4
