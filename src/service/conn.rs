@@ -332,7 +332,7 @@ where
             let header = req.headers().get(hyper::header::AUTHORIZATION);
             match self.tokens.check(header.map(|v| v.as_bytes())) {
                 Ok(name) => {
-                    let name: Arc<str> = Arc::from(name);
+                    let name = name.clone();
                     req.extensions_mut().insert(Caller(name.clone()));
                     caller = CallerKey::Token(name);
                 }

@@ -90,7 +90,8 @@ pub fn acceptor(cfg: &TlsSection) -> Result<Option<TlsAcceptor>, StartError> {
 /// The accepted bearer tokens, as SHA-256 digests with the caller's name.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    digests: Vec<([u8; 32], String)>,
+    /// Digest and caller name; the name is shared so a call's identity costs no allocation.
+    digests: Vec<([u8; 32], Arc<str>)>,
 }
 
 /// Why a call was not authenticated.
@@ -181,7 +182,7 @@ impl Tokens {
                 token.len()
             )));
         }
-        self.digests.push((digest(token.as_bytes()), name));
+        self.digests.push((digest(token.as_bytes()), name.into()));
         Ok(())
     }
 
@@ -190,7 +191,7 @@ impl Tokens {
         Tokens {
             digests: pairs
                 .iter()
-                .map(|(n, t)| (digest(t.as_bytes()), (*n).to_owned()))
+                .map(|(n, t)| (digest(t.as_bytes()), Arc::from(*n)))
                 .collect(),
         }
     }
@@ -201,7 +202,7 @@ impl Tokens {
     }
 
     /// The caller's name for an `authorization` header value.
-    pub fn check(&self, header: Option<&[u8]>) -> Result<&str, AuthFailure> {
+    pub fn check(&self, header: Option<&[u8]>) -> Result<&Arc<str>, AuthFailure> {
         let value = header.ok_or(AuthFailure::Missing)?;
         let token = value
             .strip_prefix(b"Bearer ")
@@ -212,7 +213,7 @@ impl Tokens {
         let mut found = None;
         for (want, name) in &self.digests {
             if same(&d, want) {
-                found = Some(name.as_str());
+                found = Some(name);
             }
         }
         found.ok_or(AuthFailure::Unknown)
@@ -306,7 +307,10 @@ mod tests {
             ("svc-b", "bbbbbbbbbbbbbbbbbbbb"),
         ]);
         assert!(t.enabled());
-        assert_eq!(t.check(Some(b"Bearer bbbbbbbbbbbbbbbbbbbb")), Ok("svc-b"));
+        assert_eq!(
+            t.check(Some(b"Bearer bbbbbbbbbbbbbbbbbbbb")).map(|n| &**n),
+            Ok("svc-b")
+        );
         assert_eq!(t.check(Some(b"Bearer nope")), Err(AuthFailure::Unknown));
         assert_eq!(t.check(Some(b"Basic xyz")), Err(AuthFailure::Missing));
         assert_eq!(t.check(None), Err(AuthFailure::Missing));
@@ -328,8 +332,9 @@ mod tests {
             tokens_env: String::new(),
         };
         let t = Tokens::load(&cfg).unwrap();
-        assert_eq!(t.check(Some(b"Bearer 0123456789abcdef0123")), Ok("recsys"));
-        assert_eq!(t.check(Some(b"Bearer fedcba9876543210fedc")), Ok("token4"));
+        let name = |h: &[u8]| t.check(Some(h)).map(|n| n.to_string());
+        assert_eq!(name(b"Bearer 0123456789abcdef0123"), Ok("recsys".into()));
+        assert_eq!(name(b"Bearer fedcba9876543210fedc"), Ok("token4".into()));
         std::fs::write(&f, "short\n").unwrap();
         let e = Tokens::load(&cfg).unwrap_err().to_string();
         assert!(e.contains("at least 16"), "{e}");
