@@ -765,26 +765,51 @@ async fn raw_unary(path: &str, msg: &impl prost::Message, timeout: &str) -> RawR
     raw_call(path, msg.encode_to_vec(), timeout).await
 }
 
-/// One unary call of `payload` (any bytes, framed as one gRPC message).
-async fn raw_call(path: &str, payload: Vec<u8>, timeout: &str) -> RawReply {
-    use http_body_util::{BodyExt, Full};
-    let addr = shared().server.grpc_addr;
+/// A bare HTTP/2 connection to `addr` (no gRPC client on top: raw frames, our own deadlines).
+type H2 = hyper::client::conn::http2::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+
+async fn h2(addr: std::net::SocketAddr) -> H2 {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
+    // Without it, delayed ACKs cost ~40 ms per call.
+    stream.set_nodelay(true).unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .unwrap();
     tokio::spawn(conn);
+    send
+}
+
+/// `payload` framed as one uncompressed gRPC message.
+fn grpc_frame(payload: &[u8]) -> hyper::body::Bytes {
     let mut body = vec![0u8];
     body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    body.extend_from_slice(&payload);
+    body.extend_from_slice(payload);
+    body.into()
+}
+
+/// One unary call of `payload` (any bytes, framed as one gRPC message), on a new connection.
+async fn raw_call(path: &str, payload: Vec<u8>, timeout: &str) -> RawReply {
+    let addr = shared().server.grpc_addr;
+    raw_call_on(&mut h2(addr).await, addr, path, &payload, timeout).await
+}
+
+/// One unary call on the connection `send` (to `addr`), with `grpc-timeout: timeout`.
+async fn raw_call_on(
+    send: &mut H2,
+    addr: std::net::SocketAddr,
+    path: &str,
+    payload: &[u8],
+    timeout: &str,
+) -> RawReply {
+    use http_body_util::{BodyExt, Full};
     let req = hyper::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", timeout)
-        .body(Full::new(hyper::body::Bytes::from(body)))
+        .body(Full::new(grpc_frame(payload)))
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
@@ -1640,19 +1665,9 @@ fn oversize_headers_reset_one_stream_and_rate_limits_apply_per_peer() {
     block_on(async {
         use http_body_util::{BodyExt, Full};
         let addr = shared().server.grpc_addr;
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2(addr).await;
         let call = |big: Option<String>| {
-            let payload = prost::Message::encode_to_vec(&pb::GetModelInfoRequest {});
-            let mut body = vec![0u8];
-            body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            body.extend_from_slice(&payload);
+            let body = grpc_frame(&prost::Message::encode_to_vec(&pb::GetModelInfoRequest {}));
             let mut b =
                 hyper::Request::post(format!("http://{addr}/palr.v1.Recommender/GetModelInfo"))
                     .header("content-type", "application/grpc")
@@ -1660,7 +1675,7 @@ fn oversize_headers_reset_one_stream_and_rate_limits_apply_per_peer() {
             if let Some(v) = big {
                 b = b.header("x-big", v);
             }
-            b.body(Full::new(hyper::body::Bytes::from(body))).unwrap()
+            b.body(Full::new(body)).unwrap()
         };
         // 64 KiB of header: over server.max_header_bytes (32 KiB), under h2's abuse limit.
         let r = send.send_request(call(Some("x".repeat(64 * 1024)))).await;
@@ -1952,7 +1967,6 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
 /// `palr_requests_total`, and the server must serve normally afterwards.
 #[test]
 fn fuzzed_requests_are_refused_cleanly_and_all_counted() {
-    use http_body_util::{BodyExt, Full};
     use prost::Message;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -1966,20 +1980,7 @@ fn fuzzed_requests_are_refused_cleanly_and_all_counted() {
         let core = Arc::new(Recommender::load(&cfg, Metrics::new()).unwrap());
         let mut server = RunningServer::start(core.clone()).await.unwrap();
         let addr = server.grpc_addr;
-        let connect = || async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            // Without it, delayed ACKs cost ~40 ms per call.
-            stream.set_nodelay(true).unwrap();
-            let (send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(stream),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
-            send
-        };
-        let mut send = connect().await;
+        let mut send = h2(addr).await;
 
         let mut rng = StdRng::seed_from_u64(7);
         let id = |rng: &mut StdRng| -> String {
@@ -2082,40 +2083,12 @@ fn fuzzed_requests_are_refused_cleanly_and_all_counted() {
                 }
                 _ => typed,
             };
-            let mut body = vec![0u8];
-            body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            body.extend_from_slice(&payload);
-            let req = hyper::Request::post(format!("http://{addr}/palr.v1.Recommender/{rpc}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("grpc-timeout", "1S")
-                .body(Full::new(hyper::body::Bytes::from(body)))
-                .unwrap();
             if send.ready().await.is_err() {
-                send = connect().await;
+                send = h2(addr).await;
             }
-            let resp = send.send_request(req).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            let trailers = body
-                .collect()
-                .await
-                .unwrap()
-                .trailers()
-                .cloned()
-                .unwrap_or_default();
-            let status = parts
-                .headers
-                .get("grpc-status")
-                .or_else(|| trailers.get("grpc-status"))
-                .map(|v| v.to_str().unwrap().parse::<i32>().unwrap())
-                .expect("every call ends with a grpc-status");
-            let code = Code::from_i32(status);
-            let message = parts
-                .headers
-                .get("grpc-message")
-                .or_else(|| trailers.get("grpc-message"))
-                .map(|v| v.to_str().unwrap_or("").to_owned())
-                .unwrap_or_default();
+            let path = format!("/palr.v1.Recommender/{rpc}");
+            let RawReply { code, message } =
+                raw_call_on(&mut send, addr, &path, &payload, "1S").await;
             assert!(
                 !matches!(code, Code::Internal | Code::Unknown),
                 "call {i} ({rpc}, {} bytes) answered {code:?}: {message}",
