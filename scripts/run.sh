@@ -6,7 +6,5 @@
 # (e.g. --addr 0.0.0.0:50051). Stop with Ctrl-C: in-flight requests are drained first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace
-./target/release/palr model fetch
-./target/release/palr data fetch ml-100k
+scripts/prepare.sh
 exec ./target/release/palr serve --config configs/palr.toml "$@"
