@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -1261,6 +1261,8 @@ fn logs_have_one_span_per_request() {
 fn requests_pick_an_adapter_by_name() {
     let _llm = llm_lock();
     block_on(async {
+        let fx_ranked = "palr_ranked_requests_total{adapter=\"fx\",mode=\"score\"}";
+        let before = series(&common::scrape(metrics_addr()).await, fx_ranked);
         let mut c = client().await;
         let base = c
             .recommend(recommend(history(), 5, 10, pb::RankMode::Score))
@@ -1289,6 +1291,15 @@ fn requests_pick_an_adapter_by_name() {
         req.adapter = "fx".into();
         let again = c.recommend(req).await.unwrap().into_inner();
         assert_eq!(scores(&again), scores(&adapted));
+        // Adapter use is counted by name (the base model as "base").
+        let text = common::scrape(metrics_addr()).await;
+        assert_eq!(series(&text, fx_ranked) - before, 2.0, "{text}");
+        assert!(
+            series(
+                &text,
+                "palr_ranked_requests_total{adapter=\"base\",mode=\"score\"}"
+            ) >= 1.0
+        );
     });
 }
 
@@ -1446,6 +1457,26 @@ fn a_hung_plugin_is_isolated_and_quarantined() {
         assert_eq!(
             (markov.breaker_state.as_str(), markov.running_calls),
             ("closed", 0)
+        );
+        // The quarantine and its causes are on /metrics too.
+        let text = common::scrape(metrics_addr()).await;
+        assert!(
+            text.contains("palr_retriever_quarantined{retriever=\"hung\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("palr_retriever_quarantined{retriever=\"markov\"} 0"),
+            "{text}"
+        );
+        let errors = |kind: &str| {
+            series(
+                &text,
+                &format!("palr_plugin_errors_total{{kind=\"{kind}\",retriever=\"hung\"}}"),
+            )
+        };
+        assert!(
+            errors("timeout") >= 1.0 && errors("quarantined") >= 1.0,
+            "{text}"
         );
     });
 }
@@ -2128,4 +2159,201 @@ fn fuzzed_requests_are_refused_cleanly_and_all_counted() {
         server.shutdown();
         server.wait().await.unwrap();
     });
+}
+
+/// Series names and their label names, from a scrape in the text exposition format.
+fn exposed_series(text: &str) -> HashMap<String, HashSet<String>> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = out.entry(line[..end].to_owned()).or_default();
+        let Some(mut rest) = line[end..].strip_prefix('{') else {
+            continue;
+        };
+        // name="value" pairs; values may hold escaped quotes, commas and braces.
+        while let Some(eq) = rest.find('=') {
+            labels.insert(rest[..eq].trim_start_matches(',').to_owned());
+            let value = &rest[eq + 2..];
+            let mut i = 0;
+            let bytes = value.as_bytes();
+            while bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            rest = &value[i + 1..];
+            if rest.starts_with('}') {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Every vector selector of `e` (metric name, label names matched) and every label an
+/// aggregation groups by or a binary operation matches on.
+fn selectors(
+    e: &promql_parser::parser::Expr,
+    found: &mut Vec<(String, Vec<String>)>,
+    grouping: &mut Vec<String>,
+) {
+    use promql_parser::parser::Expr;
+    let vs = |v: &promql_parser::parser::VectorSelector, found: &mut Vec<(String, Vec<String>)>| {
+        let name = v.name.clone().unwrap_or_default();
+        let labels = v
+            .matchers
+            .matchers
+            .iter()
+            .map(|m| m.name.clone())
+            .filter(|l| l != "__name__")
+            .collect();
+        found.push((name, labels));
+    };
+    match e {
+        Expr::Aggregate(a) => {
+            if let Some(m) = &a.modifier {
+                grouping.extend(m.labels().labels.iter().cloned());
+            }
+            selectors(&a.expr, found, grouping);
+            if let Some(p) = &a.param {
+                selectors(p, found, grouping);
+            }
+        }
+        Expr::Unary(u) => selectors(&u.expr, found, grouping),
+        Expr::Binary(b) => {
+            if let Some(m) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+                grouping.extend(m.labels().labels.iter().cloned());
+            }
+            selectors(&b.lhs, found, grouping);
+            selectors(&b.rhs, found, grouping);
+        }
+        Expr::Paren(p) => selectors(&p.expr, found, grouping),
+        Expr::Subquery(s) => selectors(&s.expr, found, grouping),
+        Expr::VectorSelector(v) => vs(v, found),
+        Expr::MatrixSelector(m) => vs(&m.vs, found),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                selectors(a, found, grouping);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// Every PromQL expression in a Grafana dashboard's panels (rows' nested panels included),
+/// with its panel's title.
+fn dashboard_queries(panels: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    for p in panels.as_array().into_iter().flatten() {
+        let title = p["title"].as_str().unwrap_or_default();
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                title.to_owned(),
+                t["expr"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        dashboard_queries(&p["panels"], out);
+    }
+}
+
+/// deploy/grafana/palr.json asks only for what this server exposes: every query parses as
+/// PromQL (with Grafana's variables replaced as Grafana does), names metrics a scrape of a
+/// freshly loaded server shows (histograms as their `_bucket`, `_sum` and `_count` series),
+/// and matches and groups by labels those series carry (or `instance` / `job`, which
+/// Prometheus adds). Fails naming each query that does not.
+#[test]
+fn grafana_dashboard_queries_use_exposed_metrics() {
+    const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+    let response = block_on(common::scrape(metrics_addr()));
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let exposed = exposed_series(body);
+    let path = common::repo().join("deploy/grafana/palr.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    dashboard_queries(&dash["panels"], &mut queries);
+    // The template variables' label_values(METRIC, LABEL) queries.
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(def) = var["definition"].as_str() {
+            let inner = def
+                .strip_prefix("label_values(")
+                .and_then(|d| d.strip_suffix(')'))
+                .expect("only label_values(METRIC, LABEL) variables");
+            let (metric, label) = inner.split_once(',').unwrap();
+            assert!(exposed.contains_key(metric.trim()), "variable {def}");
+            assert!(TARGET_LABELS.contains(&label.trim()), "variable {def}");
+        }
+    }
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let mut problems = Vec::new();
+    let mut used = HashSet::new();
+    for (title, expr) in &queries {
+        let promql = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$instance", ".*");
+        assert!(
+            !promql.contains('$'),
+            "{title}: an unknown variable in {expr}"
+        );
+        let ast = match promql_parser::parser::parse(&promql) {
+            Ok(ast) => ast,
+            Err(e) => {
+                problems.push(format!("{title}: {expr}: not PromQL: {e}"));
+                continue;
+            }
+        };
+        let (mut found, mut grouping) = (Vec::new(), Vec::new());
+        selectors(&ast, &mut found, &mut grouping);
+        if found.is_empty() {
+            problems.push(format!("{title}: {expr}: names no metric"));
+        }
+        let mut carried: HashSet<&str> = TARGET_LABELS.into_iter().collect();
+        for (name, labels) in &found {
+            let Some(have) = exposed.get(name) else {
+                problems.push(format!("{title}: {expr}: {name} is not exposed"));
+                continue;
+            };
+            used.insert(name.clone());
+            carried.extend(have.iter().map(String::as_str));
+            for l in labels {
+                if !have.contains(l) && !TARGET_LABELS.contains(&l.as_str()) {
+                    problems.push(format!("{title}: {expr}: {name} has no label {l}"));
+                }
+            }
+            if expr.contains("histogram_quantile") && !name.ends_with("_bucket") {
+                problems.push(format!("{title}: {expr}: histogram_quantile over {name}"));
+            }
+        }
+        for g in &grouping {
+            if !carried.contains(g.as_str()) {
+                problems.push(format!("{title}: {expr}: no metric of it has label {g}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Not an error, but worth seeing when a metric is added.
+    let families: HashSet<&str> = exposed
+        .keys()
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    n.strip_suffix(s)
+                        .filter(|b| exposed.contains_key(&format!("{b}_count")))
+                })
+                .unwrap_or(n)
+        })
+        .collect();
+    let shown: HashSet<&str> = used
+        .iter()
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+        })
+        .collect();
+    let mut missing: Vec<_> = families.difference(&shown).collect();
+    missing.sort();
+    eprintln!("metrics on no dashboard panel: {missing:?}");
 }

@@ -72,6 +72,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, for metrics that start at zero.
+    pub const ALL: [Refusal; 2] = [Refusal::Total, Refusal::PerPeer];
+
     pub fn label(self) -> &'static str {
         match self {
             Refusal::Total => "max_connections",

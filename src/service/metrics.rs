@@ -30,6 +30,18 @@ pub const RPCS: [&str; 5] = [
 ];
 /// The request stages, as metric labels.
 pub const STAGES: [&str; 5] = ["queue", "retrieve", "prompt", "prefill", "decode"];
+/// The `kind` labels of `palr_plugin_errors_total` (`ServiceError::plugin_failure`).
+pub const PLUGIN_FAILURE_KINDS: [&str; 7] = [
+    "error",
+    "panic",
+    "rejected_arguments",
+    "contract",
+    "timeout",
+    "busy",
+    "quarantined",
+];
+/// The `adapter` label of `palr_ranked_requests_total` for the model as loaded.
+pub const BASE_MODEL_LABEL: &str = "base";
 
 /// Every metric the server exports.
 #[derive(Clone)]
@@ -52,9 +64,14 @@ pub struct Metrics {
     pub generated_tokens: IntCounterVec,
     /// `palr_retriever_calls_total{retriever}`.
     pub retriever_calls: IntCounterVec,
-    /// `palr_plugin_errors_total{retriever,kind}`; kind: error, panic, rejected_arguments,
-    /// contract.
+    /// `palr_plugin_errors_total{retriever,kind}`; kind: one of [`PLUGIN_FAILURE_KINDS`].
     pub plugin_errors: IntCounterVec,
+    /// `palr_retriever_quarantined{retriever}`: 1 while the retriever's circuit breaker keeps
+    /// it quarantined (its health entry says NOT_SERVING), else 0.
+    pub retriever_quarantined: IntGaugeVec,
+    /// `palr_ranked_requests_total{mode,adapter}`: requests the LLM ranked, by mode and LoRA
+    /// adapter ([`BASE_MODEL_LABEL`] = the model as loaded).
+    pub ranked_requests: IntCounterVec,
     /// `palr_rank_deadline_stops_total{stage}`: ranking jobs the ranker itself stopped
     /// because the caller's deadline passed (stage: prefill, decode).
     pub rank_deadline_stops: IntCounterVec,
@@ -192,8 +209,28 @@ impl Metrics {
                 r,
                 counter(
                     "palr_plugin_errors_total",
-                    "Failed retriever plugin calls by kind (error, panic, rejected_arguments, contract)",
+                    "Failed retriever plugin calls by kind (error, panic, rejected_arguments, \
+                     contract, timeout, busy, quarantined)",
                     &["retriever", "kind"],
+                ),
+            ),
+            retriever_quarantined: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "palr_retriever_quarantined",
+                        "1 while a retriever is quarantined by its circuit breaker",
+                    ),
+                    &["retriever"],
+                )
+                .expect("valid gauge"),
+            ),
+            ranked_requests: reg(
+                r,
+                counter(
+                    "palr_ranked_requests_total",
+                    "Requests the LLM ranked, by mode and LoRA adapter (base = the model as loaded)",
+                    &["mode", "adapter"],
                 ),
             ),
             rank_deadline_stops: reg(
@@ -295,7 +332,39 @@ impl Metrics {
             m.cached_prompt_tokens.with_label_values(&[mode]);
             m.generated_tokens.with_label_values(&[mode]);
         }
+        for reason in ["queue_full", "too_late", "waited_too_long"] {
+            m.admission_refusals.with_label_values(&[reason]);
+        }
+        for stage in ["prefill", "decode"] {
+            m.rank_deadline_stops.with_label_values(&[stage]);
+        }
+        for limit in super::conn::Refusal::ALL {
+            m.connections_refused.with_label_values(&[limit.label()]);
+        }
+        for reason in super::security::AuthFailure::ALL {
+            m.auth_failures.with_label_values(&[reason.label()]);
+        }
         m
+    }
+
+    /// Starts the series of what the server was loaded with at zero: each retriever's calls,
+    /// failures and quarantine (`plugins`: plugin names; `sources`: every name a request may
+    /// use, fusions included) and each adapter's ranked requests.
+    pub fn init_loaded(&self, plugins: &[String], sources: &[String], adapters: &[String]) {
+        for name in sources {
+            self.retriever_calls.with_label_values(&[name]);
+        }
+        for name in plugins {
+            for kind in PLUGIN_FAILURE_KINDS {
+                self.plugin_errors.with_label_values(&[name, kind]);
+            }
+            self.retriever_quarantined.with_label_values(&[name]).set(0);
+        }
+        for mode in ["score", "generate"] {
+            for adapter in adapters {
+                self.ranked_requests.with_label_values(&[mode, adapter]);
+            }
+        }
     }
 
     /// Observes one stage's duration.

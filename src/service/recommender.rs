@@ -26,7 +26,7 @@ use crate::tokenizer::Tokenizer;
 use super::admission::{Admission, Refused};
 use super::config::ServerConfig;
 use super::error::{Result, ServiceError, StartError};
-use super::metrics::Metrics;
+use super::metrics::{BASE_MODEL_LABEL, Metrics};
 
 /// How a request's candidates are ordered: the one rank-mode type of the service — requests,
 /// `[limits] default_rank_mode`, the CLI's `--mode` and metric labels all use it (protobuf's
@@ -457,6 +457,20 @@ impl Recommender {
             ranker: Arc::new(ranker),
             metrics,
         };
+        let plugins: Vec<String> = me.bulkheads.names().map(str::to_owned).collect();
+        let sources: Vec<String> = me
+            .retrievers()
+            .into_iter()
+            .map(|r| r.name)
+            .chain(me.fusions().iter().map(|f| f.name.clone()))
+            .collect();
+        let mut adapters = me.adapter_names();
+        if me.ranker.model().merged_adapter().is_none() {
+            adapters.push(BASE_MODEL_LABEL.to_owned());
+        }
+        me.metrics.init_loaded(&plugins, &sources, &adapters);
+        // The quarantine gauge follows the breakers even where no server reports health.
+        me.on_retriever_health(Arc::new(|_: &str, _: bool| {}));
         if cfg.server.warmup {
             me.warm_up()?;
         }
@@ -840,9 +854,17 @@ impl Recommender {
         self.bulkheads.stats(name)
     }
 
-    /// Reports each retriever's breaker changes to `hook` (the health service).
+    /// Reports each retriever's breaker changes to `hook` (the health service), after
+    /// setting `palr_retriever_quarantined`.
     pub fn on_retriever_health(&self, hook: HealthHook) {
-        self.bulkheads.set_health_hook(hook);
+        let quarantined = self.metrics.retriever_quarantined.clone();
+        self.bulkheads
+            .set_health_hook(Arc::new(move |name: &str, serving: bool| {
+                quarantined
+                    .with_label_values(&[name])
+                    .set(i64::from(!serving));
+                hook(name, serving);
+            }));
     }
 
     /// Ranking: waits for a slot, then runs the ranker on a blocking thread.
@@ -859,6 +881,10 @@ impl Recommender {
     ) -> Result<RankOutput> {
         let t = Instant::now();
         let own = self.rank_time(mode);
+        let adapter_label = adapter
+            .clone()
+            .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
+            .unwrap_or_else(|| BASE_MODEL_LABEL.to_owned());
         let permit = by(
             respond_by,
             "the queue wait",
@@ -933,6 +959,9 @@ impl Recommender {
         let rt = &out.timings;
         let m = &self.metrics;
         let label = mode.name();
+        m.ranked_requests
+            .with_label_values(&[label, &adapter_label])
+            .inc();
         m.stage_histogram("prompt").observe(rt.prompt_s);
         m.stage_histogram("prefill").observe(rt.prefill_s);
         if mode == RankMode::Generate {

@@ -104,6 +104,9 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Every reason, for metrics that start at zero.
+    pub const ALL: [AuthFailure; 2] = [AuthFailure::Missing, AuthFailure::Unknown];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
