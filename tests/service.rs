@@ -1237,6 +1237,14 @@ fn logs_have_one_span_per_request() {
         let mut c = client().await;
         let mut req = recommend(history(), 2, 4, pb::RankMode::Retriever);
         req.user_id = "log-check-user".into();
+        // The caller's W3C trace context: its trace id joins the request's span.
+        let mut req = tonic::Request::new(req);
+        req.metadata_mut().insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
         c.recommend(req).await.unwrap();
         let mut bad = recommend(ids(&[424_242]), 2, 4, pb::RankMode::Retriever);
         bad.user_id = "log-check-user".into();
@@ -1255,6 +1263,11 @@ fn logs_have_one_span_per_request() {
     assert_eq!(span["rpc"], "Recommend");
     assert_eq!(span["status"], "OK", "{}", lines[0]);
     assert!(span["latency_ms"].as_f64().unwrap() >= 0.0, "{}", lines[0]);
+    assert_eq!(
+        span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The `palr.v1.Recommender` gRPC service: protobuf in, [`Recommender`] calls, protobuf out.
 //! The only place where request and response messages are converted.
 //!
-//! Every call gets one tracing span (`rpc`, `user_id`; `status` and `latency_ms` recorded
-//! when it finishes) with one log line at the end, and is counted in the request metrics.
+//! Every call gets one tracing span (`rpc`, `user_id`, `trace_id` when the caller sent a W3C
+//! Trace Context `traceparent` header; `status` and `latency_ms` recorded when it finishes)
+//! with one log line at the end, and is counted in the request metrics.
 //!
 //! Deadlines: the caller's `grpc-timeout` header (gRPC over HTTP/2, "Timeout") becomes an
 //! [`Instant`], measured from when the request reached the server ([`Stamp`]), less
@@ -220,6 +221,33 @@ fn respond_by<T>(req: &Request<T>) -> Option<Instant> {
     )
 }
 
+/// The trace id of the caller's `traceparent` metadata (W3C Trace Context, "traceparent
+/// header": `VERSION-TRACEID-PARENTID-FLAGS`, lowercase hex of 2, 32, 16 and 2 digits), so a
+/// request's log lines join the caller's trace. `None` when absent or malformed: version `ff`,
+/// an all-zero trace or parent id, or anything after the flags in version `00` (later
+/// versions may append fields, which are ignored).
+pub fn trace_id(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    let v = metadata.get("traceparent")?.to_str().ok()?;
+    let mut parts = v.splitn(5, '-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && !zero(trace)
+        && hex(parent, 16)
+        && !zero(parent)
+        && hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    valid.then_some(trace)
+}
+
 /// Canonical name of a status code (metric labels, logs).
 pub fn code_name(c: Code) -> &'static str {
     match c {
@@ -320,15 +348,20 @@ impl RecommenderService {
         &self,
         rpc: &'static str,
         user_id: &str,
+        trace_id: Option<&str>,
         fut: impl Future<Output = Result<T, ServiceError>>,
     ) -> Result<Response<T>, Status> {
         let span = tracing::info_span!(
             "rpc",
             rpc,
             user_id = crate::util::clip(user_id),
+            trace_id = tracing::field::Empty,
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty
         );
+        if let Some(t) = trace_id {
+            span.record("trace_id", t);
+        }
         let m = self.core.metrics().clone();
         async move {
             let t = Instant::now();
@@ -368,9 +401,10 @@ impl RecommenderRpc for RecommenderService {
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let by = respond_by(&request);
+        let trace = trace_id(request.metadata()).map(str::to_owned);
         let r = request.into_inner();
         let user = r.user_id.clone();
-        self.observe("Recommend", &user, async move {
+        self.observe("Recommend", &user, trace.as_deref(), async move {
             let p = RecommendParams {
                 mode: mode_from_proto(r.rank_mode)?,
                 history: r.history,
@@ -392,9 +426,10 @@ impl RecommenderRpc for RecommenderService {
         request: Request<pb::RankRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let by = respond_by(&request);
+        let trace = trace_id(request.metadata()).map(str::to_owned);
         let r = request.into_inner();
         let user = r.user_id.clone();
-        self.observe("Rank", &user, async move {
+        self.observe("Rank", &user, trace.as_deref(), async move {
             let p = RankParams {
                 mode: mode_from_proto(r.rank_mode)?,
                 history: r.history,
@@ -412,9 +447,10 @@ impl RecommenderRpc for RecommenderService {
         request: Request<pb::RetrieveRequest>,
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
         let by = respond_by(&request);
+        let trace = trace_id(request.metadata()).map(str::to_owned);
         let r = request.into_inner();
         let user = r.user_id.clone();
-        self.observe("Retrieve", &user, async move {
+        self.observe("Retrieve", &user, trace.as_deref(), async move {
             let p = RetrieveParams {
                 history: r.history,
                 num_candidates: r.num_candidates,
@@ -443,9 +479,10 @@ impl RecommenderRpc for RecommenderService {
 
     async fn list_retrievers(
         &self,
-        _request: Request<pb::ListRetrieversRequest>,
+        request: Request<pb::ListRetrieversRequest>,
     ) -> Result<Response<pb::ListRetrieversResponse>, Status> {
-        self.observe("ListRetrievers", "", async {
+        let trace = trace_id(request.metadata());
+        self.observe("ListRetrievers", "", trace, async {
             let default = self.core.default_retriever();
             let plugins = self.core.retrievers().into_iter().map(|r| {
                 let (trained_on_stage, trained_on_fingerprint) = r
@@ -505,9 +542,10 @@ impl RecommenderRpc for RecommenderService {
 
     async fn get_model_info(
         &self,
-        _request: Request<pb::GetModelInfoRequest>,
+        request: Request<pb::GetModelInfoRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        self.observe("GetModelInfo", "", async {
+        let trace = trace_id(request.metadata());
+        self.observe("GetModelInfo", "", trace, async {
             let s = self.core.model_summary();
             let l = &self.core.config().limits;
             Ok(pb::ModelInfo {
@@ -546,6 +584,35 @@ impl RecommenderRpc for RecommenderService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_gives_the_trace_id_when_valid() {
+        let id = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("traceparent", v.parse().unwrap());
+            trace_id(&m).map(str::to_owned)
+        };
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let p = "00f067aa0ba902b7";
+        assert_eq!(id(&format!("00-{t}-{p}-01")).as_deref(), Some(t));
+        assert_eq!(id(&format!("00-{t}-{p}-00")).as_deref(), Some(t));
+        // A later version may append fields after the flags.
+        assert_eq!(id(&format!("cc-{t}-{p}-01-more")).as_deref(), Some(t));
+        for bad in [
+            format!("00-{t}-{p}-01-more"),
+            format!("ff-{t}-{p}-01"),
+            format!("00-{}-{p}-01", "0".repeat(32)),
+            format!("00-{t}-{}-01", "0".repeat(16)),
+            format!("00-{}-{p}-01", t.to_uppercase()),
+            format!("00-{t}a-{p}-01"),
+            format!("00-{t}-{p}"),
+            format!("0-{t}-{p}-01"),
+            "not a traceparent".to_owned(),
+        ] {
+            assert_eq!(id(&bad), None, "{bad}");
+        }
+        assert_eq!(trace_id(&tonic::metadata::MetadataMap::new()), None);
+    }
 
     #[test]
     fn grpc_timeout_values() {
