@@ -120,7 +120,9 @@ class Rendered:
             *tables, leaf = [part.lower() for part in rest.split("__")]
             at = cfg
             for t in tables:
-                at = at.setdefault(t, {})
+                at = at.get(t, {})
+            # configs/palr.toml writes out every key; palr refuses unknown ones at start.
+            assert isinstance(at, dict) and leaf in at, f"{name}: no such key in configs/palr.toml"
             at[leaf] = toml_value(env["value"])
         return cfg
 
