@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side engine benchmark: palr (f32 and bf16), candle (f32) and
-# transformers/PyTorch (f32) on one Hugging Face LLaMA directory, one after another,
+# transformers/PyTorch (f32 and bf16) on one Hugging Face LLaMA directory, one after another,
 # all with the protocol of `palr bench engine` (see benchmarks/README.md).
 #
 # usage: benchmarks/run-peers.sh MODEL_DIR [OUT_DIR]
@@ -17,7 +17,8 @@
 #                   average is below it, checking every 20 s for at most
 #                   PEERS_MAX_WAIT_S seconds (default 1800), then run anyway
 #
-# Writes OUT_DIR/{palr-f32,palr-bf16,candle-f32,torch-f32}.json, OUT_DIR/machine.txt,
+# Writes OUT_DIR/{palr-f32,palr-bf16,candle-f32,torch-f32,torch-bf16}.json, OUT_DIR/machine.txt
+# (CPU model and the ISA extensions the kernels choose between),
 # OUT_DIR/load.txt (load average as each engine starts) and OUT_DIR/table.md (also
 # printed). OUT_DIR defaults to
 # target/peers/<UTC date-time>.
@@ -90,10 +91,12 @@ if [[ ${SKIP_CANDLE:-0} != 1 ]]; then
 fi
 if [[ ${SKIP_TORCH:-0} != 1 ]]; then
     run torch-f32 "$VENV/bin/python" "$ROOT/benchmarks/peers/torch_bench.py" --dtype f32 "${COMMON[@]}"
+    run torch-bf16 "$VENV/bin/python" "$ROOT/benchmarks/peers/torch_bench.py" --dtype bf16 "${COMMON[@]}"
 fi
 
 {
     echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+    echo "isa: $(grep -o -w -E 'avx2|fma|avx512f|avx512bw|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     echo "cores: $(nproc) (lscpu: $(lscpu | sed -n 's/^CPU(s): *//p' | head -1) CPUs, $(lscpu | sed -n 's/^Thread(s) per core: *//p' | head -1) threads per core)"
     echo "memory: $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
     echo "kernel: $(uname -sr)"
@@ -107,10 +110,14 @@ python3 - "$OUT" >"$OUT/table.md" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 rows = []
-for name in ("palr-f32", "palr-bf16", "candle-f32", "torch-f32"):
+for name in ("palr-f32", "palr-bf16", "candle-f32", "torch-f32", "torch-bf16"):
     path = os.path.join(out, name + ".json")
     if os.path.exists(path):
         rows.append(json.load(open(path)))
+machine = dict(l.split(": ", 1) for l in open(os.path.join(out, "machine.txt")).read().splitlines() if ": " in l) \
+    if os.path.exists(os.path.join(out, "machine.txt")) else {}
+print(f"CPU: {machine.get('cpu', '?')}; ISA: {machine.get('isa', '?').strip()}")
+print()
 print("| engine | dtype | prefill tok/s | decode tok/s | peak RSS MiB | load s | first token |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for r in rows:

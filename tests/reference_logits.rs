@@ -168,10 +168,12 @@ fn greedy_continuations_match_reference() {
 
 #[test]
 fn bf16_weights_stay_close_to_reference() {
-    // bf16 storage rounds every weight (~3 significant digits): expect the same
-    // argmax on confident prompts and a small, bounded error, not bit-equality.
+    // bf16 storage rounds every weight (~3 significant digits), and where the CPU has bf16
+    // dot products (AMX, AVX512-BF16) the projections' inputs are rounded too: expect the
+    // same argmax on confident prompts and a small, bounded error, not bit-equality.
     let reference = reference();
     let model = load(WeightDtype::Bf16);
+    eprintln!("backend: {}", model.describe());
     for case in reference["logits"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let tokens = ids(&case["ids"]);
@@ -191,4 +193,93 @@ fn bf16_weights_stay_close_to_reference() {
         }
         eprintln!("{name}: bf16 top-20 rel err {err:.2e}");
     }
+    // Every position of the long prompts (a prefill of hundreds of rows: the AMX path),
+    // against the f32 engine: the predicted next token agrees almost everywhere.
+    let f32_model = load(WeightDtype::F32);
+    for case in reference["logits"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let tokens = ids(&case["ids"]);
+        if tokens.len() < 100 {
+            continue;
+        }
+        let all = |m: &Arc<dyn LanguageModel>| {
+            let mut s = m.clone().new_session(tokens.len()).unwrap();
+            s.feed(&tokens, Logits::All).unwrap().to_vec()
+        };
+        let (b, f) = (all(&model), all(&f32_model));
+        let vocab = b.len() / tokens.len();
+        let agree = b
+            .chunks(vocab)
+            .zip(f.chunks(vocab))
+            .filter(|(b, f)| argmax(b) == argmax(f))
+            .count();
+        let rate = agree as f64 / tokens.len() as f64;
+        eprintln!(
+            "{name}: bf16 and f32 agree on the next token at {agree} of {} positions",
+            tokens.len()
+        );
+        assert!(
+            rate >= 0.95,
+            "{name}: bf16 top-1 agrees with f32 at only {rate:.3} of positions"
+        );
+    }
+}
+
+/// [`bf16_weights_stay_close_to_reference`] once per CPU path this machine has, each in
+/// a child process with `PALR_CPU_ISA` capping the kernels (the choice is made once per
+/// process); a path the CPU lacks is named as skipped, not passed.
+#[test]
+fn bf16_every_cpu_path_stays_close_to_reference() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| cpu.split_whitespace().any(|w| w == flag);
+    // (PALR_CPU_ISA, what the backend description must say, CPU flags the path needs)
+    let paths: [(&str, &str, &[&str]); 4] = [
+        (
+            "amx",
+            "amx bf16 products",
+            &["amx_bf16", "amx_tile", "avx512_bf16"],
+        ),
+        (
+            "avx512bf16",
+            "avx512bf16 bf16 products",
+            &["avx512_bf16", "avx512bw"],
+        ),
+        ("avx512", "Avx512", &["avx512f", "avx512bw"]),
+        ("avx2", "Avx2", &["avx2", "fma"]),
+    ];
+    let exe = std::env::current_exe().unwrap();
+    let mut ran = Vec::new();
+    for (isa, expect, flags) in paths {
+        if let Some(missing) = flags.iter().find(|f| !has(f)) {
+            eprintln!("bf16 path {isa} SKIPPED: this CPU lacks {missing}");
+            continue;
+        }
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "bf16_weights_stay_close_to_reference",
+                "--nocapture",
+            ])
+            .env("PALR_CPU_ISA", isa)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bf16 path {isa} failed:\n{log}");
+        let backend = log
+            .lines()
+            .find(|l| l.starts_with("backend: "))
+            .unwrap_or("");
+        assert!(
+            backend.contains(expect) && (isa == "amx" || !backend.contains("amx")),
+            "PALR_CPU_ISA={isa} ran on {backend:?}, expected {expect:?}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("1 passed"),
+            "PALR_CPU_ISA={isa}: the child ran no test:\n{stdout}"
+        );
+        eprintln!("bf16 path {isa}: passed on {backend}");
+        ran.push(isa);
+    }
+    assert!(!ran.is_empty(), "no CPU path could run");
 }

@@ -37,7 +37,8 @@ class Args(unittest.TestCase):
             self.rejects(["--model", d], "no config.json")
             open(os.path.join(d, "config.json"), "w").close()
             self.rejects(["--model", d, "--runs", "0"], "--runs")
-            self.rejects(["--model", d, "--dtype", "bf16"], "f32 only")
+            self.rejects(["--model", d, "--dtype", "f16"], "use f32 or bf16")
+            self.assertEqual(torch_bench.parse_args(["--model", d, "--dtype", "bf16"]).dtype, "bf16")
             a = torch_bench.parse_args(["--model", d])
             self.assertEqual((a.prompt_tokens, a.decode_tokens, a.warmup, a.runs), (512, 64, 1, 5))
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Peer benchmark: Hugging Face transformers' LLaMA on PyTorch (CPU, f32).
+"""Peer benchmark: Hugging Face transformers' LLaMA on PyTorch (CPU, f32 or bf16).
 
 Measures with the protocol of `palr bench engine` (src/bench.rs in the palr crate) and
 prints the same JSON object, so the numbers sit side by side with palr's and candle's:
 
 - load `config.json` + safetensors weights with
-  `AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)` (default attention
-  implementation, which is `sdpa` for LLaMA; the report names the one in use);
+  `AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)` (or `torch.bfloat16`
+  with `--dtype bf16`: every weight and activation in bf16, oneDNN's AMX/AVX512-BF16
+  kernels where the CPU has them; default attention implementation, which is `sdpa` for
+  LLaMA; the report names the one in use);
 - prompt = `--prompt-tokens` pseudo-random ids from the same xorshift64 generator and
   seed as palr (pinned below), so every engine sees the same ids;
 - prefill: one forward pass over the prompt into a fresh `DynamicCache`, logits of the
@@ -34,6 +36,9 @@ import time
 PINNED_49152 = [3501, 8310, 8502, 19572, 35564]
 
 MASK64 = (1 << 64) - 1
+
+# --dtype values and the torch dtype each loads the weights as.
+DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 
 
 def prompt_ids(n: int, vocab: int) -> list[int]:
@@ -65,7 +70,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="Hugging Face model directory")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=64)
-    p.add_argument("--dtype", default="f32", help="only f32 is measured for torch")
+    p.add_argument("--dtype", default="f32", help="f32 or bf16")
     p.add_argument("--threads", type=int, default=0, help="0 = one per core")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
@@ -77,8 +82,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--prompt-tokens must be at least 1")
     if a.decode_tokens < 0 or a.warmup < 0 or a.threads < 0:
         p.error("--decode-tokens, --warmup and --threads must not be negative")
-    if a.dtype != "f32":
-        p.error(f"--dtype {a.dtype}: this harness measures torch in f32 only (use --dtype f32)")
+    if a.dtype not in DTYPES:
+        p.error(f"--dtype {a.dtype}: use f32 or bf16")
     if not os.path.isfile(os.path.join(a.model, "config.json")):
         p.error(f"--model {a.model}: no config.json there (expected a Hugging Face model directory)")
     return a
@@ -104,7 +109,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(threads)
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, DTYPES[args.dtype]))
     model.eval()
     load_s = time.perf_counter() - t0
     config = model.config

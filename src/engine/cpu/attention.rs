@@ -4,10 +4,12 @@
 //! up to the row's own (causal). Query head `h` reads key/value head
 //! `h / (n_heads / n_kv_heads)` (grouped-query attention, Ainslie et al. 2023).
 //!
-//! Work is split into (query head, block of query rows) tasks. Each task computes
-//! its block's scores `S = Q·Kᵀ` and output `O = softmax(S)·V` as two small
-//! matrix products (the `gemm` crate, single-threaded inside the task), masking
-//! the few scores past each row's own position. Scores live in a per-thread
+//! Work is split into (key/value head, block of query rows) tasks. Each task stacks
+//! the query heads that share its key/value head and computes the block's scores
+//! `S = Q·Kᵀ` and output `O = softmax(S)·V` as two small matrix products (the `gemm`
+//! crate, single-threaded inside the task; the keys and values are packed once per
+//! group, not once per query head), masking the few scores past each row's own
+//! position. Scores live in a per-thread
 //! scratch that grows once to the longest context, so nothing is allocated after.
 
 use rayon::prelude::*;
@@ -17,7 +19,7 @@ use super::{SendPtr, with_scores};
 use crate::engine::backend::Heads;
 
 /// Query rows per task.
-const ROW_BLOCK: usize = 32;
+const ROW_BLOCK: usize = 64;
 
 /// `q`: `(rows, n_heads, head_dim)`; `k`, `v`: `(n_kv_heads, capacity, head_dim)`;
 /// `out`: `(rows, n_heads, head_dim)`. Row `r` sits at position `start + r`.
@@ -44,34 +46,45 @@ pub fn causal_gqa(
     debug_assert!(k.len() >= n_kv_heads * capacity * hd && start + rows <= capacity);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let row_blocks = rows.div_ceil(ROW_BLOCK);
+    // One task per (key/value head, block of query rows): the `group` query heads that
+    // read the same keys are stacked into one product, so the keys and values are
+    // packed for the product once per group instead of once per query head.
     let task = |t: usize| {
-        let h = t % n_heads;
-        let rb = t / n_heads;
-        let g = h / group;
+        let g = t % n_kv_heads;
+        let rb = t / n_kv_heads;
         let r0 = rb * ROW_BLOCK;
         let m = (rows - r0).min(ROW_BLOCK);
+        let gm = group * m;
         // Keys visible to the block's last row.
         let len = start + r0 + m;
         let kh = &k[g * capacity * hd..][..len * hd];
         let vh = &v[g * capacity * hd..][..len * hd];
-        let q0 = &q[r0 * width + h * hd..];
-        with_scores(m * len, |s| {
-            // S (m, len) = scale · Q (m, hd) · Kᵀ (hd, len).
-            // SAFETY: S is (m, len) row-major in `s`; Q rows are `width` apart in `q`
-            // starting at q0 (m rows of hd fit: r0 + m <= rows); Kᵀ element (d, j) is
-            // kh[j * hd + d], j < len. gemm reads/writes nothing else.
+        with_scores(gm * len + 2 * gm * hd, |buf| {
+            let (s, rest) = buf.split_at_mut(gm * len);
+            let (qs, os) = rest.split_at_mut(gm * hd);
+            // Stacked queries: row hh·m + i is head g·group + hh of query row r0 + i.
+            for hh in 0..group {
+                let h = g * group + hh;
+                for i in 0..m {
+                    qs[(hh * m + i) * hd..][..hd]
+                        .copy_from_slice(&q[(r0 + i) * width + h * hd..][..hd]);
+                }
+            }
+            // S (gm, len) = scale · Q (gm, hd) · Kᵀ (hd, len).
+            // SAFETY: S is (gm, len) row-major in `s`, Q (gm, hd) row-major in `qs`; Kᵀ
+            // element (d, j) is kh[j * hd + d], j < len. gemm reads/writes nothing else.
             unsafe {
                 gemm::gemm(
-                    m,
+                    gm,
                     len,
                     hd,
                     s.as_mut_ptr(),
                     1,
                     len as isize,
                     false,
-                    q0.as_ptr(),
+                    qs.as_ptr(),
                     1,
-                    width as isize,
+                    hd as isize,
                     kh.as_ptr(),
                     hd as isize,
                     1,
@@ -84,24 +97,24 @@ pub fn causal_gqa(
                 );
             }
             for (i, row) in s.chunks_mut(len).enumerate() {
-                let own = start + r0 + i + 1; // causal: positions 0..own
+                let own = start + r0 + i % m + 1; // causal: positions 0..own
                 let (live, future) = row.split_at_mut(own);
                 future.fill(0.0);
                 let mx = simd::max(live);
                 let inv = 1.0 / simd::exp_sub_sum(live, mx);
                 simd::scale(live, inv);
             }
-            // O (m, hd) = P (m, len) · V (len, hd), written into `out`'s rows for head h.
-            // SAFETY: this task alone writes head h of rows r0..r0+m: elements
-            // (r0 + i) * width + h * hd + d for i < m, d < hd, all inside `out`.
+            // O (gm, hd) = P (gm, len) · V (len, hd).
+            // SAFETY: O is (gm, hd) row-major in `os`, P (gm, len) in `s`, V (len, hd)
+            // row-major in `vh`.
             unsafe {
                 gemm::gemm(
-                    m,
+                    gm,
                     hd,
                     len,
-                    out_ptr.get().add(r0 * width + h * hd),
+                    os.as_mut_ptr(),
                     1,
-                    width as isize,
+                    hd as isize,
                     false,
                     s.as_ptr(),
                     1,
@@ -117,9 +130,23 @@ pub fn causal_gqa(
                     gemm::Parallelism::None,
                 );
             }
+            for hh in 0..group {
+                let h = g * group + hh;
+                for i in 0..m {
+                    // SAFETY: this task alone writes heads g·group.. of rows r0..r0+m:
+                    // elements (r0 + i) * width + h * hd + d for d < hd, inside `out`.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.get().add((r0 + i) * width + h * hd),
+                            hd,
+                        )
+                    };
+                    dst.copy_from_slice(&os[(hh * m + i) * hd..][..hd]);
+                }
+            }
         });
     };
-    let tasks = n_heads * row_blocks;
+    let tasks = n_kv_heads * row_blocks;
     if tasks == 1 {
         task(0);
     } else {

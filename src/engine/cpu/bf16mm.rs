@@ -151,6 +151,13 @@ const KBLOCK: usize = 32;
 /// an AMX tile computes 16 rows whatever it is given.
 const AMX_MIN_ROWS: usize = 16;
 
+/// Lines between rounded activation rows for inputs padded to `kp`: an odd number, so
+/// the 16 rows of a tile fall into different L1 sets (a stride of a multiple of 1 KiB, as
+/// k = 1536 gives, would put them into four).
+fn row_lines(kp: usize) -> usize {
+    (kp / KBLOCK) | 1
+}
+
 /// A weight matrix `(n, k)` packed for the bf16 kernels (see the module docs).
 pub struct Packed {
     n: usize,
@@ -271,13 +278,20 @@ pub fn matmul(
     };
     // AMX reads whole 16-row tiles: pad the rows with zeros.
     let mp = if amx { m.next_multiple_of(16) } else { m };
-    let per_row = kp / KBLOCK;
+    let per_row = row_lines(kp);
     let mut act = ACT.with(|a| std::mem::take(&mut *a.borrow_mut()));
     if act.len() < mp * per_row {
         act.resize(mp * per_row, Line::default());
     }
     let a = &mut act[..mp * per_row];
-    round_rows(kernel, &x[..m * k], m, k, a);
+    let parallel = m >= 64 && threads > 1;
+    if parallel {
+        a.par_chunks_mut(16 * per_row)
+            .zip(x[..m * k].par_chunks(16 * k))
+            .for_each(|(a, x)| round_rows(kernel, x, x.len() / k, k, a));
+    } else {
+        round_rows(kernel, &x[..m * k], m, k, a);
+    }
     a[m * per_row..].fill(Line::default());
 
     // Tasks own disjoint ranges of panels (output columns), in pairs for the 2-panel
@@ -323,12 +337,14 @@ pub fn matmul(
     });
 }
 
-/// Rounds rows `x (m, k)` into `a`: `m` rows of `kp / 32` lines, zero-padded.
+/// Rounds rows `x (m, k)` into `a`: `m` rows of [`row_lines`] lines, zero-padded.
 fn round_rows(kernel: Kernel, x: &[f32], m: usize, k: usize, a: &mut [Line]) {
-    let per_row = k.div_ceil(KBLOCK);
+    let per_row = row_lines(k.next_multiple_of(KBLOCK));
+    let used = k.div_ceil(KBLOCK);
     for r in 0..m {
         let src = &x[r * k..(r + 1) * k];
-        let dst = &mut a[r * per_row..(r + 1) * per_row];
+        let (dst, pad) = a[r * per_row..(r + 1) * per_row].split_at_mut(used);
+        pad.fill(Line::default());
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX512-BF16 is present for both of these kernels.
@@ -393,7 +409,7 @@ fn portable_panels(
     panels: std::ops::Range<usize>,
     dst: &Dst,
 ) {
-    let per_row = kp / KBLOCK;
+    let per_row = row_lines(kp);
     let mut block = [0f32; PANEL];
     for p in panels {
         let lines = &w.lines[p * (kp / 2)..][..kp / 2];
@@ -466,7 +482,7 @@ mod dp {
         p0: usize,
         dst: &Dst,
     ) {
-        let per_row = kp / KBLOCK;
+        let per_row = row_lines(kp);
         let pairs = kp / 2;
         let mut c = [[_mm512_setzero_ps(); P]; R];
         // SAFETY: rows r0..r0 + R of `a` and panels p0..p0 + P of `w` exist (checked by
@@ -675,7 +691,7 @@ mod amx {
     /// Panels `panels` of the product for the `mp` (a multiple of 16) rows of `a`.
     ///
     /// # Safety
-    /// AMX-BF16 present and permitted; `a` holds `mp` rows of `kp / 32` lines.
+    /// AMX-BF16 present and permitted; `a` holds `mp` rows of [`row_lines`] lines.
     pub unsafe fn panels(
         a: &[Line],
         mp: usize,
@@ -684,9 +700,9 @@ mod amx {
         panels: std::ops::Range<usize>,
         dst: &Dst,
     ) {
-        debug_assert!(mp.is_multiple_of(16) && a.len() >= mp * kp / KBLOCK);
-        let per_row = kp / KBLOCK;
-        let a_stride = kp * 2;
+        let per_row = row_lines(kp);
+        debug_assert!(mp.is_multiple_of(16) && a.len() >= mp * per_row);
+        let a_stride = per_row * 64;
         let kblocks = kp / KBLOCK;
         let row = |r: usize| a[r * per_row..].as_ptr();
         let mut c = Block([0f32; 32 * 32]);

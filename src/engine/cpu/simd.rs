@@ -20,7 +20,9 @@ pub enum Isa {
     Portable,
 }
 
-/// The best instruction set this CPU supports (detected once; `PALR_CPU_ISA=avx2|portable` caps it).
+/// The best instruction set this CPU supports for the f32 vector kernels (detected once;
+/// `PALR_CPU_ISA=avx2|portable` caps it; `amx`, `avx512bf16` and `avx512` leave it at
+/// AVX-512 and cap the bf16 products instead, see [`super::bf16mm::best`]).
 pub fn isa() -> Isa {
     use std::sync::OnceLock;
     static ISA: OnceLock<Isa> = OnceLock::new();
