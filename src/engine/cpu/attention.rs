@@ -48,30 +48,53 @@ pub fn causal_gqa(
     let row_blocks = rows.div_ceil(ROW_BLOCK);
     // One task per (key/value head, block of query rows): the `group` query heads that
     // read the same keys are stacked into one product, so the keys and values are
-    // packed for the product once per group instead of once per query head.
+    // packed for the product once per group instead of once per query head. A few rows
+    // (decoding) have too little work for that: one task per query head spreads it over
+    // the threads.
+    let pieces = if rows >= 16 { 1 } else { group };
+    let per_piece = group / pieces;
     let task = |t: usize| {
-        let g = t % n_kv_heads;
-        let rb = t / n_kv_heads;
+        let piece = t % pieces;
+        let g = (t / pieces) % n_kv_heads;
+        let rb = t / (pieces * n_kv_heads);
         let r0 = rb * ROW_BLOCK;
         let m = (rows - r0).min(ROW_BLOCK);
-        let gm = group * m;
+        let first = g * group + piece * per_piece;
+        let gm = per_piece * m;
         // Keys visible to the block's last row.
         let len = start + r0 + m;
         let kh = &k[g * capacity * hd..][..len * hd];
         let vh = &v[g * capacity * hd..][..len * hd];
-        with_scores(gm * len + 2 * gm * hd, |buf| {
+        // One head reads its queries from `q` and writes `out` in place; stacked heads go
+        // through scratch (row hh·m + i is head first + hh of query row r0 + i).
+        let stacked = per_piece > 1;
+        let scratch = if stacked { 2 * gm * hd } else { 0 };
+        with_scores(gm * len + scratch, |buf| {
             let (s, rest) = buf.split_at_mut(gm * len);
-            let (qs, os) = rest.split_at_mut(gm * hd);
-            // Stacked queries: row hh·m + i is head g·group + hh of query row r0 + i.
-            for hh in 0..group {
-                let h = g * group + hh;
-                for i in 0..m {
-                    qs[(hh * m + i) * hd..][..hd]
-                        .copy_from_slice(&q[(r0 + i) * width + h * hd..][..hd]);
+            let (qs, os) = rest.split_at_mut(scratch / 2);
+            if stacked {
+                for hh in 0..per_piece {
+                    let h = first + hh;
+                    for i in 0..m {
+                        qs[(hh * m + i) * hd..][..hd]
+                            .copy_from_slice(&q[(r0 + i) * width + h * hd..][..hd]);
+                    }
                 }
             }
+            let (q_ptr, q_stride) = if stacked {
+                (qs.as_ptr(), hd)
+            } else {
+                (q[r0 * width + first * hd..].as_ptr(), width)
+            };
+            // SAFETY: this task alone writes heads first..first + per_piece of rows
+            // r0..r0 + m of `out` (in place, or copied from `os` below).
+            let (o_ptr, o_stride) = if stacked {
+                (os.as_mut_ptr(), hd)
+            } else {
+                (unsafe { out_ptr.get().add(r0 * width + first * hd) }, width)
+            };
             // S (gm, len) = scale · Q (gm, hd) · Kᵀ (hd, len).
-            // SAFETY: S is (gm, len) row-major in `s`, Q (gm, hd) row-major in `qs`; Kᵀ
+            // SAFETY: S is (gm, len) row-major in `s`, Q (gm, hd) rows q_stride apart; Kᵀ
             // element (d, j) is kh[j * hd + d], j < len. gemm reads/writes nothing else.
             unsafe {
                 gemm::gemm(
@@ -82,9 +105,9 @@ pub fn causal_gqa(
                     1,
                     len as isize,
                     false,
-                    qs.as_ptr(),
+                    q_ptr,
                     1,
-                    hd as isize,
+                    q_stride as isize,
                     kh.as_ptr(),
                     hd as isize,
                     1,
@@ -105,16 +128,16 @@ pub fn causal_gqa(
                 simd::scale(live, inv);
             }
             // O (gm, hd) = P (gm, len) · V (len, hd).
-            // SAFETY: O is (gm, hd) row-major in `os`, P (gm, len) in `s`, V (len, hd)
-            // row-major in `vh`.
+            // SAFETY: O is (gm, hd) with rows o_stride apart (scratch or this task's part of
+            // `out`), P (gm, len) in `s`, V (len, hd) row-major in `vh`.
             unsafe {
                 gemm::gemm(
                     gm,
                     hd,
                     len,
-                    os.as_mut_ptr(),
+                    o_ptr,
                     1,
-                    hd as isize,
+                    o_stride as isize,
                     false,
                     s.as_ptr(),
                     1,
@@ -130,10 +153,10 @@ pub fn causal_gqa(
                     gemm::Parallelism::None,
                 );
             }
-            for hh in 0..group {
-                let h = g * group + hh;
+            for hh in (0..per_piece).filter(|_| stacked) {
+                let h = first + hh;
                 for i in 0..m {
-                    // SAFETY: this task alone writes heads g·group.. of rows r0..r0+m:
+                    // SAFETY: this task alone writes heads first.. of rows r0..r0+m:
                     // elements (r0 + i) * width + h * hd + d for d < hd, inside `out`.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(
@@ -146,7 +169,7 @@ pub fn causal_gqa(
             }
         });
     };
-    let tasks = n_kv_heads * row_blocks;
+    let tasks = pieces * n_kv_heads * row_blocks;
     if tasks == 1 {
         task(0);
     } else {
