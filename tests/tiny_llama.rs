@@ -163,7 +163,14 @@ fn rounded(w: &Weights, dtype: WeightDtype, matrices_only: bool) -> Weights {
 }
 
 /// Reference forward pass in f64 over the whole sequence; logits of every position.
-fn reference_logits(cfg: &LlamaConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f64>> {
+/// `round_inputs`: the projections' inputs are rounded to bf16 first, as the CPU's bf16
+/// dot-product kernels do (the LM head is not one of them).
+fn reference_logits(
+    cfg: &LlamaConfig,
+    w: &Weights,
+    tokens: &[u32],
+    round_inputs: bool,
+) -> Vec<Vec<f64>> {
     let get = |n: &str| &w[n].1;
     let (d, nh, nkv, hd) = (cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let t = tokens.len();
@@ -198,6 +205,16 @@ fn reference_logits(cfg: &LlamaConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
     for l in 0..cfg.n_layers {
         let p = format!("model.layers.{l}");
         let lin = |name: &str, x: &[f64], out: usize| -> Vec<f64> {
+            let rounded: Vec<f64>;
+            let x = if round_inputs {
+                rounded = x
+                    .iter()
+                    .map(|&v| half::bf16::from_f64(v).to_f64())
+                    .collect();
+                &rounded[..]
+            } else {
+                x
+            };
             let mut y = matvec(get(&format!("{p}.{name}.weight")), x, out);
             if let Some((_, b)) = w.get(&format!("{p}.{name}.bias")) {
                 y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -301,7 +318,9 @@ fn check(
     let tokens: Vec<u32> = (0..23)
         .map(|i| (i * 7 + 3) as u32 % cfg.vocab_size as u32)
         .collect();
-    let want = reference_logits(&cfg, &want_w, &tokens);
+    // bf16 weights on a CPU with bf16 dot products: the projections round their inputs.
+    let rounds = dtype == WeightDtype::Bf16 && palr::engine::cpu::bf16mm::best().is_some();
+    let want = reference_logits(&cfg, &want_w, &tokens, rounds);
     for max_batch_rows in [64, 5] {
         let opts = LoadOptions {
             dtype,
@@ -395,7 +414,8 @@ fn bf16_weights_from_f32_and_bf16_files() {
         r#"{{"architectures":["LlamaForCausalLM"],{BASE},"num_attention_heads":4,"num_key_value_heads":2,
         "tie_word_embeddings":false,"rope_theta":10000.0}}"#
     );
-    // Reference uses the same bf16-rounded weights, so only activation rounding differs.
+    // The reference uses the same bf16-rounded weights (and, where the CPU has bf16 dot
+    // products, bf16-rounded projection inputs): only f32 arithmetic differs.
     check(
         "bf16-from-f32",
         &cfg,
@@ -498,7 +518,7 @@ fn bench_first_token_is_the_prefill_argmax() {
     let w = make_weights(&cfg, &mut Rng(5));
     write_checkpoint(&dir, &cfg_json, &w, safetensors::Dtype::F32);
     let prompt = palr::bench::prompt_ids(20, cfg.vocab_size);
-    let want_logits = reference_logits(&cfg, &w, &prompt);
+    let want_logits = reference_logits(&cfg, &w, &prompt, false);
     let last = want_logits.last().unwrap();
     let want =
         (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best }) as u32;

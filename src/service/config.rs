@@ -858,10 +858,17 @@ mod tests {
         }
         let e = ServerConfig::from_toml("[model]\ndevice = 0").unwrap_err();
         assert!(e.to_string().contains("device"), "{e}");
-        // CUDA with f32 weights (the default dtype): refused by validate(), before any
-        // file, plugin or driver is touched, saying what to set.
+        // bf16 is the default dtype, so naming a GPU is enough.
+        assert_eq!(ServerConfig::default().model.dtype, WeightDtype::Bf16);
+        let c = ServerConfig::from_toml("[model]\ndevice = \"cuda\"").unwrap();
+        assert_eq!(
+            (c.model.device, c.model.dtype),
+            (Device::Cuda(0), WeightDtype::Bf16)
+        );
+        // CUDA with f32 weights: refused by validate(), before any file, plugin or driver
+        // is touched, saying what to set.
         for text in [
-            "[model]\ndevice = \"cuda\"",
+            "[model]\ndevice = \"cuda\"\ndtype = \"f32\"",
             "[model]\ndevice = \"cuda:1\"\ndtype = \"f32\"",
         ] {
             let e = ServerConfig::from_toml(text).unwrap_err().to_string();
@@ -873,7 +880,10 @@ mod tests {
         // The same through the other layers: environment and flags.
         let e = ServerConfig::load(
             None,
-            env(&[("PALR_MODEL__DEVICE", "cuda:1")]),
+            env(&[
+                ("PALR_MODEL__DEVICE", "cuda:1"),
+                ("PALR_MODEL__DTYPE", "f32"),
+            ]),
             &Overrides::default(),
         )
         .unwrap_err();
