@@ -31,7 +31,7 @@ use super::config::{
     ConfigError, DataSection, Limits, ModelSection, RetrievalSection, ServerConfig, ServerSection,
 };
 use super::error::{Result, ServiceError, StartError};
-use super::metrics::{BASE_MODEL_LABEL, Metrics};
+use super::metrics::{BASE_MODEL_LABEL, GaugeGuard, Metrics};
 
 /// How a request's candidates are ordered: the one rank-mode type of the service — requests,
 /// `[limits] default_rank_mode`, the CLI's `--mode` and metric labels all use it (protobuf's
@@ -261,22 +261,6 @@ impl std::fmt::Debug for Recommender {
     }
 }
 
-/// Increments a gauge now and decrements it when dropped.
-pub(crate) struct GaugeGuard(prometheus::IntGauge);
-
-impl GaugeGuard {
-    pub(crate) fn new(g: &prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// Runs `fut`, or fails with DEADLINE_EXCEEDED (naming `stage`) once `respond_by` passes.
 async fn by<T>(
     respond_by: Option<Instant>,
@@ -297,6 +281,25 @@ async fn by<T>(
 
 fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
     r.map_err(|e| ServiceError::Internal(format!("worker thread failed: {e}")))
+}
+
+/// Sets its flag when dropped unless disarmed: a blocking job sharing the flag learns
+/// that the async caller is gone.
+#[derive(Default)]
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 // --- The steps of `Recommender::load`, in the order it takes them. ---
@@ -1336,24 +1339,5 @@ mod tests {
         assert_eq!(train.items(), &[0, 1, 4, 0]);
         assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
         assert_eq!(train.n_items(), 5);
-    }
-}
-
-/// Sets its flag when dropped unless disarmed: a blocking job sharing the flag learns
-/// that the async caller is gone.
-#[derive(Default)]
-struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>, bool);
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.1 = true;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
     }
 }
