@@ -35,7 +35,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::data::{Catalog, DataError, Interactions, Sequences, Split, Stage};
+use crate::data::{Catalog, DataError, Example, Interactions, Sequences, Split, Stage};
 use crate::rank::{RankError, RankMode, RankRequest, RankTimings, Ranker};
 use crate::retrieval::{RetrievalError, RetrieverRegistry, RetrieverSpec, TrainingView};
 
@@ -664,17 +664,9 @@ fn check_training_view(backend: &dyn Backend, expected: &TrainingView, stage: St
     }
 }
 
-/// Runs the protocol of the module docs over `backend`; `progress(done, total)` is called after
-/// each user.
-pub fn evaluate(
-    backend: &dyn Backend,
-    split: &Split,
-    catalog: &Catalog,
-    inter: &Interactions,
-    opts: &EvalOptions,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Report> {
-    let t_start = Instant::now();
+/// Refuses options nothing can be evaluated with: no methods, no candidates for an LLM
+/// method, zero users.
+fn check_options(opts: &EvalOptions) -> Result<()> {
     if opts.methods.is_empty() {
         return Err(EvalError::Config("no methods to evaluate".into()));
     }
@@ -688,6 +680,134 @@ pub fn evaluate(
             "--users must be at least 1 (leave it out to evaluate every user)".into(),
         ));
     }
+    Ok(())
+}
+
+/// The retrievers `methods` use, in first-use order (each is asked once per user).
+fn retrievers_of(methods: &[Method]) -> Vec<&str> {
+    let mut retrievers: Vec<&str> = Vec::new();
+    for m in methods {
+        if !retrievers.contains(&m.retriever.as_str()) {
+            retrievers.push(&m.retriever);
+        }
+    }
+    retrievers
+}
+
+/// What [`evaluate`] sums over users.
+struct Totals {
+    /// Per method (in `EvalOptions::methods` order): metric sums and stage times.
+    sums: Vec<MetricSums>,
+    times: Vec<StageTimes>,
+    /// Per retriever (in [`retrievers_of`] order): retrieval seconds and candidate recall.
+    retrieve_s: Vec<f64>,
+    recall: Vec<MetricSums>,
+}
+
+impl Totals {
+    /// Zero totals for `methods` methods and `retrievers` retrievers.
+    fn new(methods: usize, retrievers: usize) -> Self {
+        Self {
+            sums: vec![MetricSums::default(); methods],
+            times: vec![StageTimes::default(); methods],
+            retrieve_s: vec![0f64; retrievers],
+            recall: vec![MetricSums::default(); retrievers],
+        }
+    }
+}
+
+/// Evaluates every method on one user's example `ex` and adds the outcome to `totals`: each
+/// of `retrievers` is asked once for its top `depth`, and each method that re-ranks with the
+/// LLM does so on that list's top `opts.candidates` (methods that differ only in the prior
+/// weight share one LLM call). Returns the target's rank per method when `opts.per_user`,
+/// else an empty map.
+fn evaluate_user(
+    backend: &dyn Backend,
+    opts: &EvalOptions,
+    retrievers: &[&str],
+    depth: usize,
+    user_id: &str,
+    ex: &Example<'_>,
+    totals: &mut Totals,
+) -> Result<BTreeMap<String, Option<usize>>> {
+    let mut ranks = BTreeMap::new();
+    for (ri, &r) in retrievers.iter().enumerate() {
+        let t0 = Instant::now();
+        let retrieved = backend
+            .retrieve(r, ex.history, depth)
+            .map_err(|e| EvalError::User {
+                user: user_id.into(),
+                method: r.into(),
+                source: Box::new(e),
+            })?;
+        let dt_retrieve = t0.elapsed().as_secs_f64();
+        totals.retrieve_s[ri] += dt_retrieve;
+        let cand_rank = metrics::rank_of(&retrieved, ex.target);
+        totals.recall[ri].add(cand_rank, cand_rank);
+        let mut llm_calls: std::collections::HashMap<
+            (RankMode, Option<String>),
+            (LlmRanking, f64),
+        > = std::collections::HashMap::new();
+        for (mi, m) in opts.methods.iter().enumerate() {
+            if m.retriever != r {
+                continue;
+            }
+            let t = &mut totals.times[mi];
+            t.retrieve_s += dt_retrieve;
+            let final_list = match m.mode {
+                Some(mode) if !retrieved.is_empty() => {
+                    let t1 = Instant::now();
+                    let n = opts.candidates.min(retrieved.len());
+                    let wrap = |e| EvalError::User {
+                        user: user_id.into(),
+                        method: m.to_string(),
+                        source: Box::new(e),
+                    };
+                    // Methods that differ only in the prior weight share one LLM call.
+                    let key = (mode, m.adapter.clone());
+                    if !llm_calls.contains_key(&key) {
+                        let llm = backend
+                            .rank(mode, m.adapter.as_deref(), ex.history, &retrieved[..n])
+                            .map_err(wrap)?;
+                        llm_calls.insert(key.clone(), (llm, t1.elapsed().as_secs_f64()));
+                    }
+                    let (llm, dt) = &llm_calls[&key];
+                    let order = match &m.prior {
+                        Some(_) => llm
+                            .with_prior(&retrieved[..n], m.prior_weight())
+                            .map_err(wrap)?,
+                        None => llm.order.clone(),
+                    };
+                    let list = merge_llm_order(&retrieved, n, &order).map_err(wrap)?;
+                    // A shared call counts for each method: each would pay it alone.
+                    t.add_rank(&llm.timings, *dt);
+                    list
+                }
+                _ => retrieved.clone(),
+            };
+            t.total_s += dt_retrieve;
+            let rank = metrics::rank_of(&final_list, ex.target);
+            totals.sums[mi].add(rank, cand_rank);
+            if opts.per_user {
+                ranks.insert(m.to_string(), rank);
+            }
+        }
+    }
+    Ok(ranks)
+}
+
+/// Runs the protocol of the module docs over `backend`; `progress(done, total)` is called after
+/// each user.
+pub fn evaluate(
+    backend: &dyn Backend,
+    split: &Split,
+    catalog: &Catalog,
+    inter: &Interactions,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report> {
+    let t_start = Instant::now();
+    check_options(opts)?;
     let expected = training_view(split, inter, catalog, opts.stage)?;
     check_training_view(backend, &expected, opts.stage)?;
     let depth = RETRIEVE_DEPTH.max(opts.candidates);
@@ -699,17 +819,8 @@ pub fn evaluate(
             "no user has a target at this split (users need at least 3 interactions)".into(),
         ));
     }
-    // Retrievers in first-use order; each is asked once per user.
-    let mut retrievers: Vec<&str> = Vec::new();
-    for m in &opts.methods {
-        if !retrievers.contains(&m.retriever.as_str()) {
-            retrievers.push(&m.retriever);
-        }
-    }
-    let mut sums = vec![MetricSums::default(); opts.methods.len()];
-    let mut times = vec![StageTimes::default(); opts.methods.len()];
-    let mut retrieve_s = vec![0f64; retrievers.len()];
-    let mut recall = vec![MetricSums::default(); retrievers.len()];
+    let retrievers = retrievers_of(&opts.methods);
+    let mut totals = Totals::new(opts.methods.len(), retrievers.len());
     let mut per_user = Vec::new();
 
     for (done, &u) in users.iter().enumerate() {
@@ -719,70 +830,7 @@ pub fn evaluate(
         }
         .expect("select_users returns users with targets");
         let user_id = inter.user_id(u).unwrap_or("?");
-        let mut ranks = BTreeMap::new();
-        for (ri, &r) in retrievers.iter().enumerate() {
-            let t0 = Instant::now();
-            let retrieved =
-                backend
-                    .retrieve(r, ex.history, depth)
-                    .map_err(|e| EvalError::User {
-                        user: user_id.into(),
-                        method: r.into(),
-                        source: Box::new(e),
-                    })?;
-            let dt_retrieve = t0.elapsed().as_secs_f64();
-            retrieve_s[ri] += dt_retrieve;
-            let cand_rank = metrics::rank_of(&retrieved, ex.target);
-            recall[ri].add(cand_rank, cand_rank);
-            let mut llm_calls: std::collections::HashMap<
-                (RankMode, Option<String>),
-                (LlmRanking, f64),
-            > = std::collections::HashMap::new();
-            for (mi, m) in opts.methods.iter().enumerate() {
-                if m.retriever != r {
-                    continue;
-                }
-                let t = &mut times[mi];
-                t.retrieve_s += dt_retrieve;
-                let final_list = match m.mode {
-                    Some(mode) if !retrieved.is_empty() => {
-                        let t1 = Instant::now();
-                        let n = opts.candidates.min(retrieved.len());
-                        let wrap = |e| EvalError::User {
-                            user: user_id.into(),
-                            method: m.to_string(),
-                            source: Box::new(e),
-                        };
-                        // Methods that differ only in the prior weight share one LLM call.
-                        let key = (mode, m.adapter.clone());
-                        if !llm_calls.contains_key(&key) {
-                            let llm = backend
-                                .rank(mode, m.adapter.as_deref(), ex.history, &retrieved[..n])
-                                .map_err(wrap)?;
-                            llm_calls.insert(key.clone(), (llm, t1.elapsed().as_secs_f64()));
-                        }
-                        let (llm, dt) = &llm_calls[&key];
-                        let order = match &m.prior {
-                            Some(_) => llm
-                                .with_prior(&retrieved[..n], m.prior_weight())
-                                .map_err(wrap)?,
-                            None => llm.order.clone(),
-                        };
-                        let list = merge_llm_order(&retrieved, n, &order).map_err(wrap)?;
-                        // A shared call counts for each method: each would pay it alone.
-                        t.add_rank(&llm.timings, *dt);
-                        list
-                    }
-                    _ => retrieved.clone(),
-                };
-                t.total_s += dt_retrieve;
-                let rank = metrics::rank_of(&final_list, ex.target);
-                sums[mi].add(rank, cand_rank);
-                if opts.per_user {
-                    ranks.insert(m.to_string(), rank);
-                }
-            }
-        }
+        let ranks = evaluate_user(backend, opts, &retrievers, depth, user_id, &ex, &mut totals)?;
         if opts.per_user {
             per_user.push(UserRanks {
                 user: user_id.into(),
@@ -809,13 +857,15 @@ pub fn evaluate(
         retrievers: retrievers
             .iter()
             .enumerate()
-            .map(|(i, r)| RetrieverReport::new(r, &recall[i].mean(), retrieve_s[i], n))
+            .map(|(i, r)| {
+                RetrieverReport::new(r, &totals.recall[i].mean(), totals.retrieve_s[i], n)
+            })
             .collect(),
         methods: opts
             .methods
             .iter()
             .enumerate()
-            .map(|(i, m)| MethodReport::new(m, sums[i].mean(), times[i].clone(), n))
+            .map(|(i, m)| MethodReport::new(m, totals.sums[i].mean(), totals.times[i].clone(), n))
             .collect(),
         per_user: opts.per_user.then_some(per_user),
         wall_s: t_start.elapsed().as_secs_f64(),

@@ -23,10 +23,9 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_server::Recommender as RecommenderRpc;
 
 use super::error::ServiceError;
-use super::metrics::{Metrics, RPCS};
+use super::metrics::{GaugeGuard, Metrics, RPCS};
 use super::recommender::{
-    GaugeGuard, Mode, RankParams, RecommendParams, Recommendation, Recommender, RetrieveParams,
-    Timings,
+    Mode, RankParams, RecommendParams, Recommendation, Recommender, RetrieveParams, Timings,
 };
 
 /// How long before the caller's deadline the service gives up and answers.

@@ -388,6 +388,23 @@ impl Metrics {
     }
 }
 
+/// Increments a gauge now and decrements it when dropped (requests in flight, rankings
+/// running).
+pub(super) struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub(super) fn new(g: &IntGauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,

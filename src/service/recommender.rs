@@ -8,25 +8,30 @@
 //! the same instant, stops at its next check and frees its slot.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatTemplate;
-use crate::data::{Catalog, Dataset, LoadOptions, Split, UnknownItems};
+use crate::data::{Catalog, DataError, Dataset, LoadOptions, Split, UnknownItems};
 use crate::engine::{self, LanguageModel};
 use crate::rank::{RankError, RankMode, RankOutput, RankRequest, Ranker};
-use crate::retrieval::{FusionSpec, Retriever, RetrieverInfo, RetrieverRegistry, Source};
+use crate::retrieval::{
+    FusionSpec, Retriever, RetrieverInfo, RetrieverRegistry, Source, TrainingView,
+};
 use crate::util::clip;
 
 use super::bulkhead::{BulkheadConfig, BulkheadStats, Bulkheads, HealthHook, OwnedContext};
 use crate::tokenizer::Tokenizer;
 
 use super::admission::{Admission, Refused};
-use super::config::ServerConfig;
+use super::config::{
+    ConfigError, DataSection, Limits, ModelSection, RetrievalSection, ServerConfig, ServerSection,
+};
 use super::error::{Result, ServiceError, StartError};
-use super::metrics::{BASE_MODEL_LABEL, Metrics};
+use super::metrics::{BASE_MODEL_LABEL, GaugeGuard, Metrics};
 
 /// How a request's candidates are ordered: the one rank-mode type of the service — requests,
 /// `[limits] default_rank_mode`, the CLI's `--mode` and metric labels all use it (protobuf's
@@ -256,22 +261,6 @@ impl std::fmt::Debug for Recommender {
     }
 }
 
-/// Increments a gauge now and decrements it when dropped.
-pub(crate) struct GaugeGuard(prometheus::IntGauge);
-
-impl GaugeGuard {
-    pub(crate) fn new(g: &prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// Runs `fut`, or fails with DEADLINE_EXCEEDED (naming `stage`) once `respond_by` passes.
 async fn by<T>(
     respond_by: Option<Instant>,
@@ -294,160 +283,250 @@ fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
     r.map_err(|e| ServiceError::Internal(format!("worker thread failed: {e}")))
 }
 
+/// Sets its flag when dropped unless disarmed: a blocking job sharing the flag learns
+/// that the async caller is gone.
+#[derive(Default)]
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+// --- The steps of `Recommender::load`, in the order it takes them. ---
+
+/// A data set error at start-up, naming the data directory.
+fn data_error(dir: &Path, source: DataError) -> StartError {
+    StartError::Data {
+        dir: dir.display().to_string(),
+        source,
+    }
+}
+
+/// Reads the data set of `[data]` (format and unknown-item rule as configured).
+fn load_dataset(data: &DataSection) -> std::result::Result<Dataset, StartError> {
+    let opts = LoadOptions {
+        format: data.format,
+        unknown_items: if data.skip_unknown_items {
+            UnknownItems::Skip
+        } else {
+            UnknownItems::Error
+        },
+    };
+    Dataset::load(&data.dir, &opts).map_err(|source| data_error(&data.dir, source))
+}
+
+/// What the retrievers learn from: `ds`'s training view for `retrieval.training` (logged
+/// with the data set's size).
+fn retrievers_view(
+    cfg: &ServerConfig,
+    ds: &Dataset,
+) -> std::result::Result<TrainingView, StartError> {
+    let split = Split::leave_one_out(&ds.interactions);
+    let view = crate::eval::training_view(
+        &split,
+        &ds.interactions,
+        &ds.catalog,
+        cfg.retrieval.training,
+    )
+    .map_err(|e| data_error(&cfg.data.dir, DataError::Invalid { msg: e.to_string() }))?;
+    tracing::info!(
+        items = ds.catalog.len(),
+        users = view.n_users(),
+        interactions = view.n_interactions(),
+        training = ?cfg.retrieval.training,
+        dir = %cfg.data.dir.display(),
+        "data set loaded"
+    );
+    Ok(view)
+}
+
+/// The registry of `[retrieval]`'s plugins (each load logged by the registry) and fusions,
+/// on `view`.
+fn load_retrievers(
+    r: &RetrievalSection,
+    view: Arc<TrainingView>,
+) -> std::result::Result<RetrieverRegistry, StartError> {
+    let registry = if r.plugin_dirs.is_empty() {
+        RetrieverRegistry::new(view)
+    } else {
+        RetrieverRegistry::with_search_dirs(view, r.plugin_dirs.clone())
+    };
+    registry.load_all(&r.retrievers)?;
+    for f in &r.fusions {
+        registry.add_fusion(f.clone())?;
+    }
+    Ok(registry)
+}
+
+/// The plugin thread pool, with each retriever's bound on calls at once, its timeout and
+/// its circuit breaker.
+fn plugin_bulkheads(r: &RetrievalSection) -> std::result::Result<Bulkheads, StartError> {
+    let limits: Vec<(String, usize)> = r
+        .retrievers
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.max_concurrent_calls.unwrap_or(r.max_concurrent_calls),
+            )
+        })
+        .collect();
+    Bulkheads::new(
+        &limits,
+        BulkheadConfig {
+            timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+            breaker_timeouts: r.breaker_timeouts,
+            breaker_open: Duration::from_millis(r.breaker_open_ms),
+        },
+    )
+    .map_err(|e| StartError::Serve(format!("starting the plugin thread pool: {e}")))
+}
+
+/// A model error at start-up, naming the model directory.
+fn model_error(dir: &Path, message: String) -> StartError {
+    StartError::Model {
+        dir: dir.display().to_string(),
+        message,
+    }
+}
+
+/// The engine's load options from `[model]` (device, dtype, threads, adapters).
+fn engine_options(m: &ModelSection) -> engine::LoadOptions {
+    engine::LoadOptions {
+        device: m.device,
+        dtype: m.dtype,
+        threads: m.threads,
+        max_batch_rows: m.max_batch_rows,
+        adapters: m
+            .adapters
+            .iter()
+            .map(|a| engine::AdapterSpec {
+                name: a.name.clone(),
+                dir: a.dir.clone(),
+                merge: a.merge,
+            })
+            .collect(),
+    }
+}
+
+/// Sorts an engine load error: no driver or no such GPU is the device's fault (so not
+/// "palr model fetch"), anything else the model's.
+fn engine_error(m: &ModelSection, e: engine::EngineError) -> StartError {
+    match e {
+        engine::EngineError::Cuda(c) if c.is_unavailable() => StartError::Device {
+            device: m.device.to_string(),
+            message: c.to_string(),
+        },
+        e => model_error(&m.dir, e.to_string()),
+    }
+}
+
+/// Loads the model of `[model]`, with its LoRA adapters, on `model.device`.
+fn load_model(m: &ModelSection) -> std::result::Result<Arc<dyn LanguageModel>, StartError> {
+    engine::load(&m.dir, &engine_options(m)).map_err(|e| engine_error(m, e))
+}
+
+/// The ranker: `model` with the model directory's tokenizer and chat template, over
+/// `catalog`, configured by `[ranking]`.
+fn load_ranker(
+    cfg: &ServerConfig,
+    model: Arc<dyn LanguageModel>,
+    catalog: Arc<Catalog>,
+) -> std::result::Result<Ranker, StartError> {
+    let dir = &cfg.model.dir;
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| model_error(dir, e.to_string()))?;
+    let chat = ChatTemplate::from_model_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
+    Ok(Ranker::new(
+        model,
+        Arc::new(tok),
+        chat.as_ref(),
+        catalog,
+        cfg.ranking.clone(),
+    )?)
+}
+
+/// Refuses a `model.default_adapter` the ranker does not have.
+fn check_default_adapter(m: &ModelSection, ranker: &Ranker) -> std::result::Result<(), StartError> {
+    let default_adapter = &m.default_adapter;
+    if !default_adapter.is_empty() && !ranker.has_adapter(default_adapter) {
+        return Err(StartError::Config(ConfigError::Invalid(format!(
+            "model.default_adapter = {default_adapter:?} is not among model.adapters"
+        ))));
+    }
+    Ok(())
+}
+
+/// Refuses a default candidate count that the default mode, score mode, cannot rank.
+fn check_default_candidates(l: &Limits, ranker: &Ranker) -> std::result::Result<(), StartError> {
+    let max_score = ranker.max_score_candidates();
+    if l.default_rank_mode == Mode::Score && l.default_num_candidates as usize > max_score {
+        return Err(StartError::Config(ConfigError::Invalid(format!(
+            "limits.default_num_candidates = {} but score mode (limits.default_rank_mode) ranks \
+             at most {max_score} candidates (one per ranking.prompt.score_labels character)",
+            l.default_num_candidates
+        ))));
+    }
+    Ok(())
+}
+
+/// Sets the `build_info` metric: palr's version, the model and its backend.
+fn set_build_info(metrics: &Metrics, model: &dyn LanguageModel) {
+    metrics
+        .build_info
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            &model.config().name,
+            &model.describe(),
+        ])
+        .set(1);
+}
+
+/// Ranking admission: `[server]`'s slots, queue and queue wait, reporting the queue depth.
+fn admission(s: &ServerSection, metrics: &Metrics) -> Admission {
+    Admission::new(
+        s.max_concurrent_rank,
+        s.max_queue,
+        (s.max_queue_wait_ms > 0).then(|| Duration::from_millis(s.max_queue_wait_ms)),
+        metrics.queue_depth.clone(),
+    )
+}
+
 impl Recommender {
     /// Loads the data set, the retriever plugins, the model and the ranker (and warms the
-    /// ranker's prompt prefixes when `server.warmup` is on).
+    /// ranker's prompt prefixes when `server.warmup` is on), in this order: each step below
+    /// is one function.
     pub fn load(cfg: &ServerConfig, metrics: Metrics) -> std::result::Result<Self, StartError> {
         cfg.validate()?;
-        let data_dir = cfg.data.dir.display().to_string();
-        let opts = LoadOptions {
-            format: cfg.data.format,
-            unknown_items: if cfg.data.skip_unknown_items {
-                UnknownItems::Skip
-            } else {
-                UnknownItems::Error
-            },
-        };
-        let ds = Dataset::load(&cfg.data.dir, &opts).map_err(|source| StartError::Data {
-            dir: data_dir.clone(),
-            source,
-        })?;
-        let split = Split::leave_one_out(&ds.interactions);
-        let view = crate::eval::training_view(
-            &split,
-            &ds.interactions,
-            &ds.catalog,
-            cfg.retrieval.training,
-        )
-        .map_err(|e| StartError::Data {
-            dir: data_dir.clone(),
-            source: crate::data::DataError::Invalid { msg: e.to_string() },
-        })?;
-        tracing::info!(
-            items = ds.catalog.len(),
-            users = view.n_users(),
-            interactions = view.n_interactions(),
-            training = ?cfg.retrieval.training,
-            dir = %data_dir,
-            "data set loaded"
-        );
+        let ds = load_dataset(&cfg.data)?;
+        let view = retrievers_view(cfg, &ds)?;
         let catalog = Arc::new(ds.catalog);
-        let view = Arc::new(view);
-        let registry = if cfg.retrieval.plugin_dirs.is_empty() {
-            RetrieverRegistry::new(view)
-        } else {
-            RetrieverRegistry::with_search_dirs(view, cfg.retrieval.plugin_dirs.clone())
-        };
-        // The registry logs each load.
-        registry.load_all(&cfg.retrieval.retrievers)?;
-        for f in &cfg.retrieval.fusions {
-            registry.add_fusion(f.clone())?;
-        }
-        let r = &cfg.retrieval;
-        let limits: Vec<(String, usize)> = r
-            .retrievers
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    s.max_concurrent_calls.unwrap_or(r.max_concurrent_calls),
-                )
-            })
-            .collect();
-        let bulkheads = Bulkheads::new(
-            &limits,
-            BulkheadConfig {
-                timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
-                breaker_timeouts: r.breaker_timeouts,
-                breaker_open: Duration::from_millis(r.breaker_open_ms),
-            },
-        )
-        .map_err(|e| StartError::Serve(format!("starting the plugin thread pool: {e}")))?;
-
-        let model_dir = &cfg.model.dir;
-        let model_err = |message: String| StartError::Model {
-            dir: model_dir.display().to_string(),
-            message,
-        };
+        let registry = load_retrievers(&cfg.retrieval, Arc::new(view))?;
+        let bulkheads = plugin_bulkheads(&cfg.retrieval)?;
         let t = Instant::now();
-        let device = cfg.model.device;
-        let model = engine::load(
-            model_dir,
-            &engine::LoadOptions {
-                device,
-                dtype: cfg.model.dtype,
-                threads: cfg.model.threads,
-                max_batch_rows: cfg.model.max_batch_rows,
-                adapters: cfg
-                    .model
-                    .adapters
-                    .iter()
-                    .map(|a| engine::AdapterSpec {
-                        name: a.name.clone(),
-                        dir: a.dir.clone(),
-                        merge: a.merge,
-                    })
-                    .collect(),
-            },
-        )
-        .map_err(|e| match e {
-            // No driver or no such GPU: not the model's fault, so not "palr model fetch".
-            engine::EngineError::Cuda(c) if c.is_unavailable() => StartError::Device {
-                device: device.to_string(),
-                message: c.to_string(),
-            },
-            e => model_err(e.to_string()),
-        })?;
-        let tok = Tokenizer::from_file(model_dir.join("tokenizer.json"))
-            .map_err(|e| model_err(e.to_string()))?;
-        let chat = ChatTemplate::from_model_dir(model_dir).map_err(|e| model_err(e.to_string()))?;
-        let ranker = Ranker::new(
-            model.clone(),
-            Arc::new(tok),
-            chat.as_ref(),
-            catalog.clone(),
-            cfg.ranking.clone(),
-        )?;
+        let model = load_model(&cfg.model)?;
+        let ranker = load_ranker(cfg, model.clone(), catalog.clone())?;
         tracing::info!(
             model = %model.config().name,
             backend = %model.describe(),
             load_ms = t.elapsed().as_millis() as u64,
             "model loaded"
         );
-        let default_adapter = &cfg.model.default_adapter;
-        if !default_adapter.is_empty() && !ranker.has_adapter(default_adapter) {
-            return Err(StartError::Config(super::config::ConfigError::Invalid(
-                format!("model.default_adapter = {default_adapter:?} is not among model.adapters"),
-            )));
-        }
-        let max_score = ranker.max_score_candidates();
-        if cfg.limits.default_rank_mode == Mode::Score
-            && cfg.limits.default_num_candidates as usize > max_score
-        {
-            return Err(StartError::Config(super::config::ConfigError::Invalid(
-                format!(
-                    "limits.default_num_candidates = {} but score mode (limits.default_rank_mode) ranks \
-                 at most {max_score} candidates (one per ranking.prompt.score_labels character)",
-                    cfg.limits.default_num_candidates
-                ),
-            )));
-        }
-        metrics
-            .build_info
-            .with_label_values(&[
-                env!("CARGO_PKG_VERSION"),
-                &model.config().name,
-                &model.describe(),
-            ])
-            .set(1);
+        check_default_adapter(&cfg.model, &ranker)?;
+        check_default_candidates(&cfg.limits, &ranker)?;
+        set_build_info(&metrics, model.as_ref());
         let me = Self {
-            admission: Admission::new(
-                cfg.server.max_concurrent_rank,
-                cfg.server.max_queue,
-                (cfg.server.max_queue_wait_ms > 0)
-                    .then(|| Duration::from_millis(cfg.server.max_queue_wait_ms)),
-                metrics.queue_depth.clone(),
-            ),
+            admission: admission(&cfg.server, &metrics),
             rank_us: Default::default(),
             cfg: cfg.clone(),
             catalog,
@@ -457,24 +536,30 @@ impl Recommender {
             ranker: Arc::new(ranker),
             metrics,
         };
-        let plugins: Vec<String> = me.bulkheads.names().map(str::to_owned).collect();
-        let sources: Vec<String> = me
-            .retrievers()
-            .into_iter()
-            .map(|r| r.name)
-            .chain(me.fusions().iter().map(|f| f.name.clone()))
-            .collect();
-        let mut adapters = me.adapter_names();
-        if me.ranker.model().merged_adapter().is_none() {
-            adapters.push(BASE_MODEL_LABEL.to_owned());
-        }
-        me.metrics.init_loaded(&plugins, &sources, &adapters);
-        // The quarantine gauge follows the breakers even where no server reports health.
-        me.on_retriever_health(Arc::new(|_: &str, _: bool| {}));
+        me.init_metrics();
         if cfg.server.warmup {
             me.warm_up()?;
         }
         Ok(me)
+    }
+
+    /// Tells the metrics what was loaded (plugins, retrievers and fusions, adapters) and
+    /// has the quarantine gauge follow the breakers.
+    fn init_metrics(&self) {
+        let plugins: Vec<String> = self.bulkheads.names().map(str::to_owned).collect();
+        let sources: Vec<String> = self
+            .retrievers()
+            .into_iter()
+            .map(|r| r.name)
+            .chain(self.fusions().iter().map(|f| f.name.clone()))
+            .collect();
+        let mut adapters = self.adapter_names();
+        if self.ranker.model().merged_adapter().is_none() {
+            adapters.push(BASE_MODEL_LABEL.to_owned());
+        }
+        self.metrics.init_loaded(&plugins, &sources, &adapters);
+        // The quarantine gauge follows the breakers even where no server reports health.
+        self.on_retriever_health(Arc::new(|_: &str, _: bool| {}));
     }
 
     /// Runs each mode once on the first catalog items so the shared prompt prefixes are in
@@ -1254,24 +1339,5 @@ mod tests {
         assert_eq!(train.items(), &[0, 1, 4, 0]);
         assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
         assert_eq!(train.n_items(), 5);
-    }
-}
-
-/// Sets its flag when dropped unless disarmed: a blocking job sharing the flag learns
-/// that the async caller is gone.
-#[derive(Default)]
-struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>, bool);
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.1 = true;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
     }
 }

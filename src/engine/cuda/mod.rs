@@ -49,6 +49,8 @@ macro_rules! launch {
     }};
 }
 
+mod bench;
+mod diagnostics;
 mod kernels;
 pub mod loader;
 pub mod lora;
@@ -408,24 +410,6 @@ impl CudaBackend {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Time of the work `f` queues, measured with device events around it.
-    pub fn elapsed_ms<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<(R, f32)> {
-        let flags = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self
-            .stream
-            .record_event(flags)
-            .map_err(drv_err("recording an event"))?;
-        let r = f(self)?;
-        let end = self
-            .stream
-            .record_event(flags)
-            .map_err(drv_err("recording an event"))?;
-        let ms = start
-            .elapsed_ms(&end)
-            .map_err(drv_err("reading event times"))?;
-        Ok((r, ms))
-    }
-
     fn grid_for(&self, n: usize) -> u32 {
         let blocks = n.div_ceil(EW_THREADS as usize).max(1);
         blocks.min(self.info.multiprocessors as usize * 16) as u32
@@ -503,59 +487,6 @@ impl CudaBackend {
         Ok(self.ptr(buf.bf16.as_ref().expect("allocated above")))
     }
 
-    /// Fills every element of both of `buf`'s representations with NaN (allocating
-    /// the missing one), so a test can see any element an op failed to write.
-    pub fn poison(&self, buf: &mut CudaBuf) -> Result<()> {
-        let live = buf.live;
-        let n = buf.len;
-        let p = self.f32_out(buf)?;
-        let grid = self.grid_for(n);
-        // Grid-stride over n elements of the f32 allocation (len n).
-        launch!(self, "fill_f32", cfg((grid, 1, 1), EW_THREADS, 0); p, f32::NAN, n as i64);
-        let p = self.bf16_out(buf)?;
-        // Grid-stride over n elements of the bf16 allocation (len n).
-        launch!(self, "fill_bf16", cfg((grid, 1, 1), EW_THREADS, 0); p, f32::NAN, n as i64);
-        buf.live = live;
-        Ok(())
-    }
-
-    /// Fills `buf`'s current representation with uniform values in
-    /// `[offset - scale, offset + scale)` from `seed` (counter-based: the same on any GPU).
-    pub fn fill_uniform(
-        &self,
-        buf: &mut CudaBuf,
-        seed: u64,
-        scale: f32,
-        offset: f32,
-    ) -> Result<()> {
-        let n = buf.len;
-        let grid = self.grid_for(n);
-        match buf.live {
-            Dtype::F32 => {
-                let p = self.f32_out(buf)?;
-                // Grid-stride over the n elements of the f32 allocation.
-                launch!(self, "fill_uniform_f32", cfg((grid, 1, 1), EW_THREADS, 0); p, n as i64, seed, scale, offset);
-            }
-            Dtype::Bf16 => {
-                let p = self.bf16_out(buf)?;
-                // Grid-stride over the n elements of the bf16 allocation.
-                launch!(self, "fill_uniform_bf16", cfg((grid, 1, 1), EW_THREADS, 0); p, n as i64, seed, scale, offset);
-            }
-        }
-        Ok(())
-    }
-
-    /// A `(rows, cols)` matrix of uniform values in `[-scale, scale)` made on the
-    /// device (synthetic weights: no host memory, no file).
-    pub fn random_mat(&self, rows: usize, cols: usize, seed: u64, scale: f32) -> Result<CudaMat> {
-        let data = self.alloc_bf16_slice(rows * cols)?;
-        let p = self.ptr(&data);
-        let n = rows * cols;
-        // Grid-stride over the rows·cols elements of `data`.
-        launch!(self, "fill_uniform_bf16", cfg((self.grid_for(n), 1, 1), EW_THREADS, 0); p, n as i64, seed, scale, 0.0f32);
-        Ok(CudaMat { rows, cols, data })
-    }
-
     /// A `(rows, cols)` matrix from host values, rounded to bf16 (the same rounding
     /// as the CPU backend's bf16 weights).
     pub fn mat_from_f32(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CudaMat> {
@@ -576,16 +507,6 @@ impl CudaBackend {
             .memcpy_htod(host, &mut data)
             .map_err(drv_err("uploading a weight matrix"))?;
         Ok(CudaMat { rows, cols, data })
-    }
-
-    /// Downloads a matrix as f32 (tests).
-    pub fn download_mat(&self, m: &CudaMat) -> Result<Vec<f32>> {
-        let mut host = vec![bf16::ZERO; m.rows * m.cols];
-        self.stream
-            .memcpy_dtoh(&m.data.slice(0..m.rows * m.cols), &mut host)
-            .map_err(drv_err("downloading a matrix"))?;
-        self.synchronize()?;
-        Ok(host.iter().map(|x| x.to_f32()).collect())
     }
 
     /// Copies `data` to the backend's integer scratch and returns its device pointer.
@@ -619,131 +540,6 @@ impl CudaBackend {
             *s = Some(self.alloc_f32(len)?);
         }
         Ok(self.ptr(s.as_ref().expect("allocated above")))
-    }
-
-    // --- scoring and sampling ------------------------------------------------
-
-    /// `out[r, :] = log_softmax(logits[r, :])` for `rows` rows of `vocab`.
-    pub fn log_softmax(
-        &self,
-        logits: &CudaBuf,
-        rows: usize,
-        vocab: usize,
-        out: &mut CudaBuf,
-    ) -> Result<()> {
-        check_len(logits.len, rows * vocab, "log_softmax input")?;
-        check_len(out.len, rows * vocab, "log_softmax output")?;
-        let x = self.f32_in(logits, "log_softmax input")?;
-        let o = self.f32_out(out)?;
-        // One block per row; each row's vocab values lie inside both buffers (checked).
-        launch!(self, "log_softmax_f32", cfg((rows as u32, 1, 1), 1024, 0); x, o, to_i32(vocab, "vocab")?);
-        Ok(())
-    }
-
-    /// `log p(targets[r])` under row `r` of `logits` (`rows = targets.len()` rows of `vocab`).
-    pub fn token_logprobs(
-        &self,
-        logits: &CudaBuf,
-        vocab: usize,
-        targets: &[u32],
-    ) -> Result<Vec<f32>> {
-        let rows = targets.len();
-        check_len(logits.len, rows * vocab, "token_logprobs input")?;
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidToken { token: bad, vocab });
-        }
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let x = self.f32_in(logits, "token_logprobs input")?;
-        let out = self.alloc_f32(rows)?;
-        let o = self.ptr(&out);
-        {
-            let mut sh = self.lock();
-            let t = self.upload_u32(&mut sh, targets)?;
-            // One block per row; targets were checked < vocab; `out` holds `rows` values.
-            launch!(self, "token_logprob_f32", cfg((rows as u32, 1, 1), 1024, 0); x, t, o, to_i32(vocab, "vocab")?);
-        }
-        let mut host = vec![0f32; rows];
-        self.stream
-            .memcpy_dtoh(&out.slice(0..rows), &mut host)
-            .map_err(drv_err("downloading log-probabilities"))?;
-        self.synchronize()?;
-        Ok(host)
-    }
-
-    /// The first index of each row's largest value, and that value (NaN never wins).
-    pub fn argmax(&self, logits: &CudaBuf, rows: usize, vocab: usize) -> Result<Vec<(u32, f32)>> {
-        check_len(logits.len, rows * vocab, "argmax input")?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let x = self.f32_in(logits, "argmax input")?;
-        let idx = self
-            .stream
-            .alloc_zeros::<i32>(rows)
-            .map_err(alloc_err(format!("{rows} indices")))?;
-        let val = self.alloc_f32(rows)?;
-        let (pi, pv) = (self.ptr(&idx), self.ptr(&val));
-        // One block per row; `idx` and `val` hold `rows` values each.
-        launch!(self, "argmax_f32", cfg((rows as u32, 1, 1), 1024, 0); x, to_i32(vocab, "vocab")?, pi, pv);
-        let mut hi = vec![0i32; rows];
-        let mut hv = vec![0f32; rows];
-        self.stream
-            .memcpy_dtoh(&idx, &mut hi)
-            .map_err(drv_err("downloading argmax"))?;
-        self.stream
-            .memcpy_dtoh(&val, &mut hv)
-            .map_err(drv_err("downloading argmax"))?;
-        self.synchronize()?;
-        Ok(hi.into_iter().map(|i| i as u32).zip(hv).collect())
-    }
-
-    /// Runs the tensor-core fragment self-test: `d (16×8) = a (16×16) · b (16×8)`,
-    /// all row-major (a and b rounded to bf16). Checks the layout the prefill
-    /// attention kernel relies on.
-    pub fn mma_selftest(&self, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
-        if a.len() != 256 || b.len() != 128 {
-            return Err(EngineError::Invalid(
-                "mma_selftest takes 16×16 and 16×8 values".into(),
-            ));
-        }
-        let ab: Vec<bf16> = a.iter().map(|&x| bf16::from_f32(x)).collect();
-        let bb: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
-        let da = self.stream.clone_htod(&ab).map_err(drv_err("upload"))?;
-        let db = self.stream.clone_htod(&bb).map_err(drv_err("upload"))?;
-        let dd = self.alloc_f32(128)?;
-        let (pa, pb, pd) = (self.ptr(&da), self.ptr(&db), self.ptr(&dd));
-        // One warp; a, b, d hold 256, 128 and 128 values.
-        launch!(self, "mma_selftest", cfg((1, 1, 1), 32, 0); pa, pb, pd);
-        let mut out = vec![0f32; 128];
-        self.stream
-            .memcpy_dtoh(&dd, &mut out)
-            .map_err(drv_err("download"))?;
-        self.synchronize()?;
-        Ok(out)
-    }
-
-    /// Device-to-device copy of `bytes` bytes from one scratch allocation to
-    /// another, timed (the bandwidth ceiling the benchmark reports).
-    pub fn copy_bandwidth_ms(&self, bytes: usize, reps: usize) -> Result<Vec<f32>> {
-        let n = bytes / 2;
-        let src = self.alloc_bf16_slice(n)?;
-        let dst = self.alloc_bf16_slice(n)?;
-        let (ps, pd) = (self.ptr(&src), self.ptr(&dst));
-        let mut times = Vec::with_capacity(reps);
-        self.bind()?;
-        for _ in 0..reps + 1 {
-            let ((), ms) = self.elapsed_ms(|b| {
-                // SAFETY: both allocations hold n bf16 values = 2n bytes.
-                unsafe { drv::memcpy_dtod_async(pd, ps, 2 * n, b.stream.cu_stream()) }
-                    .map_err(drv_err("device-to-device copy"))?;
-                Ok(())
-            })?;
-            times.push(ms);
-        }
-        times.remove(0); // the first copy warms up
-        Ok(times)
     }
 
     /// `out (rows, n) = x (rows, k) · wᵀ` through cuBLAS with bf16 inputs.
@@ -795,26 +591,6 @@ impl CudaBackend {
         .map_err(|e| CudaError::Blas(format!("cublasGemmEx ({rows}×{k})·({n}×{k})ᵀ: {e:?}")))?;
         self.after_launch("cublasGemmEx")?;
         Ok(())
-    }
-
-    /// Times `reps` products `(m × k) · (n × k)ᵀ` on random bf16 data (the matrix
-    /// ceiling the benchmark reports): returns milliseconds per product.
-    pub fn gemm_ms(&self, m: usize, n: usize, k: usize, reps: usize) -> Result<Vec<f32>> {
-        let w = self.random_mat(n, k, 11, 1.0)?;
-        let mut x = self.alloc_bf16(m * k)?;
-        self.fill_uniform(&mut x, 12, 1.0, 0.0)?;
-        let out = self.alloc_f32(m * n)?;
-        let (px, po) = (self.bf16_in(&x, "x")?, self.ptr(&out));
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps + 1 {
-            let ((), ms) = self.elapsed_ms(|b| {
-                let mut sh = b.lock();
-                b.gemm(&mut sh, px, m, &w, po)
-            })?;
-            times.push(ms);
-        }
-        times.remove(0);
-        Ok(times)
     }
 
     /// Attention on explicit buffers, for the benchmark (the same dispatch as
