@@ -269,6 +269,12 @@ fn bf16_every_cpu_path_stays_close_to_reference() {
             .lines()
             .find(|l| l.starts_with("backend: "))
             .unwrap_or("");
+        if isa == "amx" && backend.contains("avx512bf16 bf16 products") {
+            // The CPU has AMX but Linux did not grant this process the tile data (an old
+            // kernel, a seccomp filter): palr falls back to AVX512-BF16, tested next.
+            eprintln!("bf16 path amx SKIPPED: the CPU has AMX but the OS refused tile data");
+            continue;
+        }
         assert!(
             backend.contains(expect) && (isa == "amx" || !backend.contains("amx")),
             "PALR_CPU_ISA={isa} ran on {backend:?}, expected {expect:?}"
