@@ -98,3 +98,96 @@ fn kernels_compute_the_right_thing_on_an_emulated_gpu() {
         "the emulation did not finish:\n{report}"
     );
 }
+
+/// Kernels the emulation does not run yet, each with the reason. A new kernel entry in
+/// [`FILES`] must either be exercised by `tests/kernel_emu/main.cpp` or be listed here, so
+/// the emulated coverage never shrinks silently.
+const NOT_EMULATED: &[(&str, &str)] = &[
+    ("add_f32", "one-line element-wise add"),
+    ("bias_add_f32", "one-line element-wise add"),
+    ("cast_f32_bf16", "one-line conversion"),
+    ("cast_bf16_f32", "one-line conversion"),
+    ("fill_f32", "one-line fill"),
+    ("fill_bf16", "one-line fill"),
+    (
+        "fill_uniform_bf16",
+        "benchmark weights only; its f32 twin is emulated",
+    ),
+    (
+        "kv_store_bf16_bf16",
+        "the bf16-input twin of kv_store_f32_bf16 (emulated)",
+    ),
+    (
+        "attn_decode_hd32_bf16",
+        "bf16-query twin of attn_decode_hd32_f32 (emulated): not yet",
+    ),
+    (
+        "attn_decode_hd64_bf16",
+        "bf16-query twin of attn_decode_hd64_f32 (emulated): not yet",
+    ),
+    (
+        "attn_decode_hd128_bf16",
+        "bf16-query twin of attn_decode_hd128_f32 (emulated): not yet",
+    ),
+    (
+        "attn_decode_hd256_bf16",
+        "bf16-query twin of attn_decode_hd256_f32 (emulated): not yet",
+    ),
+    (
+        "mma_selftest",
+        "a GPU self-check of the mma fragment map the emulation itself models",
+    ),
+];
+
+/// Every kernel entry point is either run by the emulation (named in
+/// `tests/kernel_emu/main.cpp`) or listed in [`NOT_EMULATED`] with a reason — and nothing
+/// is listed there that is emulated or no longer exists.
+#[test]
+fn every_kernel_is_emulated_or_listed_with_a_reason() {
+    let main = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emu/main.cpp"),
+    )
+    .unwrap();
+    let named = |entry: &str| {
+        main.match_indices(entry).any(|(i, _)| {
+            let before = main[..i].chars().next_back();
+            let after = main[i + entry.len()..].chars().next();
+            let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            !ident(before) && !ident(after)
+        })
+    };
+    let entries: Vec<&str> = FILES
+        .iter()
+        .flat_map(|f| f.entries.iter().copied())
+        .collect();
+    let listed = |e: &str| NOT_EMULATED.iter().any(|(n, _)| *n == e);
+    let missing: Vec<&str> = entries
+        .iter()
+        .copied()
+        .filter(|e| !named(e) && !listed(e))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "kernels neither emulated (tests/kernel_emu/main.cpp) nor listed in NOT_EMULATED: {missing:?}"
+    );
+    for (name, why) in NOT_EMULATED {
+        assert!(
+            entries.contains(name),
+            "NOT_EMULATED lists {name}, which no kernel file defines"
+        );
+        assert!(
+            !named(name),
+            "NOT_EMULATED lists {name} ({why}), but main.cpp runs it: drop it"
+        );
+    }
+    eprintln!(
+        "{} of {} kernels emulated; not emulated: {}",
+        entries.len() - NOT_EMULATED.len(),
+        entries.len(),
+        NOT_EMULATED
+            .iter()
+            .map(|(n, w)| format!("{n} ({w})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
