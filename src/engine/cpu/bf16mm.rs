@@ -24,6 +24,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -279,11 +281,28 @@ pub fn matmul(
     // AMX reads whole 16-row tiles: pad the rows with zeros.
     let mp = if amx { m.next_multiple_of(16) } else { m };
     let per_row = row_lines(kp);
-    let mut act = ACT.with(|a| std::mem::take(&mut *a.borrow_mut()));
-    if act.len() < mp * per_row {
-        act.resize(mp * per_row, Line::default());
-    }
-    let a = &mut act[..mp * per_row];
+    super::with_scratch(&ACT, mp * per_row, |a| {
+        product(kernel, x, m, mp, k, w, out, acc, threads, a)
+    });
+}
+
+/// [`matmul`] once the kernel and the padded row count `mp` are chosen; `a` is scratch
+/// for the rounded activations (`mp` rows of [`row_lines`] lines).
+#[allow(clippy::too_many_arguments)]
+fn product(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    mp: usize,
+    k: usize,
+    w: &Packed,
+    out: &mut [f32],
+    acc: Option<f32>,
+    threads: usize,
+    a: &mut [Line],
+) {
+    let (n, kp) = (w.n, w.kp);
+    let per_row = row_lines(kp);
     let parallel = m >= 64 && threads > 1;
     if parallel {
         a.par_chunks_mut(16 * per_row)
@@ -329,12 +348,6 @@ pub fn matmul(
     } else {
         (0..tasks).into_par_iter().for_each(run);
     }
-    ACT.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.len() < act.len() {
-            *slot = act;
-        }
-    });
 }
 
 /// Rounds rows `x (m, k)` into `a`: `m` rows of [`row_lines`] lines, zero-padded.
@@ -383,7 +396,7 @@ impl Dst {
             let src = &vals[r * stride..][..cols];
             // SAFETY: (r0 + r, c0..c0 + cols) lies inside the (m, n) output.
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(self.ptr.0.add((r0 + r) * self.n + c0), cols)
+                std::slice::from_raw_parts_mut(self.ptr.get().add((r0 + r) * self.n + c0), cols)
             };
             match self.acc {
                 None => dst.copy_from_slice(src),
@@ -392,13 +405,6 @@ impl Dst {
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges through it.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 /// The reference: one output at a time, the same rounding, f32 sums.
 fn portable_panels(
@@ -719,7 +725,7 @@ mod amx {
                         let (a0, a1, b0, b1) = (row(r), row(r + 16), w.panel(p), w.panel(p + 1));
                         if dst.acc.is_none() && r + 32 <= dst.m && (p + 2) * PANEL <= dst.n {
                             // Inside the output: the tiles go straight there.
-                            let out = dst.ptr.0.add(r * dst.n + p * PANEL);
+                            let out = dst.ptr.get().add(r * dst.n + p * PANEL);
                             block_2x2(a0, a1, a_stride, b0, b1, kblocks, out, dst.n);
                         } else {
                             block_2x2(a0, a1, a_stride, b0, b1, kblocks, c.0.as_mut_ptr(), 32);
@@ -747,18 +753,7 @@ mod amx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::engine::cpu::tests::values;
 
     fn kernels() -> Vec<Kernel> {
         let all = [Kernel::Amx, Kernel::Avx512Bf16, Kernel::Portable];

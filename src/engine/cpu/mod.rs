@@ -819,14 +819,14 @@ impl Backend for CpuBackend {
 /// rayon may run another job here that wants the same scratch (another session's
 /// forward pass); that job then gets a vector of its own instead of a double borrow.
 /// The larger vector is kept, so the steady state allocates nothing.
-fn with_scratch<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+fn with_scratch<T: Clone + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     let mut buf = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
     if buf.len() < len {
-        buf.resize(len, 0.0);
+        buf.resize(len, T::default());
     }
     let r = f(&mut buf[..len]);
     key.with(|b| {
@@ -853,7 +853,7 @@ mod tests {
     use super::*;
 
     /// A deterministic pseudo-random vector in [-0.5, 0.5).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
