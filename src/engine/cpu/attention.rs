@@ -153,18 +153,20 @@ pub fn causal_gqa(
                     gemm::Parallelism::None,
                 );
             }
-            for hh in (0..per_piece).filter(|_| stacked) {
-                let h = first + hh;
-                for i in 0..m {
-                    // SAFETY: this task alone writes heads first.. of rows r0..r0+m:
-                    // elements (r0 + i) * width + h * hd + d for d < hd, inside `out`.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out_ptr.get().add((r0 + i) * width + h * hd),
-                            hd,
-                        )
-                    };
-                    dst.copy_from_slice(&os[(hh * m + i) * hd..][..hd]);
+            if stacked {
+                for hh in 0..per_piece {
+                    let h = first + hh;
+                    for i in 0..m {
+                        // SAFETY: this task alone writes heads first.. of rows r0..r0+m:
+                        // elements (r0 + i) * width + h * hd + d for d < hd, inside `out`.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out_ptr.get().add((r0 + i) * width + h * hd),
+                                hd,
+                            )
+                        };
+                        dst.copy_from_slice(&os[(hh * m + i) * hd..][..hd]);
+                    }
                 }
             }
         });

@@ -198,16 +198,6 @@ impl Packed {
         Packed { n, k, kp, lines }
     }
 
-    /// Output features.
-    pub fn rows(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn cols(&self) -> usize {
-        self.k
-    }
-
     /// Element `(r, c)` of the original matrix.
     pub fn get(&self, r: usize, c: usize) -> bf16 {
         let line = &self.lines[(r / PANEL) * (self.kp / 2) + c / 2];
