@@ -376,7 +376,10 @@ def validate(model: SASRec, histories: list[list[int]], targets: list[int]) -> d
     ranks = 1 + (scores > target_scores).sum(dim=1)
     hit = ranks <= 10
     ndcg = torch.where(hit, 1.0 / torch.log2(ranks.double() + 1), torch.zeros((), dtype=torch.float64))
-    return {"ndcg10": ndcg.mean().item(), "hr10": hit.double().mean().item()}
+    # One target per user, so recall@K = HR@K.
+    return {"ndcg10": ndcg.mean().item(), "hr10": hit.double().mean().item(),
+            "recall20": (ranks <= 20).double().mean().item(),
+            "recall50": (ranks <= 50).double().mean().item()}
 
 
 def top_k(scores: torch.Tensor, history: list[int], k: int) -> list[list]:
@@ -610,7 +613,7 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = (log_dir / "train_log.jsonl").open("w")
     log, epoch_seconds = [], []
-    best = {"epoch": None, "ndcg10": -1.0, "hr10": None, "state": None}
+    best = {"epoch": None, "ndcg10": -1.0, "hr10": None, "recall50": None, "state": None}
     load_start = list(os.getloadavg())
     t_start = time.perf_counter()
     bar = tqdm(range(1, max_epochs + 1), desc=f"SASRec {stage}", unit="epoch", disable=a.quiet,
@@ -655,9 +658,10 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
             t1 = time.perf_counter()
             m = validate(scored, val_hist, val_tgt)
             rec.update(valid_ndcg10=m["ndcg10"], valid_hr10=m["hr10"],
+                       valid_recall20=m["recall20"], valid_recall50=m["recall50"],
                        eval_seconds=round(time.perf_counter() - t1, 3))
             if early_stop and m["ndcg10"] > best["ndcg10"]:
-                best.update(epoch=epoch, ndcg10=m["ndcg10"], hr10=m["hr10"],
+                best.update(epoch=epoch, ndcg10=m["ndcg10"], hr10=m["hr10"], recall50=m["recall50"],
                             state=copy.deepcopy(scored.state_dict()))
         log.append(rec)
         log_file.write(json.dumps(rec) + "\n")
@@ -676,16 +680,17 @@ def train(a, view: dict, fixed_epochs: int | None) -> dict:
 
     if early_stop:
         model.load_state_dict(best["state"])
-        best_epoch, ndcg, hr = best["epoch"], best["ndcg10"], best["hr10"]
+        best_epoch, ndcg, hr, r50 = best["epoch"], best["ndcg10"], best["hr10"], best["recall50"]
     else:
         if ema:
             model.load_state_dict(ema.model.state_dict())
         best_epoch = epochs_run
         last = log[-1]
-        ndcg, hr = last.get("valid_ndcg10"), last.get("valid_hr10")
+        ndcg, hr, r50 = last.get("valid_ndcg10"), last.get("valid_hr10"), last.get("valid_recall50")
     model.eval()
     trained = {
         "epochs_run": epochs_run, "best_epoch": best_epoch, "valid_ndcg10": ndcg, "valid_hr10": hr,
+        "valid_recall50": r50,
         "seconds": round(seconds, 1), "seed": a.seed, "dropout": a.dropout, "lr": a.lr,
         "batch_size": a.batch_size, "ema": a.ema,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),

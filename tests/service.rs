@@ -1838,7 +1838,13 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
         let pki = Pki::new(dir.path());
         let token = "s3cr3t-0123456789abcdef";
         let tokens = dir.path().join("tokens");
-        std::fs::write(&tokens, format!("# callers\nrecsys-frontend {token}\n")).unwrap();
+        // A second token may only read (dashboards): scopes on the token's line.
+        let reader = "r3ad-only-0123456789abcdef";
+        std::fs::write(
+            &tokens,
+            format!("# callers\nrecsys-frontend {token}\ndashboard {reader} read\n"),
+        )
+        .unwrap();
         let mut cfg = test_config();
         cfg.server.warmup = false;
         cfg.server.reflection = false;
@@ -1928,6 +1934,23 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
         );
         let model = info(ch.clone(), Some(token)).await.unwrap().into_inner();
         assert!(!model.model_name.is_empty());
+        // The read-only token reads, and is refused what its scopes leave out, with the fix.
+        info(ch.clone(), Some(reader)).await.unwrap();
+        let mut req = tonic::Request::new(recommend(history(), 3, 6, pb::RankMode::Retriever));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+        assert_status(
+            RecommenderClient::new(ch.clone()).recommend(req).await,
+            Code::PermissionDenied,
+            &["\"dashboard\"", "scope \"recommend\"", "tokens_file"],
+        );
+        let mut req = tonic::Request::new(recommend(history(), 3, 6, pb::RankMode::Retriever));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        RecommenderClient::new(ch.clone())
+            .recommend(req)
+            .await
+            .unwrap();
 
         // Reflection is off: its calls are unknown routes.
         use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -1990,6 +2013,17 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
         );
         assert_eq!(
             series(&text, r#"palr_auth_failures_total{reason="unknown"}"#),
+            1.0
+        );
+        assert_eq!(
+            series(&text, r#"palr_auth_failures_total{reason="forbidden"}"#),
+            1.0
+        );
+        assert_eq!(
+            series(
+                &text,
+                r#"palr_requests_total{code="PERMISSION_DENIED",rpc="Recommend"}"#
+            ),
             1.0
         );
         assert_eq!(

@@ -195,7 +195,7 @@ class TrainSasrecTest(unittest.TestCase):
         self.assertEqual(header["n_items"], N_ITEMS)
         tr = header["trained"]
         self.assertEqual(set(tr), {"epochs_run", "best_epoch", "valid_ndcg10", "valid_hr10",
-                                   "seconds", "seed", "dropout", "lr", "batch_size", "ema",
+                                   "valid_recall50", "seconds", "seed", "dropout", "lr", "batch_size", "ema",
                                    "created_utc", "torch", "command"})
         self.assertLessEqual(tr["best_epoch"], tr["epochs_run"])
         self.assertEqual((tr["seed"], tr["dropout"], tr["lr"], tr["batch_size"], tr["ema"]),
@@ -211,6 +211,9 @@ class TrainSasrecTest(unittest.TestCase):
         self.assertEqual([x["epoch"] for x in lines], list(range(1, tr["epochs_run"] + 1)))
         best = lines[tr["best_epoch"] - 1]
         self.assertEqual(best["valid_ndcg10"], tr["valid_ndcg10"])
+        self.assertEqual(best["valid_recall50"], tr["valid_recall50"])
+        self.assertGreaterEqual(best["valid_recall50"], best["valid_recall20"])
+        self.assertGreaterEqual(best["valid_recall20"], best["valid_hr10"])
         self.assertEqual(max(x["valid_ndcg10"] for x in lines), tr["valid_ndcg10"])
         summary = json.loads((log_dir / "train_summary.json").read_text())
         self.assertEqual(summary["best_epoch"], tr["best_epoch"])
@@ -231,6 +234,7 @@ class TrainSasrecTest(unittest.TestCase):
         self.assertEqual(tr["best_epoch"], tr["epochs_run"])
         self.assertIsNone(tr["valid_ndcg10"])
         self.assertIsNone(tr["valid_hr10"])
+        self.assertIsNone(tr["valid_recall50"])
 
     def test_learns_the_pattern(self):
         self.assert_ran(self.valid)

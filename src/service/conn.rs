@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::config::ServerSection;
 use super::metrics::Metrics;
-use super::security::Tokens;
+use super::security::{AuthFailure, Scope, Tokens};
 
 /// The limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -334,8 +334,20 @@ where
         if self.tokens.enabled() && !needs_no_token(req.uri().path()) {
             let header = req.headers().get(hyper::header::AUTHORIZATION);
             match self.tokens.check(header.map(|v| v.as_bytes())) {
-                Ok(name) => {
-                    let name = name.clone();
+                Ok(id) => {
+                    if let Some(scope) = Scope::of_path(req.uri().path())
+                        && !id.scopes.contains(scope)
+                    {
+                        self.metrics
+                            .auth_failures
+                            .with_label_values(&[AuthFailure::Forbidden.label()])
+                            .inc();
+                        tracing::debug!(peer = %self.peer, caller = %id.name, scope = scope.name(), "call outside the token's scopes");
+                        let status =
+                            tonic::Status::permission_denied(id.denied(req.uri().path(), scope));
+                        return refuse(active, &self.metrics, req.uri().path(), status);
+                    }
+                    let name = id.name.clone();
                     req.extensions_mut().insert(Caller(name.clone()));
                     caller = CallerKey::Token(name);
                 }

@@ -95,7 +95,7 @@ pub struct Metrics {
     /// failed or did not finish within `server.idle_timeout_s`.
     pub tls_handshake_failures: prometheus::IntCounter,
     /// `palr_auth_failures_total{reason}`: calls refused UNAUTHENTICATED (reason: missing,
-    /// unknown).
+    /// unknown) or PERMISSION_DENIED (forbidden: outside the token's scopes).
     pub auth_failures: IntCounterVec,
     /// `palr_build_info{version,model,backend}` = 1.
     pub build_info: IntGaugeVec,
@@ -279,7 +279,7 @@ impl Metrics {
                 r,
                 counter(
                     "palr_auth_failures_total",
-                    "Calls refused UNAUTHENTICATED, by reason (missing, unknown token)",
+                    "Calls refused UNAUTHENTICATED (missing, unknown token) or PERMISSION_DENIED (forbidden: outside the token's scopes), by reason",
                     &["reason"],
                 ),
             ),

@@ -7,6 +7,10 @@
 //!   service's needs `authorization: Bearer TOKEN`; a missing or unknown token is
 //!   UNAUTHENTICATED. Tokens are compared by their SHA-256 digests in constant time, and a
 //!   token's name (`NAME TOKEN` lines) identifies the caller for rate limits and logs.
+//! - Scopes: what a token may call (`NAME TOKEN SCOPE,SCOPE` lines): `recommend`
+//!   (Recommend, Rank, Retrieve), `read` (ListRetrievers, GetModelInfo, reflection), `admin`
+//!   (the admin service). A line without scopes grants `recommend,read`; a call outside the
+//!   token's scopes is PERMISSION_DENIED, naming the scope to add.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,11 +91,134 @@ pub fn acceptor(cfg: &TlsSection) -> Result<Option<TlsAcceptor>, StartError> {
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
-/// The accepted bearer tokens, as SHA-256 digests with the caller's name.
+/// A group of calls a token may be allowed to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `palr.v1.Recommender`'s Recommend, Rank and Retrieve: the calls that cost compute.
+    Recommend,
+    /// ListRetrievers, GetModelInfo and reflection: what the server is and holds.
+    Read,
+    /// The admin service (`palr.admin.v1.`): changes to what the server serves.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Recommend, Scope::Read, Scope::Admin];
+
+    /// Its name in token files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Recommend => "recommend",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The scope a call to the gRPC `path` needs; `None` for paths no scope covers (health,
+    /// which needs no token, and unknown routes, which are answered UNIMPLEMENTED).
+    pub fn of_path(path: &str) -> Option<Scope> {
+        if let Some(m) = path.strip_prefix("/palr.v1.Recommender/") {
+            return match m {
+                "Recommend" | "Rank" | "Retrieve" => Some(Scope::Recommend),
+                "ListRetrievers" | "GetModelInfo" => Some(Scope::Read),
+                _ => None,
+            };
+        }
+        if path.starts_with("/grpc.reflection.") {
+            return Some(Scope::Read);
+        }
+        if path.starts_with("/palr.admin.") {
+            return Some(Scope::Admin);
+        }
+        None
+    }
+}
+
+/// A set of scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// What a token gets when its line names no scopes: every call but the admin service's.
+    pub const DEFAULT: Scopes = Scopes(1 << Scope::Recommend as u8 | 1 << Scope::Read as u8);
+
+    pub fn of(scopes: &[Scope]) -> Self {
+        Scopes(scopes.iter().fold(0, |acc, s| acc | s.bit()))
+    }
+
+    pub fn contains(self, s: Scope) -> bool {
+        self.0 & s.bit() != 0
+    }
+
+    /// `a,b` (the token-file form).
+    pub fn names(self) -> String {
+        Scope::ALL
+            .iter()
+            .filter(|s| self.contains(**s))
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Parses `recommend,read` (or `*` for every scope).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(Scopes::of(&Scope::ALL));
+        }
+        let mut set = Scopes(0);
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let s = Scope::ALL
+                .into_iter()
+                .find(|s| s.name() == word)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown scope {:?} (scopes: recommend, read, admin, or * for all)",
+                        crate::util::clip(word)
+                    )
+                })?;
+            set.0 |= s.bit();
+        }
+        if set.0 == 0 {
+            return Err("no scope named (scopes: recommend, read, admin, or * for all)".into());
+        }
+        Ok(set)
+    }
+}
+
+/// Who a token belongs to and what it may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's name; shared so a call's identity costs no allocation.
+    pub name: Arc<str>,
+    pub scopes: Scopes,
+}
+
+impl Identity {
+    /// The PERMISSION_DENIED message for a call to `path` that needs `scope`.
+    pub fn denied(&self, path: &str, scope: Scope) -> String {
+        format!(
+            "token {:?} may not call {}: that needs the scope {:?} and the token has {:?}; add \
+             it to the token's line in server.auth.tokens_file (`NAME TOKEN SCOPE,SCOPE`, e.g. \
+             `{} <token> {},{}`)",
+            crate::util::clip(&self.name),
+            crate::util::clip(path.trim_start_matches('/')),
+            scope.name(),
+            self.scopes.names(),
+            crate::util::clip(&self.name),
+            self.scopes.names(),
+            scope.name(),
+        )
+    }
+}
+
+/// The accepted bearer tokens, as SHA-256 digests with the caller's identity.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    /// Digest and caller name; the name is shared so a call's identity costs no allocation.
-    digests: Vec<([u8; 32], Arc<str>)>,
+    digests: Vec<([u8; 32], Identity)>,
 }
 
 /// Why a call was not authenticated.
@@ -101,17 +228,24 @@ pub enum AuthFailure {
     Missing,
     /// A token this server does not accept.
     Unknown,
+    /// A known token outside its scopes (PERMISSION_DENIED).
+    Forbidden,
 }
 
 impl AuthFailure {
     /// Every reason, for metrics that start at zero.
-    pub const ALL: [AuthFailure; 2] = [AuthFailure::Missing, AuthFailure::Unknown];
+    pub const ALL: [AuthFailure; 3] = [
+        AuthFailure::Missing,
+        AuthFailure::Unknown,
+        AuthFailure::Forbidden,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
             AuthFailure::Unknown => "unknown",
+            AuthFailure::Forbidden => "forbidden",
         }
     }
 
@@ -121,6 +255,7 @@ impl AuthFailure {
                 "this server needs a bearer token: send the metadata `authorization: Bearer TOKEN`"
             }
             AuthFailure::Unknown => "the bearer token is not accepted by this server",
+            AuthFailure::Forbidden => "the bearer token may not make this call",
         }
     }
 }
@@ -150,11 +285,31 @@ impl Tokens {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (name, token) = match line.split_once(char::is_whitespace) {
-                    Some((name, token)) => (name.to_owned(), token.trim()),
-                    None => (format!("token{}", n + 1), line),
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (name, token, scopes) = match fields[..] {
+                    [token] => (format!("token{}", n + 1), token, Scopes::DEFAULT),
+                    [name, token] => (name.to_owned(), token, Scopes::DEFAULT),
+                    [name, token, scopes] => {
+                        let scopes = Scopes::parse(scopes).map_err(|e| {
+                            StartError::Serve(format!(
+                                "server.auth.tokens_file {} line {}: {e}",
+                                cfg.tokens_file.display(),
+                                n + 1
+                            ))
+                        })?;
+                        (name.to_owned(), token, scopes)
+                    }
+                    _ => {
+                        return Err(StartError::Serve(format!(
+                            "server.auth.tokens_file {} line {}: {} fields; a line is \
+                             `NAME TOKEN [SCOPE,SCOPE]` (or a bare TOKEN)",
+                            cfg.tokens_file.display(),
+                            n + 1,
+                            fields.len()
+                        )));
+                    }
                 };
-                t.add(name, token, &cfg.tokens_file)?;
+                t.add(name, token, scopes, &cfg.tokens_file)?;
             }
         }
         if !cfg.tokens_env.is_empty() {
@@ -169,6 +324,7 @@ impl Tokens {
                     t.add(
                         format!("{}#{}", cfg.tokens_env, i + 1),
                         token,
+                        Scopes::DEFAULT,
                         Path::new("env"),
                     )?;
                 }
@@ -177,7 +333,13 @@ impl Tokens {
         Ok(t)
     }
 
-    fn add(&mut self, name: String, token: &str, from: &Path) -> Result<(), StartError> {
+    fn add(
+        &mut self,
+        name: String,
+        token: &str,
+        scopes: Scopes,
+        from: &Path,
+    ) -> Result<(), StartError> {
         if token.len() < 16 {
             return Err(StartError::Serve(format!(
                 "server.auth: token {name:?} from {} is {} bytes; use at least 16 random bytes",
@@ -185,18 +347,31 @@ impl Tokens {
                 token.len()
             )));
         }
-        self.digests.push((digest(token.as_bytes()), name.into()));
+        let name = name.into();
+        self.digests
+            .push((digest(token.as_bytes()), Identity { name, scopes }));
         Ok(())
     }
 
-    /// Tokens from `(name, token)` pairs (tests, embedding).
+    /// Tokens from `(name, token)` pairs with the default scopes (tests, embedding).
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
         Tokens {
             digests: pairs
                 .iter()
-                .map(|(n, t)| (digest(t.as_bytes()), Arc::from(*n)))
+                .map(|(n, t)| {
+                    let id = Identity {
+                        name: Arc::from(*n),
+                        scopes: Scopes::DEFAULT,
+                    };
+                    (digest(t.as_bytes()), id)
+                })
                 .collect(),
         }
+    }
+
+    /// Whether some token may call the admin service (which is off without one).
+    pub fn any_with(&self, scope: Scope) -> bool {
+        self.digests.iter().any(|(_, id)| id.scopes.contains(scope))
     }
 
     /// Whether token auth is on.
@@ -204,8 +379,8 @@ impl Tokens {
         !self.digests.is_empty()
     }
 
-    /// The caller's name for an `authorization` header value.
-    pub fn check(&self, header: Option<&[u8]>) -> Result<&Arc<str>, AuthFailure> {
+    /// The caller for an `authorization` header value.
+    pub fn check(&self, header: Option<&[u8]>) -> Result<&Identity, AuthFailure> {
         let value = header.ok_or(AuthFailure::Missing)?;
         let token = value
             .strip_prefix(b"Bearer ")
@@ -214,9 +389,9 @@ impl Tokens {
         let d = digest(token);
         // Compare against every token, so the time says nothing about which one matched.
         let mut found = None;
-        for (want, name) in &self.digests {
+        for (want, id) in &self.digests {
             if same(&d, want) {
-                found = Some(name);
+                found = Some(id);
             }
         }
         found.ok_or(AuthFailure::Unknown)
@@ -311,7 +486,8 @@ mod tests {
         ]);
         assert!(t.enabled());
         assert_eq!(
-            t.check(Some(b"Bearer bbbbbbbbbbbbbbbbbbbb")).map(|n| &**n),
+            t.check(Some(b"Bearer bbbbbbbbbbbbbbbbbbbb"))
+                .map(|id| &*id.name),
             Ok("svc-b")
         );
         assert_eq!(t.check(Some(b"Bearer nope")), Err(AuthFailure::Unknown));
@@ -335,13 +511,90 @@ mod tests {
             tokens_env: String::new(),
         };
         let t = Tokens::load(&cfg).unwrap();
-        let name = |h: &[u8]| t.check(Some(h)).map(|n| n.to_string());
+        let name = |h: &[u8]| t.check(Some(h)).map(|id| id.name.to_string());
         assert_eq!(name(b"Bearer 0123456789abcdef0123"), Ok("recsys".into()));
         assert_eq!(name(b"Bearer fedcba9876543210fedc"), Ok("token4".into()));
         std::fs::write(&f, "short\n").unwrap();
         let e = Tokens::load(&cfg).unwrap_err().to_string();
         assert!(e.contains("at least 16"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn scopes_are_read_from_token_lines_and_name_what_to_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        let cfg = AuthSection {
+            tokens_file: f.clone(),
+            tokens_env: String::new(),
+        };
+        std::fs::write(
+            &f,
+            "svc 0123456789abcdef0123\ndash fedcba9876543210fedc read\n\
+             ops aaaaaaaaaaaaaaaaaaaa admin,read\nroot bbbbbbbbbbbbbbbbbbbb *\n",
+        )
+        .unwrap();
+        let t = Tokens::load(&cfg).unwrap();
+        let scopes = |tok: &str| {
+            t.check(Some(format!("Bearer {tok}").as_bytes()))
+                .unwrap()
+                .scopes
+        };
+        assert_eq!(scopes("0123456789abcdef0123"), Scopes::DEFAULT);
+        assert_eq!(scopes("fedcba9876543210fedc"), Scopes::of(&[Scope::Read]));
+        assert_eq!(
+            scopes("aaaaaaaaaaaaaaaaaaaa"),
+            Scopes::of(&[Scope::Admin, Scope::Read])
+        );
+        assert_eq!(scopes("bbbbbbbbbbbbbbbbbbbb"), Scopes::of(&Scope::ALL));
+        assert!(!Scopes::DEFAULT.contains(Scope::Admin));
+        assert!(t.any_with(Scope::Admin));
+        assert!(!Tokens::from_pairs(&[("a", "aaaaaaaaaaaaaaaaaaaa")]).any_with(Scope::Admin));
+
+        assert_eq!(
+            Scope::of_path("/palr.v1.Recommender/Recommend"),
+            Some(Scope::Recommend)
+        );
+        assert_eq!(
+            Scope::of_path("/palr.v1.Recommender/Retrieve"),
+            Some(Scope::Recommend)
+        );
+        assert_eq!(
+            Scope::of_path("/palr.v1.Recommender/GetModelInfo"),
+            Some(Scope::Read)
+        );
+        assert_eq!(
+            Scope::of_path("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Some(Scope::Read)
+        );
+        assert_eq!(
+            Scope::of_path("/palr.admin.v1.Admin/ReloadRetrievers"),
+            Some(Scope::Admin)
+        );
+        assert_eq!(Scope::of_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(Scope::of_path("/palr.v1.Recommender/Nope"), None);
+
+        let dash = t.check(Some(b"Bearer fedcba9876543210fedc")).unwrap();
+        let m = dash.denied("/palr.v1.Recommender/Recommend", Scope::Recommend);
+        assert!(
+            m.contains("\"dash\"")
+                && m.contains("\"recommend\"")
+                && m.contains("dash <token> read,recommend"),
+            "{m}"
+        );
+
+        for (line, want) in [
+            (
+                "svc 0123456789abcdef0123 write\n",
+                "unknown scope \"write\"",
+            ),
+            ("svc 0123456789abcdef0123 ,\n", "no scope named"),
+            ("a b c d\n", "4 fields"),
+        ] {
+            std::fs::write(&f, line).unwrap();
+            let e = Tokens::load(&cfg).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("line 1"), "{line:?}: {e}");
+        }
     }
 
     #[test]
