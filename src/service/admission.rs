@@ -3,7 +3,9 @@
 //! than `max_queue_wait_ms`, and a request whose deadline cannot be met — the expected wait
 //! (the measured ranking time × the queue ahead of it ÷ the slots) plus its own expected
 //! ranking time passes the deadline — is refused up front, so slots go to requests that can
-//! still finish in time. Waiting is FIFO (tokio's semaphore is fair).
+//! still finish in time. A waiter whose turn comes too late to finish (the jobs ahead ran
+//! long) hands the slot on at once instead of starting. Waiting is FIFO (tokio's semaphore is
+//! fair).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -207,7 +209,17 @@ impl Admission {
                 }
             },
         };
-        Ok(self.slot(permit))
+        // The wait took longer than estimated (the jobs ahead ran long): a job that can no
+        // longer finish by its deadline gives the slot straight to the next waiter instead of
+        // starting work nobody will receive.
+        let slot = self.slot(permit);
+        if let (Some(d), Some(t)) = (deadline, own.or_else(|| self.service_time())) {
+            let left = d.saturating_duration_since(Instant::now());
+            if t > left {
+                return Err(Refused::TooLate { expected: t, left });
+            }
+        }
+        Ok(slot)
     }
 }
 
@@ -316,6 +328,44 @@ mod tests {
             // The mean follows new measurements.
             a.record(Duration::from_millis(200));
             assert_eq!(a.service_time(), Some(Duration::from_millis(120)));
+        });
+    }
+
+    #[test]
+    fn a_waiter_that_can_no_longer_finish_passes_the_slot_on() {
+        rt().block_on(async {
+            let a = Arc::new(Admission::new(
+                1,
+                10,
+                None,
+                IntGauge::new("q", "q").unwrap(),
+            ));
+            a.record(Duration::from_millis(50));
+            let running = a.acquire(None, None).await.unwrap();
+            // Expected: the running job's ~50 ms, then its own 50 ms, inside 150 ms: admitted.
+            let tight = Some(Instant::now() + Duration::from_millis(150));
+            let waiter = tokio::spawn({
+                let a = a.clone();
+                async move { a.acquire(tight, None).await.map(drop) }
+            });
+            let patient = tokio::spawn({
+                let a = a.clone();
+                let later = Some(Instant::now() + Duration::from_secs(5));
+                async move { a.acquire(later, None).await.map(drop) }
+            });
+            // The running job overruns: 120 ms instead of 50, leaving the first waiter < 50 ms.
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            assert_eq!(a.waiting(), 2);
+            drop(running);
+            let e = waiter.await.unwrap().unwrap_err();
+            assert!(
+                matches!(e, Refused::TooLate { expected, left }
+                    if expected == Duration::from_millis(50) && left < expected),
+                "{e:?}"
+            );
+            // ...and the slot went on to the next waiter at once.
+            patient.await.unwrap().unwrap();
+            assert_eq!(a.waiting(), 0);
         });
     }
 
