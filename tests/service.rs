@@ -1564,8 +1564,11 @@ fn huge_names_are_refused_with_a_short_message() {
 
 /// Admission by time: 8 clients whose deadlines are twice the ranking time. Requests that
 /// cannot finish in time are refused up front (DEADLINE_EXCEEDED, "refused at admission"),
-/// abandoned work stops between layers, so the ranker spends its time on requests that
-/// finish: most of its capacity is answered in time.
+/// a waiter whose turn comes too late passes its slot on, and abandoned work stops between
+/// layers, so the ranker spends its time on requests that finish: most of the server's
+/// capacity — what the same 8 clients get answered without deadlines in as long — is
+/// answered in time. (The figure on a quiet machine is in benchmarks/README.md; the bound
+/// here leaves room for the other tests sharing the machine.)
 #[test]
 fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
     let _llm = llm_lock();
@@ -1582,45 +1585,62 @@ fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
         let s = alone[2];
         let deadline = s * 2;
         let run_for = (s * 15).max(Duration::from_secs(3));
-        let until = Instant::now() + run_for;
-        let client_loop = || async move {
-            let mut c = client().await;
-            let (mut ok, mut refused, mut late) = (0u32, 0u32, 0u32);
-            while Instant::now() < until {
-                let mut r = tonic::Request::new(req());
-                r.set_timeout(deadline);
-                match c.recommend(r).await {
-                    Ok(_) => ok += 1,
-                    Err(e) if e.message().contains("refused at admission") => {
-                        refused += 1;
-                        // A well-behaved client backs off before retrying.
-                        tokio::time::sleep(s / 2).await;
+        // (answered in time, refused up front, late) of 8 clients for `run_for`.
+        let phase = |deadline: Option<Duration>| async move {
+            let until = Instant::now() + run_for;
+            let client_loop = || async move {
+                let mut c = client().await;
+                let (mut ok, mut refused, mut late) = (0u32, 0u32, 0u32);
+                while Instant::now() < until {
+                    let mut r = tonic::Request::new(req());
+                    if let Some(d) = deadline {
+                        r.set_timeout(d);
                     }
-                    Err(e) => {
-                        assert!(
-                            matches!(e.code(), Code::DeadlineExceeded | Code::ResourceExhausted),
-                            "{e}"
-                        );
-                        late += 1;
+                    match c.recommend(r).await {
+                        Ok(_) => ok += 1,
+                        Err(e) if e.message().contains("refused at admission") => {
+                            refused += 1;
+                            // A well-behaved client backs off before retrying.
+                            tokio::time::sleep(s / 2).await;
+                        }
+                        Err(e) => {
+                            assert!(
+                                matches!(
+                                    e.code(),
+                                    Code::DeadlineExceeded | Code::ResourceExhausted
+                                ),
+                                "{e}"
+                            );
+                            late += 1;
+                        }
                     }
                 }
-            }
-            (ok, refused, late)
+                (ok, refused, late)
+            };
+            let r = futures_util::future::join_all((0..8).map(|_| client_loop())).await;
+            (
+                r.iter().map(|r| r.0).sum::<u32>(),
+                r.iter().map(|r| r.1).sum::<u32>(),
+                r.iter().map(|r| r.2).sum::<u32>(),
+            )
         };
-        let results = futures_util::future::join_all((0..8).map(|_| client_loop())).await;
-        let ok: u32 = results.iter().map(|r| r.0).sum();
-        let refused: u32 = results.iter().map(|r| r.1).sum();
-        let late: u32 = results.iter().map(|r| r.2).sum();
-        let capacity = run_for.as_secs_f64() / s.as_secs_f64();
+        let (capacity, cap_refused, cap_late) = phase(None).await;
+        assert_eq!(
+            (cap_refused, cap_late),
+            (0, 0),
+            "without deadlines nothing is refused"
+        );
+        let (ok, refused, late) = phase(Some(deadline)).await;
         eprintln!(
-            "ranking alone {s:?}, deadline {deadline:?}, {run_for:?}: capacity {capacity:.1}, \
-             answered in time {ok} ({:.0}%), refused up front {refused}, late {late}",
-            100.0 * ok as f64 / capacity
+            "ranking alone {s:?}, {run_for:?} per phase: capacity {capacity} answered without \
+             deadlines; with {deadline:?} deadlines {ok} answered in time ({:.0}%), refused up \
+             front {refused}, late {late}",
+            100.0 * ok as f64 / capacity as f64
         );
         assert!(refused > 0, "some requests must be refused up front");
         assert!(
-            ok as f64 >= 0.6 * capacity,
-            "goodput {ok} of a capacity of {capacity:.1} in {run_for:?}"
+            ok as f64 >= 0.6 * capacity as f64,
+            "goodput {ok} of a capacity of {capacity} in {run_for:?}"
         );
     });
 }

@@ -162,6 +162,19 @@ impl Admission {
         Some(first_free + t.mul_f64(ahead) + own)
     }
 
+    /// Whether a request with this deadline could still be answered if it joined the queue
+    /// now (`own`: its expected ranking time): callers ask before spending work on a request
+    /// (retrieval) that [`Admission::acquire`] would refuse anyway.
+    pub fn in_time(&self, deadline: Option<Instant>, own: Option<Duration>) -> Result<(), Refused> {
+        if let (Some(d), Some(expected)) = (deadline, self.expected(own)) {
+            let left = d.saturating_duration_since(Instant::now());
+            if expected > left {
+                return Err(Refused::TooLate { expected, left });
+            }
+        }
+        Ok(())
+    }
+
     /// A slot: at once if one is free, else after waiting in the queue. Refused at once when
     /// the queue is full or the request could not finish by `deadline` (`own`: its expected
     /// ranking time), and after waiting `max_queue_wait`. The permit frees the slot when
@@ -171,12 +184,7 @@ impl Admission {
         deadline: Option<Instant>,
         own: Option<Duration>,
     ) -> Result<Slot, Refused> {
-        if let (Some(d), Some(expected)) = (deadline, self.expected(own)) {
-            let left = d.saturating_duration_since(Instant::now());
-            if expected > left {
-                return Err(Refused::TooLate { expected, left });
-            }
-        }
+        self.in_time(deadline, own)?;
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(self.slot(p));
         }

@@ -952,6 +952,31 @@ impl Recommender {
             }));
     }
 
+    /// The error for a refused admission, counted by reason.
+    fn refused(&self, r: Refused) -> ServiceError {
+        let (reason, e) = match r {
+            Refused::QueueFull { waiting } => ("queue_full", ServiceError::Busy { waiting }),
+            Refused::TooLate { expected, left } => (
+                "too_late",
+                ServiceError::TooLate {
+                    expected_ms: expected.as_millis() as u64,
+                    left_ms: left.as_millis() as u64,
+                },
+            ),
+            Refused::WaitedTooLong { waited } => (
+                "waited_too_long",
+                ServiceError::WaitedTooLong {
+                    waited_ms: waited.as_millis() as u64,
+                },
+            ),
+        };
+        self.metrics
+            .admission_refusals
+            .with_label_values(&[reason])
+            .inc();
+        e
+    }
+
     /// Ranking: waits for a slot, then runs the ranker on a blocking thread.
     #[allow(clippy::too_many_arguments)]
     async fn run_rank(
@@ -976,29 +1001,7 @@ impl Recommender {
             self.admission.acquire(respond_by, own),
         )
         .await?
-        .map_err(|r| {
-            let (reason, e) = match r {
-                Refused::QueueFull { waiting } => ("queue_full", ServiceError::Busy { waiting }),
-                Refused::TooLate { expected, left } => (
-                    "too_late",
-                    ServiceError::TooLate {
-                        expected_ms: expected.as_millis() as u64,
-                        left_ms: left.as_millis() as u64,
-                    },
-                ),
-                Refused::WaitedTooLong { waited } => (
-                    "waited_too_long",
-                    ServiceError::WaitedTooLong {
-                        waited_ms: waited.as_millis() as u64,
-                    },
-                ),
-            };
-            self.metrics
-                .admission_refusals
-                .with_label_values(&[reason])
-                .inc();
-            e
-        })?;
+        .map_err(|r| self.refused(r))?;
         timings.queue_s = t.elapsed().as_secs_f64();
         self.metrics.stage("queue", t.elapsed());
         let me = self.clone();
@@ -1151,6 +1154,12 @@ impl Recommender {
         let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
         exclude.extend_from_slice(older);
         let recent = recent.to_vec();
+        // What the ranker could not answer in time is refused before retrieval spends on it.
+        if let Some(m) = mode.rank_mode() {
+            self.admission
+                .in_time(respond_by, self.rank_time(m))
+                .map_err(|r| self.refused(r))?;
+        }
 
         let mut timings = Timings::default();
         let (candidates, dt) = self
