@@ -154,13 +154,14 @@ class PlaintextServer(unittest.TestCase):
             (dict(history=HISTORY, adapter="nosuch"), palr_client.NotFound, not_found, "nosuch"),
         ]
         for kwargs, error, code, named in cases:
-            with self.subTest(**kwargs), self.assertRaises(error) as caught:
-                self.client.recommend(mode="retriever", **kwargs)
-            e = caught.exception
-            self.assertIsInstance(e, palr_client.PalrError)
-            self.assertEqual(e.code, code)
-            self.assertIn(named, e.details)
-            self.assertEqual(str(e), f"{e.code.name}: {e.details}")
+            with self.subTest(**kwargs):
+                with self.assertRaises(error) as caught:
+                    self.client.recommend(mode="retriever", **kwargs)
+                e = caught.exception
+                self.assertIsInstance(e, palr_client.PalrError)
+                self.assertEqual(e.code, code)
+                self.assertIn(named, e.details)
+                self.assertEqual(str(e), f"{e.code.name}: {e.details}")
         with self.assertRaises(palr_client.InvalidArgument) as caught:
             self.client.rank(HISTORY, ["1", "2"], mode="retriever")
         self.assertIn("history", caught.exception.details)
