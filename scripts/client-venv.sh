@@ -27,6 +27,8 @@ want=$(cat "$PKG/pyproject.toml" "$PKG/setup.py" "$PKG/README.md" "$PKG"/palr_cl
     proto/palr/v1/recommender.proto | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Without build isolation: the build uses the pinned setuptools and grpcio-tools above.
+    # setuptools' build/ would keep modules removed since the last build.
+    rm -rf "$PKG/build"
     "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps \
         --no-build-isolation --force-reinstall "./$PKG" >&2
     echo "$want" > "$stamp"

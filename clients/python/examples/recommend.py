@@ -16,7 +16,9 @@ from palr_client import Client, PalrError
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--addr", default="127.0.0.1:50051", help="HOST:PORT, http:// or https://")
     p.add_argument("--history", required=True, help="item ids, oldest first, comma-separated")
     p.add_argument("--k", type=int, help="how many items (server default)")
@@ -56,10 +58,8 @@ def main() -> int:
         print(f"{rank:>4}  {item.item_id:<7} {item.title[:50]:<50} {item.score:>8.4f}  {by_llm:>6}")
     t = answer.timings
     print(f"mode {answer.mode}, retriever {answer.retriever}")
-    print(
-        f"retrieve {t.retrieve_ms:.1f} ms | queue {t.queue_ms:.1f} ms | prompt {t.prompt_ms:.1f} ms"
-        f" | prefill {t.prefill_ms:.1f} ms | decode {t.decode_ms:.1f} ms | total {t.total_ms:.1f} ms"
-    )
+    stages = ["retrieve", "queue", "prompt", "prefill", "decode", "total"]
+    print(" | ".join(f"{s} {getattr(t, s + '_ms'):.1f} ms" for s in stages))
     return 0
 
 

@@ -189,4 +189,6 @@ class Client:
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """The model, its adapters, and the server's limits and defaults."""
-        return ModelInfo.from_proto(self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout))
+        return ModelInfo.from_proto(
+            self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
+        )

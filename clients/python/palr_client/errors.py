@@ -48,7 +48,7 @@ class DeadlineExceeded(PalrError):
 
 
 class Unavailable(PalrError):
-    """No connection, a failed TLS handshake, a shutting-down server, or an unavailable retriever."""
+    """No connection, a failed TLS handshake, a server shutting down, a retriever out of reach."""
 
 
 _BY_CODE = {

@@ -39,7 +39,9 @@ def _from_message(cls, msg, **converted):
             values[f.name] = converted[f.name]
             continue
         value = getattr(msg, f.name)
-        values[f.name] = tuple(value) if msg.DESCRIPTOR.fields_by_name[f.name].is_repeated else value
+        values[f.name] = (
+            tuple(value) if msg.DESCRIPTOR.fields_by_name[f.name].is_repeated else value
+        )
     return cls(**values)
 
 

@@ -79,7 +79,9 @@ class Server:
                 if fields.get("message") == "serving":
                     return fields["grpc"]
             if self.proc.poll() is not None:
-                raise RuntimeError(f"palr serve exited ({self.proc.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"palr serve exited ({self.proc.returncode}):\n{self.log_tail()}"
+                )
             time.sleep(0.1)
         raise RuntimeError(f"palr serve not serving after {timeout_s} s:\n{self.log_tail()}")
 
@@ -103,25 +105,29 @@ def make_pki(directory: Path) -> dict[str, Path]:
     """A CA, a server certificate for localhost/127.0.0.1 and a client certificate it signed
     (openssl; skipped where there is none)."""
 
-    def openssl(*args: str | Path) -> None:
+    def openssl(command: str) -> None:
         try:
-            subprocess.run(["openssl", *map(str, args)], cwd=directory, check=True, capture_output=True)
+            run = subprocess.run(["openssl", *command.split()], cwd=directory, capture_output=True)
         except FileNotFoundError:
             skip("no openssl command to make the TLS test certificates")
+        if run.returncode != 0:
+            raise RuntimeError(f"openssl {command}: {run.stderr.decode(errors='replace')}")
 
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=palr-client-test-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+    openssl(
+        f"req -x509 {key} -days 2 -keyout ca.key -out ca.pem -subj /CN=palr-client-test-ca"
+        " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+    )
     extensions = {
         "server": "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         "client": "extendedKeyUsage=clientAuth\n",
     }
     for name, ext in extensions.items():
         (directory / f"{name}.ext").write_text(ext)
-        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext")
+        openssl(f"req {key} -keyout {name}.key -out {name}.csr -subj /CN={name}")
+        openssl(
+            f"x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+            f" -out {name}.pem -extfile {name}.ext"
+        )
     names = ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"]
     return {n: directory / n for n in names}

@@ -19,7 +19,6 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402
-
 import palr_client  # noqa: E402
 from live import Server, catalog, make_pki  # noqa: E402
 from palr_client import Client  # noqa: E402
@@ -141,7 +140,9 @@ class PlaintextServer(unittest.TestCase):
         self.assertIn(info.default_mode, {"score", "generate", "retriever"})
         retrievers = {r.name: r for r in self.client.list_retrievers()}
         self.assertLessEqual({"popularity", "itemknn", "markov", "sasrec"}, set(retrievers))
-        self.assertEqual([n for n, r in retrievers.items() if r.is_default], [info.default_retriever])
+        self.assertEqual(
+            [n for n, r in retrievers.items() if r.is_default], [info.default_retriever]
+        )
         self.assertEqual(retrievers["markov"].breaker_state, "closed")
 
     def test_bad_requests_raise_their_status(self):
@@ -171,12 +172,13 @@ class PlaintextServer(unittest.TestCase):
             cmd = [sys.executable, str(EXAMPLE), "--addr", self.server.addr, *args]
             return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
-        run = example("--history", ",".join(HISTORY), "--k", "3", "--mode", "retriever",
-                      "--retriever", "markov")
+        run = example(
+            "--history", ",".join(HISTORY), *"--k 3 --mode retriever --retriever markov".split()
+        )
         self.assertEqual(run.returncode, 0, run.stderr)
         lines = run.stdout.splitlines()
         expected = self.client.recommend(HISTORY, k=3, retriever="markov", mode="retriever")
-        for rank, (line, item) in enumerate(zip(lines[1:4], expected.items), 1):
+        for rank, (line, item) in enumerate(zip(lines[1:4], expected.items, strict=True), 1):
             self.assertEqual(line.split()[:2], [str(rank), item.item_id], run.stdout)
         self.assertEqual(lines[4], "mode retriever, retriever markov")
         self.assertIn("total", lines[5])
@@ -210,13 +212,15 @@ class SecuredServer(unittest.TestCase):
         tokens = d / "tokens"
         tokens.write_text(f"# callers\nfrontend {cls.TOKEN}\ndashboard {cls.READER} read\n")
         setting = lambda path: f'"{path}"'  # noqa: E731  a TOML string
-        cls.server = Server({
-            "PALR_SERVER__TLS__CERT_FILE": setting(cls.pki["server.pem"]),
-            "PALR_SERVER__TLS__KEY_FILE": setting(cls.pki["server.key"]),
-            "PALR_SERVER__TLS__CLIENT_CA_FILE": setting(cls.pki["ca.pem"]),
-            "PALR_SERVER__AUTH__TOKENS_FILE": setting(tokens),
-            "PALR_SERVER__WARMUP": "false",
-        })
+        cls.server = Server(
+            {
+                "PALR_SERVER__TLS__CERT_FILE": setting(cls.pki["server.pem"]),
+                "PALR_SERVER__TLS__KEY_FILE": setting(cls.pki["server.key"]),
+                "PALR_SERVER__TLS__CLIENT_CA_FILE": setting(cls.pki["ca.pem"]),
+                "PALR_SERVER__AUTH__TOKENS_FILE": setting(tokens),
+                "PALR_SERVER__WARMUP": "false",
+            }
+        )
         cls.port = cls.server.addr.rsplit(":", 1)[1]
 
     @classmethod
@@ -227,7 +231,9 @@ class SecuredServer(unittest.TestCase):
     def client(self, token=None, identity=True, **tls):
         tls.setdefault("ca_cert", self.pki["ca.pem"])
         if identity:
-            tls.update(client_cert=self.pki["client.pem"], client_key=self.pki["client.key"].read_bytes())
+            tls.update(
+                client_cert=self.pki["client.pem"], client_key=self.pki["client.key"].read_bytes()
+            )
         return Client(f"https://127.0.0.1:{self.port}", token=token, timeout=10, **tls)
 
     def test_the_token_opens_every_call(self):

@@ -35,10 +35,11 @@ class Packaging(unittest.TestCase):
             )
             [sdist] = Path(out).glob("palr_client-*.tar.gz")
             [wheel] = Path(out).glob("palr_client-*.whl")
+            top = sdist.name.removesuffix(".tar.gz")
             with tarfile.open(sdist) as t:
-                names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-                proto = t.extractfile(f"{t.getnames()[0].split('/')[0]}/proto/palr/v1/recommender.proto")
-                self.assertEqual(proto.read(), PROTO.read_bytes(), "the sdist's proto is the repository's")
+                names = {n.removeprefix(f"{top}/") for n in t.getnames()}
+                proto = t.extractfile(f"{top}/proto/palr/v1/recommender.proto").read()
+            self.assertEqual(proto, PROTO.read_bytes(), "the sdist's proto is the repository's")
             self.assertIn("setup.py", names)
             self.assertFalse([n for n in names if "_pb2" in n], "no generated code in the sdist")
             with zipfile.ZipFile(wheel) as z:
@@ -54,7 +55,8 @@ class Packaging(unittest.TestCase):
                 "import sys; sys.path.insert(0, sys.argv[1]);"
                 "from palr_client._proto import recommender_pb2 as pb, recommender_pb2_grpc as g;"
                 "assert g.RecommenderStub; print(pb.__file__);"
-                "print(' '.join(m.name for m in pb.DESCRIPTOR.services_by_name['Recommender'].methods))"
+                "service = pb.DESCRIPTOR.services_by_name['Recommender'];"
+                "print(' '.join(m.name for m in service.methods))"
             )
             origin, found = subprocess.run(
                 [sys.executable, "-I", "-c", code, str(wheel)],
