@@ -28,3 +28,10 @@ if ! DEPLOY_PYTHON=$(scripts/deploy-venv.sh | tail -n 1); then
     DEPLOY_PYTHON=python3
 fi
 "$DEPLOY_PYTHON" -m unittest discover -s deploy/tests -v
+# The Python client (clients/python) against live servers: its tests start target/release/palr
+# serve (plaintext, then mutual TLS with a tokens file) and go through every RPC, the errors,
+# deadlines and tokens, and build its sdist and wheel. Pinned environment from
+# scripts/client-venv.sh, palr-client built in it from the proto; the binary, model and data
+# are prepared above, so none of these tests may skip.
+CLIENT_PYTHON=$(scripts/client-venv.sh | tail -n 1)
+PALR_CLIENT_TESTS_STRICT=1 "$CLIENT_PYTHON" -m unittest discover -s clients/python/tests -v
