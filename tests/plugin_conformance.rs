@@ -1,5 +1,5 @@
 //! The conformance kit (`palr::retrieval::conformance`, `palr plugin check`) on real plugin
-//! libraries: the Rust baselines pass it; the misbehaving test plugins fail it, each on the
+//! libraries: the Rust baselines, `genre` and the template pass it; the misbehaving test plugins fail it, each on the
 //! check that names its misbehaviour and on no other query check.
 //!
 //! Needs the workspace's cdylibs: `cargo build --release --workspace` first.
@@ -39,6 +39,13 @@ fn rust_baselines_pass() {
         ),
         ("palr_retriever_markov", "{}"),
         ("palr_retriever_itemknn", "{}"),
+        ("palr_retriever_genre", "{}"),
+        (
+            "palr_retriever_genre",
+            r#"{"year_weight": 0, "smoothing": 0, "prior": 0}"#,
+        ),
+        ("palr_retriever_template", "{}"),
+        ("palr_retriever_template", r#"{"min_year": 2000}"#),
         ("palr_retriever_testkit", "{}"),
     ] {
         let report = conformance::check_plugin(&require_built(lib), config);
