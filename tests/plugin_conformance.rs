@@ -206,3 +206,24 @@ fn cli_prints_a_line_per_check_and_fails_on_a_failure() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("not found (looked for"), "{stderr}");
 }
+
+/// `palr --version` names the plugin ABI this build speaks and the SDK line to build plugins
+/// with (plugins/sdk/README.md, "Versions").
+#[test]
+fn version_names_the_plugin_abi_and_sdk_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_palr"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let abi = palr::retrieval::ABI_VERSION;
+    let sdk = palr_retriever_sdk::abi::sdk_for_abi(abi).unwrap();
+    assert_eq!(
+        text.trim(),
+        format!(
+            "palr {} (retriever plugin ABI {abi}: build plugins with {sdk})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}

@@ -150,9 +150,20 @@ fn deploy(lib: &Path, plugins: &Path) {
     std::fs::rename(&staged, plugins.join("libpalr_retriever_acme.so")).unwrap();
 }
 
+/// A `palr serve` process, killed if a test fails while it runs.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Harmless once it has exited.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `palr serve`: its gRPC and metrics addresses, and its log lines.
 struct Server {
-    child: Child,
+    process: Running,
     grpc: String,
     metrics: std::net::SocketAddr,
     log: mpsc::Receiver<String>,
@@ -161,7 +172,7 @@ struct Server {
 
 /// `palr serve --config CONFIG` in `workdir`, until it says it is serving.
 fn serve(config: &Path, workdir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palr"))
+    let child = Command::new(env!("CARGO_BIN_EXE_palr"))
         .arg("serve")
         .arg("--config")
         .arg(config)
@@ -172,8 +183,9 @@ fn serve(config: &Path, workdir: &Path) -> Server {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let mut process = Running(child);
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = process.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -202,7 +214,7 @@ fn serve(config: &Path, workdir: &Path) -> Server {
                 .unwrap();
             let grpc = format!("http://{}", fields["grpc"].as_str().unwrap());
             return Server {
-                child,
+                process,
                 grpc,
                 metrics,
                 log: rx,
@@ -216,17 +228,20 @@ impl Server {
     /// SIGTERM: drains and exits 0.
     fn stop(mut self) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.process.0.id().to_string()])
             .status()
             .unwrap()
             .success();
         assert!(ok, "kill -TERM failed");
         let t = Instant::now();
         let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.process.0.try_wait().unwrap() {
                 break s;
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "palr serve did not exit");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "palr serve did not exit"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let log: Vec<String> = self.log.try_iter().collect();
@@ -369,7 +384,9 @@ fn an_outside_team_ships_a_plugin_as_the_readme_says() {
     readme.says(first.trim_end_matches(" — "));
     assert!(check.starts_with(&first), "{check}");
     assert!(
-        check.lines().all(|l| !l.starts_with("FAIL ") && !l.starts_with("SKIP ")),
+        check
+            .lines()
+            .all(|l| !l.starts_with("FAIL ") && !l.starts_with("SKIP ")),
         "{check}"
     );
 
@@ -388,7 +405,7 @@ fn an_outside_team_ships_a_plugin_as_the_readme_says() {
     deploy(&lib, &plugins);
     let snippet = std::fs::read_to_string(repo.join("plugins/template/palr.toml")).unwrap();
     assert!(
-        readme.blocks.iter().any(|b| *b == snippet),
+        readme.blocks.contains(&snippet),
         "plugins/README.md must quote plugins/template/palr.toml exactly (step 5)"
     );
     let data = palr::data::default_data_dir().join("ml-100k");

@@ -552,7 +552,9 @@ mod tests {
         m.set_retriever_info(&[info("a", "1.0.0"), info("b", "0.3.1")]);
         let text = m.render();
         let series = |r: &str, v: &str| {
-            format!("palr_retriever_info{{abi=\"2\",plugin=\"acme\",retriever=\"{r}\",version=\"{v}\"}} 1")
+            format!(
+                "palr_retriever_info{{abi=\"2\",plugin=\"acme\",retriever=\"{r}\",version=\"{v}\"}} 1"
+            )
         };
         assert!(text.contains(&series("a", "1.0.0")), "{text}");
         assert!(text.contains(&series("b", "0.3.1")), "{text}");
@@ -560,7 +562,10 @@ mod tests {
         m.set_retriever_info(&[info("a", "1.1.0")]);
         let text = m.render();
         assert!(text.contains(&series("a", "1.1.0")), "{text}");
-        assert!(!text.contains("1.0.0") && !text.contains("retriever=\"b\""), "{text}");
+        assert!(
+            !text.contains("1.0.0") && !text.contains("retriever=\"b\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -146,7 +146,11 @@ impl Genre {
             }
             weight *= self.config.history_decay;
         }
-        let s = if total > 0.0 { self.config.smoothing } else { 1.0 };
+        let s = if total > 0.0 {
+            self.config.smoothing
+        } else {
+            1.0
+        };
         mix.iter()
             .zip(&self.year_global)
             .map(|(&m, &g)| {
@@ -493,13 +497,19 @@ mod tests {
         };
         // Genres alone: popularity within Drama, (count + 1) of 12: 0, 1 (4), 2, 4 (1).
         let plain = run(0.0);
-        assert_eq!(plain.iter().map(|a| a.0).collect::<Vec<_>>(), vec![0, 1, 2, 4]);
+        assert_eq!(
+            plain.iter().map(|a| a.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 4]
+        );
         // Years: the catalogue holds 1990 8 times (2 items + 6 interactions) and 1998 3 times
         // of 11; this user's history is all 1998, so P(1998 | user) = 0.5 + 0.5 * 3/11 and
         // 1998 is lifted 7/3, 1990 held at 1/2: the new 1998 release comes first. The item
         // without a year keeps its genre score.
         let years = run(1.0);
-        assert_eq!(years.iter().map(|a| a.0).collect::<Vec<_>>(), vec![2, 0, 1, 4]);
+        assert_eq!(
+            years.iter().map(|a| a.0).collect::<Vec<_>>(),
+            vec![2, 0, 1, 4]
+        );
         let close = |a: f32, b: f64| (f64::from(a) - b).abs() < 1e-6;
         assert!(close(years[0].1, 1.0 / 12.0 * 7.0 / 3.0), "{years:?}");
         assert!(close(years[1].1, 4.0 / 12.0 * 0.5), "{years:?}");
@@ -525,7 +535,10 @@ mod tests {
         let m = Genre::new(&cfg(0.9, 0, 0.1, 1.0), &corpus).unwrap();
         let got = run_query(&m, &Query::new(&[3], &[]), 8).unwrap();
         assert_eq!(got.len(), 7);
-        assert!(got.iter().all(|(_, s)| s.is_finite() && *s > 0.0), "{got:?}");
+        assert!(
+            got.iter().all(|(_, s)| s.is_finite() && *s > 0.0),
+            "{got:?}"
+        );
         assert_eq!(got[0].0, 4, "{got:?}");
         // With no prior there is nothing to count: every score is 0, still an answer.
         let m = Genre::new(&cfg(0.9, 0, 0.1, 0.0), &corpus).unwrap();

@@ -51,8 +51,7 @@ fn readme_table_has_a_row_per_abi() {
 
 #[test]
 fn template_depends_on_this_release_line_by_version() {
-    let manifest =
-        std::fs::read_to_string(sdk_dir().join("../template/Cargo.toml")).unwrap();
+    let manifest = std::fs::read_to_string(sdk_dir().join("../template/Cargo.toml")).unwrap();
     let line = format!("palr-retriever-sdk = \"0.{ABI_VERSION}\"");
     assert!(
         manifest.lines().any(|l| l.trim() == line),

@@ -46,7 +46,10 @@ impl Retriever for Template {
             // The catalogue's item data (ids, titles, years, genres, other attributes) comes
             // with the view; a year the data does not give is `None`.
             let year = corpus.item(index).and_then(|item| item.year());
-            if config.min_year.is_some_and(|min| year.is_none_or(|y| y < min)) {
+            if config
+                .min_year
+                .is_some_and(|min| year.is_none_or(|y| y < min))
+            {
                 continue;
             }
             // Count first; among equal counts the newer release (a year adds under 1).
@@ -118,7 +121,9 @@ mod tests {
     #[test]
     fn unknown_options_are_refused() {
         let corpus = Corpus::new(4, &OFFSETS, &ITEMS, None).unwrap();
-        let err = Template::new(r#"{"min_yaer": 1990}"#, &corpus).err().unwrap();
+        let err = Template::new(r#"{"min_yaer": 1990}"#, &corpus)
+            .err()
+            .unwrap();
         assert!(err.contains("unknown field `min_yaer`"), "{err}");
     }
 }
