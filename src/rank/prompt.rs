@@ -98,108 +98,136 @@ pub struct PromptBuilder {
 
 const MARKER: &str = "\u{1}PALR-CONTENT\u{1}";
 
+fn bad(m: String) -> RankError {
+    RankError::Config(m)
+}
+
+/// The text before and after the user's message: the chat template rendered around a
+/// marker (with the system message), or the plain system text and a newline.
+fn chat_frame(
+    cfg: &PromptConfig,
+    chat: Option<&ChatTemplate>,
+) -> Result<(String, String), RankError> {
+    if !cfg.use_chat_template {
+        let head = if cfg.system.is_empty() {
+            String::new()
+        } else {
+            format!("{}\n\n", cfg.system)
+        };
+        return Ok((head, "\n".to_string()));
+    }
+    let chat = chat.ok_or_else(|| {
+        bad("ranking.prompt.use_chat_template is on but the model has no chat template; turn it off".into())
+    })?;
+    let mut messages = Vec::new();
+    if !cfg.system.is_empty() {
+        messages.push(Message::new("system", &cfg.system));
+    }
+    messages.push(Message::new("user", MARKER));
+    let rendered = chat
+        .render(&messages, true)
+        .map_err(|e| bad(e.to_string()))?;
+    let at = rendered
+        .find(MARKER)
+        .ok_or_else(|| bad("the chat template drops the user's message".into()))?;
+    Ok((
+        rendered[..at].to_string(),
+        rendered[at + MARKER.len()..].to_string(),
+    ))
+}
+
+impl Layout {
+    /// Splits the template `ranking.prompt.{name}` at `{history}` (which must start a line and
+    /// come before `{candidates}`) and tokenizes the fixed prefix inside the chat frame.
+    fn parse(
+        name: &str,
+        template: &str,
+        (chat_head, chat_tail): (&str, &str),
+        tok: &Tokenizer,
+    ) -> Result<Layout, RankError> {
+        let at = template.find("{history}").ok_or_else(|| {
+            bad(format!(
+                "ranking.prompt.{name} has no {{history}} placeholder"
+            ))
+        })?;
+        let c = match (name, template.find("{candidates}")) {
+            (_, Some(c)) => c,
+            ("profile_template", None) => usize::MAX,
+            (_, None) => {
+                return Err(bad(format!(
+                    "ranking.prompt.{name} has no {{candidates}} placeholder"
+                )));
+            }
+        };
+        if c < at {
+            return Err(bad(format!(
+                "ranking.prompt.{name}: {{history}} must come before {{candidates}}"
+            )));
+        }
+        let head = &template[..at];
+        if !(head.is_empty() || head.ends_with('\n')) {
+            return Err(bad(format!(
+                "ranking.prompt.{name}: {{history}} must start a line"
+            )));
+        }
+        let prefix = tok
+            .encode(&format!("{chat_head}{head}"), false)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Layout {
+            before_history: head.to_string(),
+            prefix,
+            after_history: template[at + "{history}".len()..].to_string(),
+            chat_tail: chat_tail.to_string(),
+        })
+    }
+}
+
+/// Score mode's labels with their token ids: each one token, no two the same.
+fn score_labels(cfg: &PromptConfig, tok: &Tokenizer) -> Result<Vec<(char, u32)>, RankError> {
+    let mut labels = Vec::new();
+    for ch in cfg.score_labels.chars() {
+        let ids = tok
+            .encode(&ch.to_string(), false)
+            .map_err(|e| bad(e.to_string()))?;
+        match ids.as_slice() {
+            [id] if !labels.iter().any(|(_, t)| t == id) => labels.push((ch, *id)),
+            [_] => {
+                return Err(bad(format!(
+                    "score label {ch:?} repeats another label's token"
+                )));
+            }
+            _ => {
+                return Err(bad(format!(
+                    "score label {ch:?} is {} tokens; labels must be single tokens",
+                    ids.len()
+                )));
+            }
+        }
+    }
+    if labels.is_empty() {
+        return Err(bad("ranking.prompt.score_labels is empty".into()));
+    }
+    Ok(labels)
+}
+
 impl PromptBuilder {
     pub fn new(
         cfg: &PromptConfig,
         tok: &Tokenizer,
         chat: Option<&ChatTemplate>,
     ) -> Result<Self, RankError> {
-        let bad = |m: String| RankError::Config(m);
-        let (chat_head, chat_tail) = if cfg.use_chat_template {
-            let chat = chat.ok_or_else(|| {
-                bad("ranking.prompt.use_chat_template is on but the model has no chat template; turn it off".into())
-            })?;
-            let mut messages = Vec::new();
-            if !cfg.system.is_empty() {
-                messages.push(Message::new("system", &cfg.system));
-            }
-            messages.push(Message::new("user", MARKER));
-            let rendered = chat
-                .render(&messages, true)
-                .map_err(|e| bad(e.to_string()))?;
-            let at = rendered
-                .find(MARKER)
-                .ok_or_else(|| bad("the chat template drops the user's message".into()))?;
-            (
-                rendered[..at].to_string(),
-                rendered[at + MARKER.len()..].to_string(),
-            )
-        } else {
-            let head = if cfg.system.is_empty() {
-                String::new()
-            } else {
-                format!("{}\n\n", cfg.system)
-            };
-            (head, "\n".to_string())
-        };
-        let layout = |name: &str, template: &str| -> Result<Layout, RankError> {
-            let at = template.find("{history}").ok_or_else(|| {
-                bad(format!(
-                    "ranking.prompt.{name} has no {{history}} placeholder"
-                ))
-            })?;
-            let c = match (name, template.find("{candidates}")) {
-                (_, Some(c)) => c,
-                ("profile_template", None) => usize::MAX,
-                (_, None) => {
-                    return Err(bad(format!(
-                        "ranking.prompt.{name} has no {{candidates}} placeholder"
-                    )));
-                }
-            };
-            if c < at {
-                return Err(bad(format!(
-                    "ranking.prompt.{name}: {{history}} must come before {{candidates}}"
-                )));
-            }
-            let head = &template[..at];
-            if !(head.is_empty() || head.ends_with('\n')) {
-                return Err(bad(format!(
-                    "ranking.prompt.{name}: {{history}} must start a line"
-                )));
-            }
-            let prefix = tok
-                .encode(&format!("{chat_head}{head}"), false)
-                .map_err(|e| bad(e.to_string()))?;
-            Ok(Layout {
-                before_history: head.to_string(),
-                prefix,
-                after_history: template[at + "{history}".len()..].to_string(),
-                chat_tail: chat_tail.clone(),
-            })
-        };
-        let mut labels = Vec::new();
-        for ch in cfg.score_labels.chars() {
-            let ids = tok
-                .encode(&ch.to_string(), false)
-                .map_err(|e| bad(e.to_string()))?;
-            match ids.as_slice() {
-                [id] if !labels.iter().any(|(_, t)| t == id) => labels.push((ch, *id)),
-                [_] => {
-                    return Err(bad(format!(
-                        "score label {ch:?} repeats another label's token"
-                    )));
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "score label {ch:?} is {} tokens; labels must be single tokens",
-                        ids.len()
-                    )));
-                }
-            }
-        }
-        if labels.is_empty() {
-            return Err(bad("ranking.prompt.score_labels is empty".into()));
-        }
+        let (head, tail) = chat_frame(cfg, chat)?;
+        let frame = (head.as_str(), tail.as_str());
+        let labels = score_labels(cfg, tok)?;
         if !cfg.profile_line.contains("{profile}") {
             return Err(bad(
                 "ranking.prompt.profile_line has no {profile} placeholder".into(),
             ));
         }
         Ok(PromptBuilder {
-            generate: layout("generate_template", &cfg.generate_template)?,
-            score: layout("score_template", &cfg.score_template)?,
-            profile: layout("profile_template", &cfg.profile_template)?,
+            generate: Layout::parse("generate_template", &cfg.generate_template, frame, tok)?,
+            score: Layout::parse("score_template", &cfg.score_template, frame, tok)?,
+            profile: Layout::parse("profile_template", &cfg.profile_template, frame, tok)?,
             profile_line: cfg.profile_line.clone(),
             labels,
         })

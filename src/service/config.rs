@@ -563,6 +563,7 @@ impl ServerConfig {
     }
 
     /// Checks the bounds the service relies on; the message names the key and the bound.
+    /// Long by nature: a flat list of independent checks, one per key, each with its message.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         self.server.grpc_addr()?;

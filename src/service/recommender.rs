@@ -1045,11 +1045,22 @@ impl Recommender {
         });
         let out = joined(by(respond_by, "ranking", job).await?)??;
         cancel.disarm();
-        let rt = &out.timings;
+        self.record_ranked(mode, &adapter_label, &out.timings, timings);
+        Ok(out)
+    }
+
+    /// Counts a finished ranking job and copies its stage times into the response's.
+    fn record_ranked(
+        &self,
+        mode: RankMode,
+        adapter_label: &str,
+        rt: &crate::rank::RankTimings,
+        timings: &mut Timings,
+    ) {
         let m = &self.metrics;
         let label = mode.name();
         m.ranked_requests
-            .with_label_values(&[label, &adapter_label])
+            .with_label_values(&[label, adapter_label])
             .inc();
         m.stage_histogram("prompt").observe(rt.prompt_s);
         m.stage_histogram("prefill").observe(rt.prefill_s);
@@ -1075,7 +1086,6 @@ impl Recommender {
         timings.prompt_tokens = rt.prompt_tokens;
         timings.cached_prompt_tokens = rt.cached_prompt_tokens;
         timings.generated_tokens = rt.generated_tokens;
-        Ok(out)
     }
 
     /// The top `k` of `candidates` (item, retriever score; best first): ranked by the LLM in
