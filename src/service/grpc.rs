@@ -23,7 +23,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_server::Recommender as RecommenderRpc;
 
 use super::error::ServiceError;
-use super::metrics::{GaugeGuard, Metrics, RPCS};
+use super::metrics::{ADMIN_RPCS, GaugeGuard, Metrics, RPCS};
 use super::recommender::{
     Mode, RankParams, RecommendParams, Recommendation, Recommender, RetrieveParams, Timings,
 };
@@ -52,9 +52,12 @@ impl<S> Stamp<S> {
     }
 }
 
-/// The `rpc` label of a request path: the method of `palr.v1.Recommender`, `Health`,
-/// `Reflection`, or `unknown` (bounded label values).
+/// The `rpc` label of a request path: the method of `palr.v1.Recommender` or of
+/// `palr.admin.v1.Admin`, `Health`, `Reflection`, or `unknown` (bounded label values).
 pub(crate) fn rpc_label(path: &str) -> &'static str {
+    if let Some(m) = path.strip_prefix("/palr.admin.v1.Admin/") {
+        return ADMIN_RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown");
+    }
     match path.strip_prefix("/palr.v1.Recommender/") {
         Some(m) => RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown"),
         None if path.starts_with("/grpc.health.v1.Health/") => "Health",
@@ -570,7 +573,7 @@ impl RecommenderRpc for RecommenderService {
                 prompt_history_items: s.prompt_history_items as u32,
                 max_score_candidates: s.max_score_candidates as u32,
                 max_retrieve_candidates: l.max_retrieve_candidates,
-                default_retriever: self.core.default_retriever().to_owned(),
+                default_retriever: self.core.default_retriever(),
                 max_exclude: l.max_exclude,
                 training_view_stage: s.training_view_stage,
                 training_view_fingerprint: s.training_view_fingerprint,
