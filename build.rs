@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     for (proto, descriptor) in [
         ("proto/palr/v1/recommender.proto", "palr_descriptor.bin"),
-        ("proto/palr/admin/v1/admin.proto", "palr_admin_descriptor.bin"),
+        (
+            "proto/palr/admin/v1/admin.proto",
+            "palr_admin_descriptor.bin",
+        ),
     ] {
         println!("cargo:rerun-if-changed={proto}");
         let fds = protox::compile([proto], ["proto"])?;

@@ -197,7 +197,10 @@ fn sighup_reloads_the_retrievers_from_the_file() {
     // A file that does not parse: logged, and the retrievers stay.
     std::fs::write(&file, format!("{text}\n[retrieval\n")).unwrap();
     signal(&child, "-HUP");
-    let v = wait_for(&rx, "retriever reload failed; the retrievers in use are unchanged");
+    let v = wait_for(
+        &rx,
+        "retriever reload failed; the retrievers in use are unchanged",
+    );
     assert!(
         v["fields"]["error"].as_str().unwrap().contains("palr.toml"),
         "{v}"

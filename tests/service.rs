@@ -2427,9 +2427,9 @@ fn grafana_dashboard_queries_use_exposed_metrics() {
 
 // --- The admin API (palr.admin.v1.Admin) ---
 
+use admin_pb::admin_client::AdminClient;
 use palr::proto::admin::v1 as admin_pb;
 use palr::service::ConfigSource;
-use admin_pb::admin_client::AdminClient;
 
 /// An admin-scoped token and one with the default scopes, for the admin tests' servers.
 const ADMIN_TOKEN: &str = "adm1n-0123456789abcdef";
@@ -2520,9 +2520,7 @@ fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
 
 /// Retriever and fusion names of ListRetrievers (sorted), the default's name and each
 /// plugin's calls (counted per instance: a reload starts them at zero).
-async fn listed(
-    c: &mut RecommenderClient<Channel>,
-) -> (Vec<String>, String, HashMap<String, u64>) {
+async fn listed(c: &mut RecommenderClient<Channel>) -> (Vec<String>, String, HashMap<String, u64>) {
     let list = c
         .list_retrievers(bearer(pb::ListRetrieversRequest {}, SVC_TOKEN))
         .await
@@ -2591,11 +2589,7 @@ fn admin_api_needs_an_admin_token_and_is_off_without_one() {
         // ... and the port it was given is closed again.
         assert!(tokio::net::TcpStream::connect(admin_port).await.is_err());
 
-        let retrieval = retrieval_toml(
-            "markov",
-            &[("markov", "palr_retriever_markov", "{}")],
-            "",
-        );
+        let retrieval = retrieval_toml("markov", &[("markov", "palr_retriever_markov", "{}")], "");
         let fx = AdminFixture::start(
             &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
             &retrieval,
@@ -2770,11 +2764,8 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
             ],
             "",
         );
-        let fx = AdminFixture::start(
-            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
-            &two,
-        )
-        .await;
+        let fx =
+            AdminFixture::start(&format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"), &two).await;
         let mut admin = fx.admin().await;
         let mut rec = fx.recommender().await;
         let (names, default, _) = listed(&mut rec).await;
@@ -2836,10 +2827,7 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
         // Broken configurations: refused, and nothing changes.
         let broken = [
             (
-                grown.replace(
-                    "\"palr_retriever_itemknn\"",
-                    "\"palr_retriever_nope\"",
-                ),
+                grown.replace("\"palr_retriever_itemknn\"", "\"palr_retriever_nope\""),
                 vec!["unchanged", "palr_retriever_nope"],
             ),
             (
@@ -2900,7 +2888,9 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
         let count = |outcome: &str| {
             series(
                 &text,
-                &format!(r#"palr_admin_calls_total{{call="ReloadRetrievers",outcome="{outcome}"}}"#),
+                &format!(
+                    r#"palr_admin_calls_total{{call="ReloadRetrievers",outcome="{outcome}"}}"#
+                ),
             )
         };
         assert_eq!(count("ok"), 3.0);
@@ -2917,7 +2907,8 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
 fn reloads_under_load_lose_no_request() {
     let _llm = llm_lock();
     block_on(async {
-        let fusion = "[[retrieval.fusions]]\nname = \"mix\"\nmembers = [\"markov\", \"popularity\"]\n";
+        let fusion =
+            "[[retrieval.fusions]]\nname = \"mix\"\nmembers = [\"markov\", \"popularity\"]\n";
         let a = retrieval_toml(
             "markov",
             &[
@@ -2939,11 +2930,8 @@ fn reloads_under_load_lose_no_request() {
             ],
             fusion,
         );
-        let fx = AdminFixture::start(
-            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
-            &a,
-        )
-        .await;
+        let fx =
+            AdminFixture::start(&format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"), &a).await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -2983,7 +2971,12 @@ fn reloads_under_load_lose_no_request() {
             c.await.unwrap();
         }
         let failures = failures.lock().unwrap().clone();
-        assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
         let during = at_last_reload - at_first_reload;
         assert!(during >= 100, "only {during} calls while reloading");
         let total = ok.load(std::sync::atomic::Ordering::Relaxed);

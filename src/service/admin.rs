@@ -15,7 +15,7 @@ use crate::proto::admin::v1::admin_server::Admin;
 
 use super::conn::Caller;
 use super::error::ServiceError;
-use super::recommender::{ReloadReport, Recommender};
+use super::recommender::{Recommender, ReloadReport};
 
 /// The gRPC face of the admin operations on a [`Recommender`].
 #[derive(Debug, Clone)]

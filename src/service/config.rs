@@ -892,6 +892,53 @@ mod tests {
     }
 
     #[test]
+    fn admin_addr_is_its_own_or_empty() {
+        let c = ServerConfig::default();
+        assert_eq!(
+            c.server.admin_socket().unwrap(),
+            Some("127.0.0.1:50052".parse().unwrap())
+        );
+        let off = ServerConfig::from_toml("[server]\nadmin_addr = \"\"").unwrap();
+        assert_eq!(off.server.admin_socket().unwrap(), None);
+        let e = ServerConfig::from_toml("[server]\nadmin_addr = \"localhost:1\"").unwrap_err();
+        assert!(e.to_string().contains("server.admin_addr"), "{e}");
+        for key in ["addr", "metrics_addr"] {
+            let e = ServerConfig::from_toml(&format!(
+                "[server]\n{key} = \"127.0.0.1:7000\"\nadmin_addr = \"127.0.0.1:7000\""
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "server.admin_addr = \"127.0.0.1:7000\" is also server.{key}"
+                )),
+                "{e}"
+            );
+        }
+        // Port 0 (any free port) is never a clash.
+        ServerConfig::from_toml("[server]\naddr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"")
+            .unwrap();
+    }
+
+    #[test]
+    fn config_sources_read_the_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palr.toml");
+        std::fs::write(&file, "[limits]\ndefault_k = 4\n").unwrap();
+        let mut source = ConfigSource::file(&file);
+        source.overrides.default_retriever = Some("markov".into());
+        let c = source.load().unwrap();
+        assert_eq!(
+            (c.limits.default_k, c.retrieval.default.as_str()),
+            (4, "markov")
+        );
+        std::fs::write(&file, "[limits]\ndefault_k = 6\n").unwrap();
+        assert_eq!(source.load().unwrap().limits.default_k, 6);
+        std::fs::write(&file, "[limits]\ndefault_k = \"six\"\n").unwrap();
+        let e = source.load().unwrap_err().to_string();
+        assert!(e.contains("palr.toml") && e.contains("default_k"), "{e}");
+    }
+
+    #[test]
     fn model_device_parses_and_needs_bf16_on_cuda() {
         assert_eq!(ServerConfig::default().model.device, Device::Cpu);
         let c = ServerConfig::from_toml("[model]\ndevice = \"cuda:1\"\ndtype = \"bf16\"").unwrap();

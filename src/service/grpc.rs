@@ -56,7 +56,11 @@ impl<S> Stamp<S> {
 /// `palr.admin.v1.Admin`, `Health`, `Reflection`, or `unknown` (bounded label values).
 pub(crate) fn rpc_label(path: &str) -> &'static str {
     if let Some(m) = path.strip_prefix("/palr.admin.v1.Admin/") {
-        return ADMIN_RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown");
+        return ADMIN_RPCS
+            .iter()
+            .find(|r| **r == m)
+            .copied()
+            .unwrap_or("unknown");
     }
     match path.strip_prefix("/palr.v1.Recommender/") {
         Some(m) => RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown"),
@@ -645,6 +649,23 @@ mod tests {
         );
         let plain = Request::new(());
         assert_eq!(respond_by(&plain), None);
+    }
+
+    #[test]
+    fn rpc_labels_are_bounded() {
+        assert_eq!(rpc_label("/palr.v1.Recommender/Recommend"), "Recommend");
+        assert_eq!(
+            rpc_label("/palr.admin.v1.Admin/ReloadRetrievers"),
+            "ReloadRetrievers"
+        );
+        assert_eq!(
+            rpc_label("/palr.admin.v1.Admin/ListAdapters"),
+            "ListAdapters"
+        );
+        assert_eq!(rpc_label("/palr.admin.v1.Admin/Recommend"), "unknown");
+        assert_eq!(rpc_label("/palr.v1.Recommender/ListAdapters"), "unknown");
+        assert_eq!(rpc_label("/grpc.health.v1.Health/Check"), "Health");
+        assert_eq!(rpc_label("/x.Y/Z"), "unknown");
     }
 
     #[test]

@@ -1174,7 +1174,12 @@ impl Recommender {
         drop(old);
         Ok(ReloadReport {
             retrievers: set.registry.list(),
-            fusions: set.registry.fusions().iter().map(|f| f.name.clone()).collect(),
+            fusions: set
+                .registry
+                .fusions()
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
             default: set.section.default.clone(),
             added,
             removed,
@@ -1396,7 +1401,15 @@ impl Recommender {
 
         let mut timings = Timings::default();
         let (candidates, dt) = self
-            .run_retrieve(&set, &retriever, recent.clone(), ctx, n, exclude, respond_by)
+            .run_retrieve(
+                &set,
+                &retriever,
+                recent.clone(),
+                ctx,
+                n,
+                exclude,
+                respond_by,
+            )
             .await?;
         timings.retrieve_s = dt.as_secs_f64();
         let k = k.min(candidates.len());
@@ -1506,7 +1519,15 @@ impl Recommender {
         let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
         exclude.extend_from_slice(older);
         let (found, dt) = self
-            .run_retrieve(&set, &retriever, recent.to_vec(), ctx, n, exclude, respond_by)
+            .run_retrieve(
+                &set,
+                &retriever,
+                recent.to_vec(),
+                ctx,
+                n,
+                exclude,
+                respond_by,
+            )
             .await?;
         Ok(Retrieval {
             items: found

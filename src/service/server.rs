@@ -35,13 +35,13 @@ use crate::proto::admin::v1::admin_server::AdminServer;
 use crate::proto::v1::recommender_server::RecommenderServer;
 
 use super::admin::AdminService;
+use super::config::ServerSection;
 use super::conn::{Activity, ConnLimits, ConnService, Connections, RateLimiter};
 use super::error::StartError;
 use super::grpc::{RecommenderService, Stamp};
 use super::metrics::Metrics;
 use super::metrics::serve_metrics;
 use super::recommender::Recommender;
-use super::config::ServerSection;
 use super::security::{Scope, Transport};
 
 /// The gRPC service name of the recommender (for health checks).
