@@ -489,13 +489,15 @@ impl RecommenderRpc for RecommenderService {
     ) -> Result<Response<pb::ListRetrieversResponse>, Status> {
         let trace = trace_id(request.metadata());
         self.observe("ListRetrievers", "", trace, async {
-            let default = self.core.default_retriever();
-            let plugins = self.core.retrievers().into_iter().map(|r| {
+            // One set: a reload swapping another in meanwhile is not half shown.
+            let set = self.core.retriever_set();
+            let default = set.default_retriever();
+            let plugins = set.retrievers().into_iter().map(|r| {
                 let (trained_on_stage, trained_on_fingerprint) = r
                     .trained_on
                     .map(|t| (t.stage, t.fingerprint))
                     .unwrap_or_default();
-                let b = self.core.bulkhead(&r.name);
+                let b = set.bulkhead(&r.name);
                 let timeouts = b.map_or(0, |b| b.timeouts);
                 pb::RetrieverInfo {
                     is_default: r.name == default,
@@ -529,7 +531,7 @@ impl RecommenderRpc for RecommenderService {
                     ..Default::default()
                 }
             });
-            let fusions = self.core.fusions().into_iter().map(|f| pb::RetrieverInfo {
+            let fusions = set.fusions().into_iter().map(|f| pb::RetrieverInfo {
                 is_default: f.name == default,
                 description: format!("fusion ({}) of {}", f.method.name(), f.members.join(", ")),
                 plugin_name: "fusion".into(),

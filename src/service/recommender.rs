@@ -256,6 +256,26 @@ impl RetrieverSet {
         })
     }
 
+    /// The loaded plugins, by name.
+    pub fn retrievers(&self) -> Vec<RetrieverInfo> {
+        self.registry.list()
+    }
+
+    /// The fusions, by name.
+    pub fn fusions(&self) -> Vec<Arc<FusionSpec>> {
+        self.registry.fusions()
+    }
+
+    /// The retriever used when a request names none.
+    pub fn default_retriever(&self) -> &str {
+        &self.section.default
+    }
+
+    /// Plugin `name`'s isolation state.
+    pub fn bulkhead(&self, name: &str) -> Option<BulkheadStats> {
+        self.bulkheads.stats(name)
+    }
+
     /// Plugin names, then every name a request may use (fusions included).
     fn names(&self) -> (Vec<String>, Vec<String>) {
         let plugins: Vec<String> = self.registry.list().into_iter().map(|r| r.name).collect();
@@ -662,8 +682,10 @@ impl Recommender {
         self.retriever_set().section.clone()
     }
 
-    /// The retriever set in use now (requests keep the one they started with).
-    fn retriever_set(&self) -> Arc<RetrieverSet> {
+    /// The retriever set in use now (requests keep the one they started with): one
+    /// consistent view of plugins, fusions, default and bulkheads, whatever a reload swaps in
+    /// meanwhile.
+    pub fn retriever_set(&self) -> Arc<RetrieverSet> {
         // Only ever replaced whole: a poisoned lock still holds a valid set.
         self.retriever_set
             .read()

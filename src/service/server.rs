@@ -128,30 +128,27 @@ pub async fn serve(
             .set_service_status(super::bulkhead::health_name(name), ServingStatus::Serving)
             .await;
     }
-    // A reload brings new instances (breakers closed) and may add or drop names.
-    let swap_reporter = health.clone();
+    // A reload brings new instances (breakers closed) and may add or drop names: one task
+    // applies the swaps to health in the order the reloads made them.
+    let (swaps_tx, mut swaps_rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
     core.on_retrievers_swapped(Arc::new(move |now: &[String], gone: &[String]| {
-        let reporter = swap_reporter.clone();
-        let (now, gone) = (now.to_vec(), gone.to_vec());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut reporter = reporter;
-                for name in gone {
-                    reporter
-                        .clear_service_status(&super::bulkhead::health_name(&name))
-                        .await;
-                }
-                for name in now {
-                    reporter
-                        .set_service_status(
-                            super::bulkhead::health_name(&name),
-                            ServingStatus::Serving,
-                        )
-                        .await;
-                }
-            });
-        }
+        let _ = swaps_tx.send((now.to_vec(), gone.to_vec()));
     }));
+    let mut swap_reporter = health.clone();
+    let swaps = tokio::spawn(async move {
+        while let Some((now, gone)) = swaps_rx.recv().await {
+            for name in gone {
+                swap_reporter
+                    .clear_service_status(&super::bulkhead::health_name(&name))
+                    .await;
+            }
+            for name in now {
+                swap_reporter
+                    .set_service_status(super::bulkhead::health_name(&name), ServingStatus::Serving)
+                    .await;
+            }
+        }
+    });
     let hook_reporter = health.clone();
     core.on_retriever_health(Arc::new(move |name: &str, serving: bool| {
         let reporter = hook_reporter.clone();
@@ -263,6 +260,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     tokio::select! {
         () = &mut serving => {
+            swaps.abort();
             return Err(StartError::Serve("the gRPC accept loop stopped unexpectedly".into()));
         }
         () = &mut shutdown => {}
@@ -288,6 +286,7 @@ pub async fn serve(
         health.clear_service_status(name).await;
     }
     // The retrievers served now (a reload may have changed them since the start).
+    swaps.abort();
     for r in core.retrievers() {
         health
             .clear_service_status(&super::bulkhead::health_name(&r.name))
