@@ -2690,6 +2690,44 @@ fn admin_api_needs_an_admin_token_and_is_off_without_one() {
             ),
             1.0
         );
+        // `palr admin`, with the token in PALR_TOKEN as for `palr recommend`.
+        let cli = |args: &[&str], token: Option<&str>| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_palr"));
+            c.arg("admin")
+                .args(args)
+                .args(["--addr", &format!("http://{admin_addr}")])
+                .env("RUST_BACKTRACE", "0")
+                .env_remove("PALR_TOKEN");
+            if let Some(t) = token {
+                c.env("PALR_TOKEN", t);
+            }
+            c.output().unwrap()
+        };
+        let out = cli(&["reload-retrievers"], Some(ADMIN_TOKEN));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            text.contains("libpalr_retriever_markov.so")
+                && text.contains("default markov")
+                && text.contains("reloaded in"),
+            "{text}"
+        );
+        let out = cli(&["list-adapters", "--json"], Some(ADMIN_TOKEN));
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["adapters"], serde_json::json!([]), "{v}");
+        let out = cli(&["reload-retrievers"], Some(SVC_TOKEN));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("PERMISSION_DENIED") && err.contains("admin"),
+            "{err}"
+        );
+        let out = cli(&["list-adapters"], None);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("UNAUTHENTICATED"), "{err}");
+
         fx.shutdown().await;
         // Stopped with the server.
         assert!(tokio::net::TcpStream::connect(admin_addr).await.is_err());
