@@ -1924,10 +1924,19 @@ fn mutual_tls_and_bearer_tokens_guard_every_call_but_health() {
                 }
             }
         }
-        let handshakes = series(
-            &core.metrics().render(),
-            "palr_tls_handshake_failures_total",
-        );
+        // The server counts a failed handshake once its accept returns, which may be after
+        // the client has seen the alert: wait for the count a little.
+        let mut handshakes = 0.0;
+        for _ in 0..100 {
+            handshakes = series(
+                &core.metrics().render(),
+                "palr_tls_handshake_failures_total",
+            );
+            if handshakes >= 3.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(handshakes >= 3.0, "{handshakes} failed handshakes counted");
 
         let ch = connect(Some((&pki.client_cert, &pki.client_key)))
