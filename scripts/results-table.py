@@ -11,7 +11,9 @@ Outputs:
   NDCG@5/10/20 (NDCG@10 with one standard error when per-user ranks are there), MRR (over the
   top 100), and for LLM methods the recall@20 of the candidates they re-ranked (their ceiling);
 - optionally that table spliced into a file between the lines `<!-- results-table:start -->` and
-  `<!-- results-table:end -->` (the README);
+  `<!-- results-table:end -->` (the README), or with `--readme-section NAME` between
+  `<!-- results-table-NAME:start -->` and `<!-- results-table-NAME:end -->` (a second table,
+  e.g. the validation split's);
 - optionally a PNG bar chart of NDCG@10 by method, error bars = one standard error
   (sample standard deviation of the per-user NDCG@10 over sqrt(users)), none without per-user ranks.
 
@@ -150,13 +152,23 @@ def markdown(split: str, rows: list[Row]) -> str:
     return note + head + "\n".join(lines) + "\n"
 
 
-def splice(path: Path, table: str) -> None:
+def markers(section: str | None) -> tuple[str, str]:
+    """The lines a table goes between: the main table's, or a named section's."""
+    if section is None:
+        return START, END
+    if not section or not all(c.isalnum() or c in "-_" for c in section):
+        raise InputError(f"section name {section!r}: use letters, digits, '-' and '_'")
+    return f"<!-- results-table-{section}:start -->", f"<!-- results-table-{section}:end -->"
+
+
+def splice(path: Path, table: str, section: str | None = None) -> None:
+    start, end = markers(section)
     text = path.read_text(encoding="utf-8")
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise InputError(f"{path}: needs one line `{START}` followed by one line `{END}` to put the table between")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    path.write_text(f"{before}{START}\n{table}{END}{after}", encoding="utf-8")
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise InputError(f"{path}: needs one line `{start}` followed by one line `{end}` to put the table between")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    path.write_text(f"{before}{start}\n{table}{end}{after}", encoding="utf-8")
 
 
 def plot(rows: list[Row], split: str, out: Path) -> None:
@@ -201,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("reports", nargs="+", type=Path, help="`palr eval --out` / sasrec_recbole.py JSON reports")
     p.add_argument("--markdown", type=Path, help="write the table here (it is always printed)")
     p.add_argument("--readme", type=Path, help=f"splice the table into this file between {START} and {END}")
+    p.add_argument("--readme-section", metavar="NAME",
+                   help="with --readme: between <!-- results-table-NAME:start --> and <!-- results-table-NAME:end --> instead")
     p.add_argument("--plot", type=Path, help="write the NDCG@10 bar chart (PNG) here")
     args = p.parse_args(argv)
     try:
@@ -211,7 +225,9 @@ def main(argv=None) -> int:
             args.markdown.parent.mkdir(parents=True, exist_ok=True)
             args.markdown.write_text(table, encoding="utf-8")
         if args.readme:
-            splice(args.readme, table)
+            splice(args.readme, table, args.readme_section)
+        elif args.readme_section:
+            raise InputError("--readme-section needs --readme")
         if args.plot:
             plot(rows, split, args.plot)
     except InputError as e:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The README's results: MovieLens-100k test split, every method on palr's protocol.
-#   1. retrievers alone (popularity, itemknn, markov, sasrec, fused) on all users -> retrievers.json
+#   1. retrievers alone (popularity, itemknn, markov, sasrec, fused, genre) on all users
+#      -> retrievers.json, and on the validation split -> retrievers-valid.json
 #   2. LLM methods (retriever top 20 re-ranked by the LLM)                 -> llm[-NAME].json
 #      (~1 s/user/method in score mode, ~3.5 s in generate mode on 2 CPU cores)
 #   3. SASRec trained with RecBole 1.2.1 (scripts/sasrec_recbole.py)     -> sasrec.json
 #   4. the table (results.md, spliced into README.md) and the NDCG@10 plot (ndcg10.png) from
-#      every report in the output directory: retrievers.json, llm*.json, sasrec.json.
+#      every report in the output directory: retrievers.json, llm*.json, sasrec.json; and the
+#      validation split's table (results-valid.md, README.md's "valid" section) from
+#      retrievers-valid.json.
 # Skipped stages keep their earlier report, so e.g. `--no-sasrec --llm-methods ...` adds an
 # LLM run to the committed retriever and SASRec results.
 #
@@ -66,9 +69,14 @@ venv_py=.cache/sasrec-venv/bin/python
 cargo build --release --workspace
 $palr data fetch ml-100k
 
+# The configured retrievers (configs/palr.toml) and `genre`, which that config does not load.
+retrievers=(--retriever genre=palr_retriever_genre --methods popularity,itemknn,markov,sasrec,fused,genre)
 echo "== retrievers alone, all users"
-$palr eval --split test --methods popularity,itemknn,markov,sasrec,fused --per-user --no-progress \
+$palr eval --split test "${retrievers[@]}" --per-user --no-progress \
     --out "$out/retrievers.json" --markdown "$out/retrievers.md"
+echo "== retrievers alone, all users, validation split"
+$palr eval --split valid "${retrievers[@]}" --per-user --no-progress \
+    --out "$out/retrievers-valid.json" --markdown "$out/retrievers-valid.md"
 
 if [ "$run_llm" = 1 ]; then
     $palr model fetch
@@ -100,9 +108,19 @@ for f in "$out"/llm*.json; do [ -e "$f" ] && reports+=("$f"); done
 [ -e "$out/sasrec.json" ] && reports+=("$out/sasrec.json")
 py=python3
 plot=()
-if [ -x "$venv_py" ]; then py=$venv_py; plot=(--plot "$out/ndcg10.png"); else
-    echo "no $venv_py (scripts/sasrec-setup.sh): table only, no plot" >&2
-fi
+# The plot needs matplotlib: the SASRec environment has it, so has the trainers' one.
+for cand in "$venv_py" .cache/train-venv/bin/python; do
+    if [ -x "$cand" ] && "$cand" -c "import matplotlib" 2>/dev/null; then
+        py=$cand; plot=(--plot "$out/ndcg10.png"); break
+    fi
+done
+[ ${#plot[@]} = 0 ] && echo "no Python with matplotlib (scripts/sasrec-setup.sh): table only, no plot" >&2
 readme_arg=()
-[ "$readme" = 1 ] && readme_arg=(--readme README.md)
+valid_readme_arg=()
+if [ "$readme" = 1 ]; then
+    readme_arg=(--readme README.md)
+    valid_readme_arg=(--readme README.md --readme-section valid)
+fi
 "$py" scripts/results-table.py "${reports[@]}" --markdown "$out/results.md" "${plot[@]}" "${readme_arg[@]}"
+"$py" scripts/results-table.py "$out/retrievers-valid.json" --markdown "$out/results-valid.md" \
+    "${valid_readme_arg[@]}"

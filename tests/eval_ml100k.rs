@@ -408,3 +408,64 @@ fn shipped_sasrec_weights_reproduce_the_trainers_validation_numbers() {
     }
     assert!(ndcg[1] > 0.1, "test NDCG@10 {}", ndcg[1]);
 }
+
+/// The genre retriever reaches catalogue items that have no interaction in the training view
+/// (plugins/genre/README.md): for every evaluated target without one (2 on the validation
+/// split, 3 on the test split), it ranks the target far above where popularity can (popularity
+/// puts every item without interactions last), and the full ranking of any user holds every
+/// such item.
+#[test]
+fn genre_ranks_items_without_interactions() {
+    let (ds, split) = load();
+    let specs = [
+        RetrieverSpec::new("popularity", "palr_retriever_popularity", "{}"),
+        RetrieverSpec::new("genre", "palr_retriever_genre", "{}"),
+    ];
+    for stage in [Stage::Valid, Stage::Test] {
+        let backend =
+            LocalBackend::load(&split, &ds.interactions, &ds.catalog, stage, &specs).unwrap();
+        let reg = backend.registry();
+        let view = reg.view();
+        let n_items = view.n_items() as usize;
+        let mut counts = vec![0u32; n_items];
+        for &i in view.items() {
+            counts[i as usize] += 1;
+        }
+        let mut cold_targets = 0;
+        for u in 0..split.n_users() as u32 {
+            let ex = match stage {
+                Stage::Valid => split.valid(u),
+                Stage::Test => split.test(u),
+            }
+            .unwrap();
+            if counts[ex.target as usize] != 0 {
+                continue;
+            }
+            cold_targets += 1;
+            let mut exclude = ex.history.to_vec();
+            exclude.sort_unstable();
+            exclude.dedup();
+            let rank = |name: &str| {
+                let all = reg.retrieve(name, ex.history, n_items, &[]).unwrap();
+                assert_eq!(all.len(), n_items - exclude.len());
+                1 + all.iter().position(|&(i, _)| i == ex.target).unwrap()
+            };
+            let (genre, pop) = (rank("genre"), rank("popularity"));
+            eprintln!(
+                "{stage:?}: user {u}, target {:?} ({:?}) without interactions: genre rank {genre}, \
+                 popularity rank {pop} of {}",
+                ds.catalog.id(ex.target),
+                ds.catalog.title(ex.target),
+                n_items - exclude.len()
+            );
+            assert!(genre < pop, "genre {genre}, popularity {pop}");
+        }
+        assert_eq!(
+            cold_targets,
+            match stage {
+                Stage::Valid => 2,
+                Stage::Test => 3,
+            }
+        );
+    }
+}

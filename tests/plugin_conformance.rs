@@ -1,5 +1,5 @@
 //! The conformance kit (`palr::retrieval::conformance`, `palr plugin check`) on real plugin
-//! libraries: the Rust baselines pass it; the misbehaving test plugins fail it, each on the
+//! libraries: the Rust baselines, `genre` and the template pass it; the misbehaving test plugins fail it, each on the
 //! check that names its misbehaviour and on no other query check.
 //!
 //! Needs the workspace's cdylibs: `cargo build --release --workspace` first.
@@ -39,6 +39,13 @@ fn rust_baselines_pass() {
         ),
         ("palr_retriever_markov", "{}"),
         ("palr_retriever_itemknn", "{}"),
+        ("palr_retriever_genre", "{}"),
+        (
+            "palr_retriever_genre",
+            r#"{"year_weight": 0, "smoothing": 0, "prior": 0}"#,
+        ),
+        ("palr_retriever_template", "{}"),
+        ("palr_retriever_template", r#"{"min_year": 2000}"#),
         ("palr_retriever_testkit", "{}"),
     ] {
         let report = conformance::check_plugin(&require_built(lib), config);
@@ -198,4 +205,25 @@ fn cli_prints_a_line_per_check_and_fails_on_a_failure() {
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("not found (looked for"), "{stderr}");
+}
+
+/// `palr --version` names the plugin ABI this build speaks and the SDK line to build plugins
+/// with (plugins/sdk/README.md, "Versions").
+#[test]
+fn version_names_the_plugin_abi_and_sdk_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_palr"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let abi = palr::retrieval::ABI_VERSION;
+    let sdk = palr_retriever_sdk::abi::sdk_for_abi(abi).unwrap();
+    assert_eq!(
+        text.trim(),
+        format!(
+            "palr {} (retriever plugin ABI {abi}: build plugins with {sdk})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
 }

@@ -266,7 +266,10 @@ typedef struct PalrRetrieverVTable {
     const char *name;
     /** One-line human description; static NUL-terminated UTF-8. */
     const char *description;
-    /** The plugin's own version, e.g. "1.2.0"; static NUL-terminated UTF-8. */
+    /** The plugin's own version, e.g. "1.2.0"; static NUL-terminated UTF-8. Independent of
+     *  the ABI version: the plugin's release, which palr shows beside the ABI version in
+     *  `palr plugin check`, `palr recommend --list-retrievers`, its "retriever loaded" log
+     *  line and the palr_retriever_info{retriever,plugin,version,abi} metric. */
     const char *plugin_version;
     /** Required. */
     PalrCreateFn create;

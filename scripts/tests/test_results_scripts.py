@@ -202,6 +202,17 @@ class TableTest(unittest.TestCase):
         with self.assertRaisesRegex(table.InputError, "needs one line"):
             table.splice(bad, "x")
 
+    def test_splice_named_section(self):
+        start, end = "<!-- results-table-valid:start -->", "<!-- results-table-valid:end -->"
+        text = f"{table.START}\nmain\n{table.END}\n{start}\nold\n{end}\n"
+        readme = self._raw("README.md", text)
+        table.splice(readme, "| valid |\n", "valid")
+        self.assertEqual(readme.read_text(), f"{table.START}\nmain\n{table.END}\n{start}\n| valid |\n{end}\n")
+        with self.assertRaisesRegex(table.InputError, "results-table-other:start"):
+            table.splice(readme, "x", "other")
+        with self.assertRaisesRegex(table.InputError, "section name"):
+            table.splice(readme, "x", "a b")
+
     def test_plot(self):
         try:
             import matplotlib  # noqa: F401

@@ -19,12 +19,26 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "palr",
-    version,
+    version = version_line(),
     about = "PALR-style LLM recommendation ranking"
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What `palr --version` prints: palr's version, the retriever plugin ABI this build speaks and
+/// the SDK release line plugins must be built with (`plugins/sdk/README.md`, "Versions").
+pub fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        let abi = crate::retrieval::ABI_VERSION;
+        let sdk = palr_retriever_sdk::abi::sdk_for_abi(abi).unwrap_or("an unknown SDK");
+        format!(
+            "{} (retriever plugin ABI {abi}: build plugins with {sdk})",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]

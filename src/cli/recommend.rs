@@ -141,14 +141,22 @@ async fn run_async(args: &RecommendArgs) -> anyhow::Result<()> {
             return json(&list);
         }
         println!(
-            "{:<12} {:<12} {:<8} {:>8} {:>8}  description",
-            "name", "plugin", "default", "calls", "failures"
+            "{:<12} {:<12} {:<10} {:>3} {:<8} {:>8} {:>8}  description",
+            "name", "plugin", "version", "abi", "default", "calls", "failures"
         );
         for r in &list {
+            // Fusions are no plugin: no version, no ABI.
+            let (version, abi) = if r.abi_version == 0 {
+                ("-".to_owned(), "-".to_owned())
+            } else {
+                (r.plugin_version.clone(), r.abi_version.to_string())
+            };
             println!(
-                "{:<12} {:<12} {:<8} {:>8} {:>8}  {}",
+                "{:<12} {:<12} {:<10} {:>3} {:<8} {:>8} {:>8}  {}",
                 r.name,
                 r.plugin_name,
+                version,
+                abi,
                 yes(r.is_default),
                 r.calls,
                 r.failures,

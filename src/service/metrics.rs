@@ -105,6 +105,9 @@ pub struct Metrics {
     pub admin_calls: IntCounterVec,
     /// `palr_build_info{version,model,backend}` = 1.
     pub build_info: IntGaugeVec,
+    /// `palr_retriever_info{retriever,plugin,version,abi}` = 1 per loaded plugin: its
+    /// configured name, the plugin's own name and version, the ABI version it speaks.
+    pub retriever_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -328,6 +331,18 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            retriever_info: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "palr_retriever_info",
+                        "Loaded retriever plugins: configured name, plugin name, plugin version, \
+                         ABI version (value 1)",
+                    ),
+                    &["retriever", "plugin", "version", "abi"],
+                )
+                .expect("valid gauge"),
+            ),
             registry,
         };
         // Known series start at zero, so dashboards and rate() see them before the first
@@ -385,6 +400,18 @@ impl Metrics {
             for adapter in adapters {
                 self.ranked_requests.with_label_values(&[mode, adapter]);
             }
+        }
+    }
+
+    /// Sets `palr_retriever_info` to exactly the plugins given (series of plugins no longer
+    /// loaded, or of their earlier versions, are removed): call it after every (re)load.
+    pub fn set_retriever_info(&self, plugins: &[crate::retrieval::RetrieverInfo]) {
+        self.retriever_info.reset();
+        for p in plugins {
+            let abi = p.abi_version.to_string();
+            self.retriever_info
+                .with_label_values(&[&p.name, &p.plugin_name, &p.plugin_version, &abi])
+                .set(1);
         }
     }
 
@@ -523,6 +550,43 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("palr_generated_tokens_total{mode=\"generate\"} 0"));
+    }
+
+    #[test]
+    fn retriever_info_follows_what_is_loaded() {
+        let info = |name: &str, version: &str| crate::retrieval::RetrieverInfo {
+            name: name.into(),
+            path: "libx.so".into(),
+            loaded_from: "libx.so".into(),
+            plugin_name: "acme".into(),
+            description: String::new(),
+            plugin_version: version.into(),
+            abi_version: 2,
+            generation: 1,
+            trained_on: None,
+            view_stage: "all".into(),
+            stale_snapshot: false,
+            note: None,
+            stats: Default::default(),
+        };
+        let m = Metrics::new();
+        m.set_retriever_info(&[info("a", "1.0.0"), info("b", "0.3.1")]);
+        let text = m.render();
+        let series = |r: &str, v: &str| {
+            format!(
+                "palr_retriever_info{{abi=\"2\",plugin=\"acme\",retriever=\"{r}\",version=\"{v}\"}} 1"
+            )
+        };
+        assert!(text.contains(&series("a", "1.0.0")), "{text}");
+        assert!(text.contains(&series("b", "0.3.1")), "{text}");
+        // A reload with a new version of `a` and without `b` leaves only what is loaded.
+        m.set_retriever_info(&[info("a", "1.1.0")]);
+        let text = m.render();
+        assert!(text.contains(&series("a", "1.1.0")), "{text}");
+        assert!(
+            !text.contains("1.0.0") && !text.contains("retriever=\"b\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -637,6 +637,7 @@ impl Recommender {
             adapters.push(BASE_MODEL_LABEL.to_owned());
         }
         self.metrics.init_loaded(&plugins, &sources, &adapters);
+        self.metrics.set_retriever_info(&self.retrievers());
         // The quarantine gauge follows the breakers even where no server reports health.
         self.on_retriever_health(Arc::new(|_: &str, _: bool| {}));
     }
@@ -1178,6 +1179,7 @@ impl Recommender {
             .cloned()
             .collect();
         self.metrics.init_loaded(&plugins, &sources, &[]);
+        self.metrics.set_retriever_info(&set.registry.list());
         for name in &removed {
             self.metrics
                 .retriever_quarantined

@@ -172,6 +172,10 @@ pub struct PalrRetrieverVTable {
     /// One-line human description, NUL-terminated UTF-8, static.
     pub description: *const c_char,
     /// The plugin's own version (e.g. its crate version), NUL-terminated UTF-8, static.
+    /// Independent of `abi_version`: the plugin's release, which the host shows beside the ABI
+    /// version (`palr plugin check`, `--list-retrievers`, the `retriever loaded` log line, the
+    /// `palr_retriever_info{retriever,plugin,version,abi}` metric). `declare_retriever!` writes
+    /// the plugin crate's `CARGO_PKG_VERSION`.
     pub plugin_version: *const c_char,
     /// See [`CreateFn`]. Null is a broken plugin.
     pub create: Option<CreateFn>,

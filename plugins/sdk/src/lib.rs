@@ -40,6 +40,10 @@
 
 pub mod abi;
 mod items;
+/// The README's examples compile and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub mod rank;
 mod types;
 
