@@ -2870,13 +2870,13 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
         assert_eq!(answer.items.len(), 3);
         let serving = Ok(ServingStatus::Serving as i32);
         wait_for_health(fx.server.grpc_addr, "palr.retriever.itemknn", serving).await;
-        let info = |text: &str, name: &str| {
+        let has_info = |text: &str, name: &str| {
             text.lines().any(|l| {
                 l.starts_with("palr_retriever_info{")
                     && l.contains(&format!("retriever=\"{name}\""))
             })
         };
-        assert!(info(&fx.core.metrics().render(), "itemknn"));
+        assert!(has_info(&fx.core.metrics().render(), "itemknn"));
 
         // Broken configurations: refused, and nothing changes.
         let broken = [
@@ -2939,7 +2939,10 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
         wait_for_health(fx.server.grpc_addr, "palr.retriever.markov", serving).await;
 
         let text = fx.core.metrics().render();
-        assert!(!info(&text, "itemknn") && info(&text, "markov"), "{text}");
+        assert!(
+            !has_info(&text, "itemknn") && has_info(&text, "markov"),
+            "{text}"
+        );
         let count = |outcome: &str| {
             series(
                 &text,
