@@ -1,6 +1,7 @@
 //! `palr serve` as a process: signals and exit codes. A SIGTERM right after the server says it
 //! is serving drains and exits 0; a drain that times out with a request still running exits
-//! non-zero and says how many requests it cut off.
+//! non-zero and says how many requests it cut off; SIGHUP reloads the retrievers from the
+//! configuration file (and a broken file leaves them as they are).
 //!
 //! Needs the default model, MovieLens-100k and the plugins (scripts/test.sh fetches and builds
 //! them). Unix only (signals).
@@ -144,4 +145,68 @@ fn a_drain_that_times_out_exits_non_zero_with_the_count() {
     // The caller learnt that its request was lost.
     let r = rt.block_on(call).unwrap();
     assert!(r.is_err(), "{r:?}");
+}
+
+/// The next stderr line (JSON) whose message is `message`, within 60 s.
+fn wait_for(rx: &mpsc::Receiver<String>, message: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line {message:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == message {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_the_retrievers_from_the_file() {
+    let markov = "[[retrieval.retrievers]]\nname = \"markov\"\npath = \"palr_retriever_markov\"\n";
+    let (child, addr, rx, dir) = start(&format!("[retrieval]\ndefault = \"markov\"\n{markov}"));
+    // No token has the admin scope: the admin API is off, and the log says so.
+    wait_for(&rx, "admin API off");
+    let file = dir.path().join("palr.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let knn = "[[retrieval.retrievers]]\nname = \"itemknn\"\npath = \"palr_retriever_itemknn\"\n";
+    std::fs::write(&file, text.replace(markov, &format!("{markov}{knn}"))).unwrap();
+    signal(&child, "-HUP");
+    let v = wait_for(&rx, "retrievers reloaded");
+    assert_eq!(v["fields"]["trigger"], "SIGHUP", "{v}");
+    assert_eq!(v["fields"]["added"], "itemknn", "{v}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let names = |addr: String| {
+        rt.block_on(async move {
+            let mut c =
+                pb::recommender_client::RecommenderClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+            let list = c
+                .list_retrievers(pb::ListRetrieversRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            list.retrievers
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(names(addr.clone()), ["itemknn", "markov"]);
+    // A file that does not parse: logged, and the retrievers stay.
+    std::fs::write(&file, format!("{text}\n[retrieval\n")).unwrap();
+    signal(&child, "-HUP");
+    let v = wait_for(
+        &rx,
+        "retriever reload failed; the retrievers in use are unchanged",
+    );
+    assert!(
+        v["fields"]["error"].as_str().unwrap().contains("palr.toml"),
+        "{v}"
+    );
+    assert_eq!(names(addr), ["itemknn", "markov"]);
+    signal(&child, "-TERM");
+    let (status, log) = finish(child, rx);
+    assert!(status.success(), "exit {status:?}: {log}");
 }

@@ -1,5 +1,6 @@
 //! The TLS and token flags every gRPC client command shares (`palr recommend`, `palr bench
-//! recommend`, `palr eval --addr`), turned into the library's [`ConnectOptions`].
+//! recommend`, `palr eval --addr`, `palr admin`), turned into the library's
+//! [`ConnectOptions`].
 
 use std::path::PathBuf;
 

@@ -1,6 +1,7 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
 //! The only place (with `main.rs`) that uses `anyhow`.
 
+pub mod admin;
 pub mod bench_retrieve;
 pub mod connect;
 pub mod data;
@@ -44,6 +45,10 @@ pub fn version_line() -> &'static str {
 pub enum Command {
     /// Serve recommendations over gRPC (health, reflection, /metrics); stops on SIGTERM/SIGINT.
     Serve(serve::ServeArgs),
+    /// Administer a running server through its admin API (server.admin_addr; PALR_TOKEN with
+    /// the admin scope): reload the retrievers, list the adapters.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// Ask a running server for recommendations (or --candidates to rank, --retrieve-only,
     /// --list-retrievers, --model-info).
     Recommend(recommend::RecommendArgs),
@@ -88,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(&args),
         Command::Recommend(args) => recommend::run(&args),
+        Command::Admin(cmd) => admin::run(&cmd),
         Command::Generate(args) => generate::run_generate(&args),
         Command::Logits(args) => generate::run_logits(&args),
         Command::Tokenize(args) => tokenize::run(args),

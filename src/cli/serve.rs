@@ -1,5 +1,6 @@
 //! `palr serve`: load the configuration, the data, the plugins and the model, and serve
-//! gRPC until SIGTERM/SIGINT (then drain and exit 0).
+//! gRPC until SIGTERM/SIGINT (then drain and exit 0); SIGHUP reloads the retrievers from the
+//! configuration (as the admin API's ReloadRetrievers does).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,8 +13,8 @@ use crate::engine::WeightDtype;
 use crate::service::Drained;
 use crate::service::config::LogFormat;
 use crate::service::security::Transport;
-use crate::service::server::{Termination, bind};
-use crate::service::{Metrics, Overrides, Recommender, ServerConfig, serve};
+use crate::service::server::{Hangup, Termination, bind, bind_admin};
+use crate::service::{ConfigSource, Metrics, Overrides, Recommender, serve};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -90,9 +91,12 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let cfg = ServerConfig::load(args.config.as_deref(), env, &args.overrides())?;
+    // Kept, so a reload (admin API, SIGHUP) reads the configuration the same way again.
+    let source = ConfigSource {
+        file: args.config.clone(),
+        overrides: args.overrides(),
+    };
+    let cfg = source.load()?;
     init_tracing(cfg.server.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,8 +104,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let drained = rt.block_on(async move {
-        // Signal handlers first: a SIGTERM during start-up must drain, not kill.
+        // Signal handlers first: a SIGTERM during start-up must drain, not kill (and a
+        // SIGHUP must not end the process).
         let termination = Termination::install();
+        let hangup = Hangup::install();
         // Bind first, so a taken port fails before the model loads.
         let grpc = bind(cfg.server.grpc_addr()?).await?;
         let metrics = match cfg.server.metrics_socket()? {
@@ -110,10 +116,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         };
         // Certificates and tokens too, before the model loads.
         let transport = Transport::from_config(&cfg.server)?;
-        let core = tokio::task::spawn_blocking(move || Recommender::load(&cfg, Metrics::new()))
-            .await
-            .context("loading")??;
-        anyhow::Ok(serve(Arc::new(core), grpc, metrics, transport, termination.wait()).await?)
+        let admin = bind_admin(&cfg.server, &transport).await?;
+        let core = tokio::task::spawn_blocking(move || {
+            Recommender::load(&cfg, Metrics::new()).map(|c| c.reloadable_from(source))
+        })
+        .await
+        .context("loading")??;
+        let core = Arc::new(core);
+        let reloads = tokio::spawn(hangup.reload_on_signal(core.clone()));
+        let drained = serve(core, grpc, metrics, admin, transport, termination.wait()).await;
+        reloads.abort();
+        anyhow::Ok(drained?)
     })?;
     // Abandoned requests (drain timeout) must not keep the process alive.
     rt.shutdown_background();

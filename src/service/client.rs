@@ -1,6 +1,6 @@
 //! A typed client of `palr.v1.Recommender`: the generated tonic client with the protobuf
 //! messages converted to the service's plain types, for `palr recommend` and `palr bench
-//! recommend`.
+//! recommend`; and [`AdminClient`], the same for `palr.admin.v1.Admin` (`palr admin`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +11,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::proto::admin::v1 as admin_pb;
+use crate::proto::admin::v1::admin_client::AdminClient as AdminRpcClient;
 use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_client::RecommenderClient;
 
@@ -252,6 +254,22 @@ impl ConnectOptions {
     }
 }
 
+/// A channel to `addr` with TLS as `opts` says, and the token interceptor.
+async fn connect_channel(addr: &str, opts: &ConnectOptions) -> Result<(Channel, Auth)> {
+    let err = |message: String| ClientError::Connect {
+        addr: opts.url(addr),
+        message,
+    };
+    let (endpoint, auth) = opts.endpoint(addr).map_err(err)?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| err(chain(&e)))?;
+    Ok((channel, auth))
+}
+
 /// A connection to a palr server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -268,17 +286,7 @@ impl Client {
 
     /// Connects to `addr` with TLS and a token as `opts` says.
     pub async fn connect_with(addr: &str, opts: &ConnectOptions) -> Result<Self> {
-        let err = |message: String| ClientError::Connect {
-            addr: opts.url(addr),
-            message,
-        };
-        let (endpoint, auth) = opts.endpoint(addr).map_err(err)?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| err(chain(&e)))?;
+        let (channel, auth) = connect_channel(addr, opts).await?;
         Ok(Self {
             inner: RecommenderClient::with_interceptor(channel, auth),
             timeout: None,
@@ -403,5 +411,101 @@ impl Client {
             max_exclude: m.max_exclude,
             adapters: m.adapters,
         })
+    }
+}
+
+/// One retriever plugin a reload loaded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadedRetriever {
+    pub name: String,
+    pub library_file: String,
+    pub plugin_name: String,
+    pub plugin_version: String,
+    pub generation: u64,
+    pub loaded_from_copy: bool,
+}
+
+/// What ReloadRetrievers reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReloadSummary {
+    pub retrievers: Vec<LoadedRetriever>,
+    pub fusions: Vec<String>,
+    pub default_retriever: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub not_reloaded: Vec<String>,
+    pub took_ms: f64,
+}
+
+/// One adapter, as ListAdapters reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub merged: bool,
+    pub is_default: bool,
+}
+
+/// A connection to a palr server's admin API (`server.admin_addr`; the token must have the
+/// `admin` scope).
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    inner: AdminRpcClient<AuthChannel>,
+}
+
+impl AdminClient {
+    /// Connects to the admin API at `addr` with TLS and a token as `opts` says.
+    pub async fn connect_with(addr: &str, opts: &ConnectOptions) -> Result<Self> {
+        let (channel, auth) = connect_channel(addr, opts).await?;
+        Ok(Self {
+            inner: AdminRpcClient::with_interceptor(channel, auth),
+        })
+    }
+
+    /// Reloads the server's retrievers from its configuration.
+    pub async fn reload_retrievers(&mut self) -> Result<ReloadSummary> {
+        let r = self
+            .inner
+            .reload_retrievers(admin_pb::ReloadRetrieversRequest {})
+            .await?
+            .into_inner();
+        Ok(ReloadSummary {
+            retrievers: r
+                .retrievers
+                .into_iter()
+                .map(|i| LoadedRetriever {
+                    name: i.name,
+                    library_file: i.library_file,
+                    plugin_name: i.plugin_name,
+                    plugin_version: i.plugin_version,
+                    generation: i.generation,
+                    loaded_from_copy: i.loaded_from_copy,
+                })
+                .collect(),
+            fusions: r.fusions,
+            default_retriever: r.default_retriever,
+            added: r.added,
+            removed: r.removed,
+            not_reloaded: r.not_reloaded,
+            took_ms: r.took_ms,
+        })
+    }
+
+    /// The model's LoRA adapters.
+    pub async fn list_adapters(&mut self) -> Result<(Vec<AdapterSummary>, String)> {
+        let r = self
+            .inner
+            .list_adapters(admin_pb::ListAdaptersRequest {})
+            .await?
+            .into_inner();
+        let adapters = r
+            .adapters
+            .into_iter()
+            .map(|a| AdapterSummary {
+                name: a.name,
+                merged: a.merged,
+                is_default: a.is_default,
+            })
+            .collect();
+        Ok((adapters, r.default_adapter))
     }
 }

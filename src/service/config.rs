@@ -110,6 +110,9 @@ pub struct ServerSection {
     pub addr: String,
     /// Prometheus `/metrics` listen address (`IP:PORT`); empty = no metrics endpoint.
     pub metrics_addr: String,
+    /// Admin API listen address (`IP:PORT`; `palr.admin.v1.Admin`). The admin API is on only
+    /// when some token of `[server.auth]` has the `admin` scope; empty = off in any case.
+    pub admin_addr: String,
     /// `text` or `json` log lines. The level comes from `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
     /// Ranking jobs (LLM passes) that run at once. Each runs on a blocking thread and uses
@@ -188,6 +191,7 @@ impl Default for ServerSection {
         Self {
             addr: "127.0.0.1:50051".into(),
             metrics_addr: "127.0.0.1:9090".into(),
+            admin_addr: "127.0.0.1:50052".into(),
             log_format: LogFormat::Text,
             max_concurrent_rank: 1,
             max_queue: 64,
@@ -223,6 +227,15 @@ impl ServerSection {
             return Ok(None);
         }
         parse_addr("server.metrics_addr", &self.metrics_addr).map(Some)
+    }
+
+    /// The admin API address, parsed; `None` when it is empty (the admin API is then off
+    /// whatever the tokens say).
+    pub fn admin_socket(&self) -> Result<Option<SocketAddr>> {
+        if self.admin_addr.is_empty() {
+            return Ok(None);
+        }
+        parse_addr("server.admin_addr", &self.admin_addr).map(Some)
     }
 }
 
@@ -459,6 +472,35 @@ pub struct Overrides {
     pub default_retriever: Option<String>,
 }
 
+/// Where a server's configuration came from — its file (if any) and its flags — so that it
+/// can be read again, the same way, while the server runs (`ReloadRetrievers`, SIGHUP). The
+/// environment is read again from the process at each load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSource {
+    /// The file given to `palr serve --config`.
+    pub file: Option<PathBuf>,
+    /// The command-line overrides.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// A source of `file` alone (no flags).
+    pub fn file(file: impl Into<PathBuf>) -> Self {
+        Self {
+            file: Some(file.into()),
+            overrides: Overrides::default(),
+        }
+    }
+
+    /// The configuration as `palr serve` would load it now: defaults, the file, the
+    /// process's `PALR_*__*` variables, the flags; validated.
+    pub fn load(&self) -> Result<ServerConfig> {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        ServerConfig::load(self.file.as_deref(), env, &self.overrides)
+    }
+}
+
 impl ServerConfig {
     /// Defaults, then `file` (if any), then the `PALR_*__*` variables among `env`, then
     /// `overrides`; validated.
@@ -566,8 +608,21 @@ impl ServerConfig {
     /// Long by nature: a flat list of independent checks, one per key, each with its message.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        self.server.grpc_addr()?;
-        self.server.metrics_socket()?;
+        let grpc = self.server.grpc_addr()?;
+        let metrics = self.server.metrics_socket()?;
+        if let Some(admin) = self.server.admin_socket()?
+            && admin.port() != 0
+        {
+            for (key, other) in [("addr", Some(grpc)), ("metrics_addr", metrics)] {
+                if other == Some(admin) {
+                    return bad(format!(
+                        "server.admin_addr = {:?} is also server.{key}: give the admin API an \
+                         address of its own (or \"\" to turn it off)",
+                        self.server.admin_addr
+                    ));
+                }
+            }
+        }
         if self.server.max_concurrent_rank == 0 {
             return bad("server.max_concurrent_rank must be at least 1".into());
         }
@@ -835,6 +890,53 @@ mod tests {
             let c = ServerConfig::from_toml(&format!("[retrieval]\ntraining = {text:?}")).unwrap();
             assert_eq!(c.retrieval.training, stage, "{text}");
         }
+    }
+
+    #[test]
+    fn admin_addr_is_its_own_or_empty() {
+        let c = ServerConfig::default();
+        assert_eq!(
+            c.server.admin_socket().unwrap(),
+            Some("127.0.0.1:50052".parse().unwrap())
+        );
+        let off = ServerConfig::from_toml("[server]\nadmin_addr = \"\"").unwrap();
+        assert_eq!(off.server.admin_socket().unwrap(), None);
+        let e = ServerConfig::from_toml("[server]\nadmin_addr = \"localhost:1\"").unwrap_err();
+        assert!(e.to_string().contains("server.admin_addr"), "{e}");
+        for key in ["addr", "metrics_addr"] {
+            let e = ServerConfig::from_toml(&format!(
+                "[server]\n{key} = \"127.0.0.1:7000\"\nadmin_addr = \"127.0.0.1:7000\""
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "server.admin_addr = \"127.0.0.1:7000\" is also server.{key}"
+                )),
+                "{e}"
+            );
+        }
+        // Port 0 (any free port) is never a clash.
+        ServerConfig::from_toml("[server]\naddr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"")
+            .unwrap();
+    }
+
+    #[test]
+    fn config_sources_read_the_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palr.toml");
+        std::fs::write(&file, "[limits]\ndefault_k = 4\n").unwrap();
+        let mut source = ConfigSource::file(&file);
+        source.overrides.default_retriever = Some("markov".into());
+        let c = source.load().unwrap();
+        assert_eq!(
+            (c.limits.default_k, c.retrieval.default.as_str()),
+            (4, "markov")
+        );
+        std::fs::write(&file, "[limits]\ndefault_k = 6\n").unwrap();
+        assert_eq!(source.load().unwrap().limits.default_k, 6);
+        std::fs::write(&file, "[limits]\ndefault_k = \"six\"\n").unwrap();
+        let e = source.load().unwrap_err().to_string();
+        assert!(e.contains("palr.toml") && e.contains("default_k"), "{e}");
     }
 
     #[test]

@@ -73,6 +73,11 @@ pub enum ServiceError {
         member: String,
         source: Box<ServiceError>,
     },
+    /// What the server is asked to do cannot be done in its present state or with its
+    /// configuration as it stands (FAILED_PRECONDITION): an admin reload of a bad
+    /// configuration, which leaves what runs untouched.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A server fault (INTERNAL).
     #[error("internal error: {0}")]
     Internal(String),
@@ -130,6 +135,7 @@ impl ServiceError {
             | Self::RetrieverBusy { .. }
             | Self::RetrieverQuarantined { .. } => Code::Unavailable,
             Self::FusionMember { source, .. } => source.code(),
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Internal(_) => Code::Internal,
         }
     }

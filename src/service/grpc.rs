@@ -23,7 +23,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::recommender_server::Recommender as RecommenderRpc;
 
 use super::error::ServiceError;
-use super::metrics::{GaugeGuard, Metrics, RPCS};
+use super::metrics::{ADMIN_RPCS, GaugeGuard, Metrics, RPCS};
 use super::recommender::{
     Mode, RankParams, RecommendParams, Recommendation, Recommender, RetrieveParams, Timings,
 };
@@ -52,9 +52,16 @@ impl<S> Stamp<S> {
     }
 }
 
-/// The `rpc` label of a request path: the method of `palr.v1.Recommender`, `Health`,
-/// `Reflection`, or `unknown` (bounded label values).
+/// The `rpc` label of a request path: the method of `palr.v1.Recommender` or of
+/// `palr.admin.v1.Admin`, `Health`, `Reflection`, or `unknown` (bounded label values).
 pub(crate) fn rpc_label(path: &str) -> &'static str {
+    if let Some(m) = path.strip_prefix("/palr.admin.v1.Admin/") {
+        return ADMIN_RPCS
+            .iter()
+            .find(|r| **r == m)
+            .copied()
+            .unwrap_or("unknown");
+    }
     match path.strip_prefix("/palr.v1.Recommender/") {
         Some(m) => RPCS.iter().find(|r| **r == m).copied().unwrap_or("unknown"),
         None if path.starts_with("/grpc.health.v1.Health/") => "Health",
@@ -482,13 +489,15 @@ impl RecommenderRpc for RecommenderService {
     ) -> Result<Response<pb::ListRetrieversResponse>, Status> {
         let trace = trace_id(request.metadata());
         self.observe("ListRetrievers", "", trace, async {
-            let default = self.core.default_retriever();
-            let plugins = self.core.retrievers().into_iter().map(|r| {
+            // One set: a reload swapping another in meanwhile is not half shown.
+            let set = self.core.retriever_set();
+            let default = set.default_retriever();
+            let plugins = set.retrievers().into_iter().map(|r| {
                 let (trained_on_stage, trained_on_fingerprint) = r
                     .trained_on
                     .map(|t| (t.stage, t.fingerprint))
                     .unwrap_or_default();
-                let b = self.core.bulkhead(&r.name);
+                let b = set.bulkhead(&r.name);
                 let timeouts = b.map_or(0, |b| b.timeouts);
                 pb::RetrieverInfo {
                     is_default: r.name == default,
@@ -522,7 +531,7 @@ impl RecommenderRpc for RecommenderService {
                     ..Default::default()
                 }
             });
-            let fusions = self.core.fusions().into_iter().map(|f| pb::RetrieverInfo {
+            let fusions = set.fusions().into_iter().map(|f| pb::RetrieverInfo {
                 is_default: f.name == default,
                 description: format!("fusion ({}) of {}", f.method.name(), f.members.join(", ")),
                 plugin_name: "fusion".into(),
@@ -570,7 +579,7 @@ impl RecommenderRpc for RecommenderService {
                 prompt_history_items: s.prompt_history_items as u32,
                 max_score_candidates: s.max_score_candidates as u32,
                 max_retrieve_candidates: l.max_retrieve_candidates,
-                default_retriever: self.core.default_retriever().to_owned(),
+                default_retriever: self.core.default_retriever(),
                 max_exclude: l.max_exclude,
                 training_view_stage: s.training_view_stage,
                 training_view_fingerprint: s.training_view_fingerprint,
@@ -642,6 +651,23 @@ mod tests {
         );
         let plain = Request::new(());
         assert_eq!(respond_by(&plain), None);
+    }
+
+    #[test]
+    fn rpc_labels_are_bounded() {
+        assert_eq!(rpc_label("/palr.v1.Recommender/Recommend"), "Recommend");
+        assert_eq!(
+            rpc_label("/palr.admin.v1.Admin/ReloadRetrievers"),
+            "ReloadRetrievers"
+        );
+        assert_eq!(
+            rpc_label("/palr.admin.v1.Admin/ListAdapters"),
+            "ListAdapters"
+        );
+        assert_eq!(rpc_label("/palr.admin.v1.Admin/Recommend"), "unknown");
+        assert_eq!(rpc_label("/palr.v1.Recommender/ListAdapters"), "unknown");
+        assert_eq!(rpc_label("/grpc.health.v1.Health/Check"), "Health");
+        assert_eq!(rpc_label("/x.Y/Z"), "unknown");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const RPCS: [&str; 5] = [
     "ListRetrievers",
     "GetModelInfo",
 ];
+/// The admin API's methods (`palr.admin.v1.Admin`), as metric labels.
+pub const ADMIN_RPCS: [&str; 2] = ["ReloadRetrievers", "ListAdapters"];
+/// The `outcome` labels of `palr_admin_calls_total`.
+pub const ADMIN_OUTCOMES: [&str; 2] = ["ok", "error"];
 /// The request stages, as metric labels.
 pub const STAGES: [&str; 5] = ["queue", "retrieve", "prompt", "prefill", "decode"];
 /// The `kind` labels of `palr_plugin_errors_total` (`ServiceError::plugin_failure`).
@@ -97,6 +101,8 @@ pub struct Metrics {
     /// `palr_auth_failures_total{reason}`: calls refused UNAUTHENTICATED (reason: missing,
     /// unknown) or PERMISSION_DENIED (forbidden: outside the token's scopes).
     pub auth_failures: IntCounterVec,
+    /// `palr_admin_calls_total{call,outcome}`: admin calls (and SIGHUP reloads) by result.
+    pub admin_calls: IntCounterVec,
     /// `palr_build_info{version,model,backend}` = 1.
     pub build_info: IntGaugeVec,
     /// `palr_retriever_info{retriever,plugin,version,abi}` = 1 per loaded plugin: its
@@ -308,6 +314,14 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            admin_calls: reg(
+                r,
+                counter(
+                    "palr_admin_calls_total",
+                    "Admin API calls (and SIGHUP reloads) by call and outcome (ok, error)",
+                    &["call", "outcome"],
+                ),
+            ),
             build_info: reg(
                 r,
                 IntGaugeVec::new(
@@ -357,6 +371,13 @@ impl Metrics {
         }
         for limit in super::conn::Refusal::ALL {
             m.connections_refused.with_label_values(&[limit.label()]);
+        }
+        for call in ADMIN_RPCS {
+            for outcome in ADMIN_OUTCOMES {
+                m.admin_calls.with_label_values(&[call, outcome]);
+            }
+            m.request_duration.with_label_values(&[call]);
+            m.requests.with_label_values(&[call, "OK"]);
         }
         for reason in super::security::AuthFailure::ALL {
             m.auth_failures.with_label_values(&[reason.label()]);

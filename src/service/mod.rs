@@ -7,6 +7,8 @@
 //! `proto/palr/v1/recommender.proto` (gRPC over HTTP/2), plus the standard
 //! `grpc.health.v1.Health` and server reflection.
 //!
+//! - [`admin`]: the admin API (`palr.admin.v1.Admin`, its own listener): retriever reloads,
+//!   adapters;
 //! - [`config`]: the TOML configuration and its layers (defaults, file, `PALR_*__*`
 //!   environment, flags);
 //! - [`recommender`]: the transport-free core — what is loaded ([`Recommender::load`]) and
@@ -25,6 +27,7 @@
 //!
 //! The layers below (engine, rank, retrieval, data) know nothing of gRPC.
 
+pub mod admin;
 pub mod admission;
 pub mod bench;
 pub mod bulkhead;
@@ -38,7 +41,7 @@ pub mod recommender;
 pub mod security;
 pub mod server;
 
-pub use config::{ConfigError, Overrides, ServerConfig};
+pub use config::{ConfigError, ConfigSource, Overrides, ServerConfig};
 pub use error::{ServiceError, StartError};
 pub use metrics::Metrics;
 pub use recommender::{Mode, Recommender};

@@ -28,7 +28,8 @@ use crate::tokenizer::Tokenizer;
 
 use super::admission::{Admission, Refused};
 use super::config::{
-    ConfigError, DataSection, Limits, ModelSection, RetrievalSection, ServerConfig, ServerSection,
+    ConfigError, ConfigSource, DataSection, Limits, ModelSection, RetrievalSection, ServerConfig,
+    ServerSection,
 };
 use super::error::{Result, ServiceError, StartError};
 use super::metrics::{BASE_MODEL_LABEL, GaugeGuard, Metrics};
@@ -231,12 +232,94 @@ pub struct ModelSummary {
     pub training_view_fingerprint: String,
 }
 
-/// Everything a request needs, loaded once at start-up and shared by all requests.
+/// The retrievers requests run on: the registry of plugins and fusions, their bulkheads and
+/// the `[retrieval]` section both were made from. Made whole at start-up or by a reload and
+/// swapped whole ([`Recommender::reload_retrievers`]); a request holds the set it started
+/// with, so it finishes on those instances and bulkheads whatever is swapped meanwhile.
+pub struct RetrieverSet {
+    registry: RetrieverRegistry,
+    bulkheads: Bulkheads,
+    section: RetrievalSection,
+}
+
+impl RetrieverSet {
+    /// Loads `[retrieval]`'s plugins and fusions on `view`, with their bulkheads: nothing
+    /// serves from it until it is complete.
+    fn load(
+        section: &RetrievalSection,
+        view: Arc<TrainingView>,
+    ) -> std::result::Result<Self, StartError> {
+        Ok(Self {
+            registry: load_retrievers(section, view)?,
+            bulkheads: plugin_bulkheads(section)?,
+            section: section.clone(),
+        })
+    }
+
+    /// The loaded plugins, by name.
+    pub fn retrievers(&self) -> Vec<RetrieverInfo> {
+        self.registry.list()
+    }
+
+    /// The fusions, by name.
+    pub fn fusions(&self) -> Vec<Arc<FusionSpec>> {
+        self.registry.fusions()
+    }
+
+    /// The retriever used when a request names none.
+    pub fn default_retriever(&self) -> &str {
+        &self.section.default
+    }
+
+    /// Plugin `name`'s isolation state.
+    pub fn bulkhead(&self, name: &str) -> Option<BulkheadStats> {
+        self.bulkheads.stats(name)
+    }
+
+    /// Plugin names, then every name a request may use (fusions included).
+    fn names(&self) -> (Vec<String>, Vec<String>) {
+        let plugins: Vec<String> = self.registry.list().into_iter().map(|r| r.name).collect();
+        let mut sources = plugins.clone();
+        sources.extend(self.registry.fusions().iter().map(|f| f.name.clone()));
+        (plugins, sources)
+    }
+}
+
+/// Called after a reload swapped the retriever set: `(plugins now, names gone)` (the
+/// server's health entries follow it).
+pub type RetrieverSetHook = Arc<dyn Fn(&[String], &[String]) + Send + Sync>;
+
+/// What a retriever reload loaded.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// Every plugin now serving, by name.
+    pub retrievers: Vec<RetrieverInfo>,
+    /// Every fusion now serving, by name.
+    pub fusions: Vec<String>,
+    /// The retriever used when a request names none.
+    pub default: String,
+    /// Names (plugins and fusions) new in this set, and those no longer served.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Sections of the configuration read that differ from the running one but are not
+    /// reloaded (they need a restart).
+    pub not_reloaded: Vec<&'static str>,
+    pub took: Duration,
+}
+
+/// Everything a request needs, loaded once at start-up and shared by all requests; the
+/// retriever set can be reloaded while serving.
 pub struct Recommender {
     cfg: ServerConfig,
     catalog: Arc<Catalog>,
-    registry: RetrieverRegistry,
-    bulkheads: Bulkheads,
+    retriever_set: std::sync::RwLock<Arc<RetrieverSet>>,
+    /// Where the configuration came from, for reloads; `None` = nothing to re-read.
+    source: Option<ConfigSource>,
+    /// Serialises reloads (admin calls and SIGHUP).
+    reload_lock: std::sync::Mutex<()>,
+    /// The breaker hook of the server's health service, given to every new set.
+    health_hook: std::sync::Mutex<Option<HealthHook>>,
+    set_hook: std::sync::Mutex<Option<RetrieverSetHook>>,
     model: Arc<dyn LanguageModel>,
     ranker: Arc<Ranker>,
     admission: Admission,
@@ -256,7 +339,7 @@ impl std::fmt::Debug for Recommender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recommender")
             .field("catalog_items", &self.catalog.len())
-            .field("registry", &self.registry)
+            .field("registry", &self.retriever_set().registry)
             .finish_non_exhaustive()
     }
 }
@@ -511,8 +594,7 @@ impl Recommender {
         let ds = load_dataset(&cfg.data)?;
         let view = retrievers_view(cfg, &ds)?;
         let catalog = Arc::new(ds.catalog);
-        let registry = load_retrievers(&cfg.retrieval, Arc::new(view))?;
-        let bulkheads = plugin_bulkheads(&cfg.retrieval)?;
+        let set = RetrieverSet::load(&cfg.retrieval, Arc::new(view))?;
         let t = Instant::now();
         let model = load_model(&cfg.model)?;
         let ranker = load_ranker(cfg, model.clone(), catalog.clone())?;
@@ -530,8 +612,11 @@ impl Recommender {
             rank_us: Default::default(),
             cfg: cfg.clone(),
             catalog,
-            registry,
-            bulkheads,
+            retriever_set: std::sync::RwLock::new(Arc::new(set)),
+            source: None,
+            reload_lock: std::sync::Mutex::new(()),
+            health_hook: std::sync::Mutex::new(None),
+            set_hook: std::sync::Mutex::new(None),
             model,
             ranker: Arc::new(ranker),
             metrics,
@@ -546,13 +631,7 @@ impl Recommender {
     /// Tells the metrics what was loaded (plugins, retrievers and fusions, adapters) and
     /// has the quarantine gauge follow the breakers.
     fn init_metrics(&self) {
-        let plugins: Vec<String> = self.bulkheads.names().map(str::to_owned).collect();
-        let sources: Vec<String> = self
-            .retrievers()
-            .into_iter()
-            .map(|r| r.name)
-            .chain(self.fusions().iter().map(|f| f.name.clone()))
-            .collect();
+        let (plugins, sources) = self.retriever_set().names();
         let mut adapters = self.adapter_names();
         if self.ranker.model().merged_adapter().is_none() {
             adapters.push(BASE_MODEL_LABEL.to_owned());
@@ -586,9 +665,33 @@ impl Recommender {
         Ok(())
     }
 
-    /// The configuration the server runs with.
+    /// The configuration the server started with (its `[retrieval]` as at start-up: the
+    /// section in use after a reload is [`Recommender::retrieval_config`]).
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
+    }
+
+    /// Makes [`Recommender::reload_retrievers`] read the configuration from `source` again
+    /// (`palr serve` passes its `--config` file and flags).
+    pub fn reloadable_from(mut self, source: ConfigSource) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The `[retrieval]` section the retrievers in use were made from.
+    pub fn retrieval_config(&self) -> RetrievalSection {
+        self.retriever_set().section.clone()
+    }
+
+    /// The retriever set in use now (requests keep the one they started with): one
+    /// consistent view of plugins, fusions, default and bulkheads, whatever a reload swaps in
+    /// meanwhile.
+    pub fn retriever_set(&self) -> Arc<RetrieverSet> {
+        // Only ever replaced whole: a poisoned lock still holds a valid set.
+        self.retriever_set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The server's metrics.
@@ -603,17 +706,17 @@ impl Recommender {
 
     /// The loaded retrievers, by name.
     pub fn retrievers(&self) -> Vec<RetrieverInfo> {
-        self.registry.list()
+        self.retriever_set().registry.list()
     }
 
     /// The configured fusions of retrievers, by name.
     pub fn fusions(&self) -> Vec<Arc<FusionSpec>> {
-        self.registry.fusions()
+        self.retriever_set().registry.fusions()
     }
 
     /// The retriever used when a request names none.
-    pub fn default_retriever(&self) -> &str {
-        &self.cfg.retrieval.default
+    pub fn default_retriever(&self) -> String {
+        self.retriever_set().section.default.clone()
     }
 
     /// The mode used when a request leaves it unspecified.
@@ -624,6 +727,7 @@ impl Recommender {
     /// The model and the ranker's limits.
     pub fn model_summary(&self) -> ModelSummary {
         let c = self.model.config();
+        let set = self.retriever_set();
         ModelSummary {
             name: c.name.clone(),
             architecture: c.architecture.clone(),
@@ -637,8 +741,8 @@ impl Recommender {
             prompt_history_items: self.ranker.config().max_history,
             max_score_candidates: self.ranker.max_score_candidates(),
             catalog_items: self.catalog.len(),
-            training_view_stage: self.registry.view().stage().to_owned(),
-            training_view_fingerprint: self.registry.view().fingerprint().to_owned(),
+            training_view_stage: set.registry.view().stage().to_owned(),
+            training_view_fingerprint: set.registry.view().fingerprint().to_owned(),
         }
     }
 
@@ -687,6 +791,17 @@ impl Recommender {
             .clone()
             .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
             .unwrap_or_default()
+    }
+
+    /// The adapters requests may use, each with whether it is merged into the weights
+    /// (unmerged ones first, in load order).
+    pub fn adapters(&self) -> Vec<(String, bool)> {
+        let m = self.ranker.model();
+        m.adapters()
+            .iter()
+            .map(|a| (a.clone(), false))
+            .chain(m.merged_adapter().map(|a| (a.to_owned(), true)))
+            .collect()
     }
 
     /// Names requests may use in `adapter` (unmerged and merged).
@@ -830,9 +945,12 @@ impl Recommender {
         (&history[cut..], &history[..cut])
     }
 
-    /// Retrieval on a blocking thread, with metrics.
+    /// Retrieval on the plugin pool of `set` (the set the request started with), with
+    /// metrics.
+    #[allow(clippy::too_many_arguments)]
     async fn run_retrieve(
         &self,
+        set: &RetrieverSet,
         name: &str,
         history: Vec<u32>,
         ctx: Context,
@@ -840,7 +958,7 @@ impl Recommender {
         exclude: Vec<u32>,
         respond_by: Option<Instant>,
     ) -> Result<(Vec<(u32, f32)>, Duration)> {
-        let source = self.registry.source(name)?;
+        let source = set.registry.source(name)?;
         self.metrics
             .retriever_calls
             .with_label_values(&[name])
@@ -858,7 +976,7 @@ impl Recommender {
         let call = |member: String, r: Arc<Retriever>, k: usize| {
             let (history, exclude, ctx) = (history.clone(), exclude.clone(), ctx.clone());
             async move {
-                self.bulkheads
+                set.bulkheads
                     .call(&member, r, history, k, exclude, ctx)
                     .await
             }
@@ -937,20 +1055,161 @@ impl Recommender {
 
     /// Retriever `name`'s isolation state (plugins only).
     pub fn bulkhead(&self, name: &str) -> Option<BulkheadStats> {
-        self.bulkheads.stats(name)
+        self.retriever_set().bulkheads.stats(name)
     }
 
     /// Reports each retriever's breaker changes to `hook` (the health service), after
     /// setting `palr_retriever_quarantined`.
     pub fn on_retriever_health(&self, hook: HealthHook) {
         let quarantined = self.metrics.retriever_quarantined.clone();
-        self.bulkheads
-            .set_health_hook(Arc::new(move |name: &str, serving: bool| {
-                quarantined
-                    .with_label_values(&[name])
-                    .set(i64::from(!serving));
-                hook(name, serving);
-            }));
+        let hook: HealthHook = Arc::new(move |name: &str, serving: bool| {
+            quarantined
+                .with_label_values(&[name])
+                .set(i64::from(!serving));
+            hook(name, serving);
+        });
+        // Held while the hook is given to the set in use, so a reload swapping sets meanwhile
+        // gives it to the new set too.
+        let mut held = self.health_hook.lock().unwrap_or_else(|p| p.into_inner());
+        self.retriever_set().bulkheads.set_health_hook(hook.clone());
+        *held = Some(hook);
+    }
+
+    /// Calls `hook` after every reload that swapped the retriever set (the server's health
+    /// entries: the plugins now serving, and the names gone).
+    pub fn on_retrievers_swapped(&self, hook: RetrieverSetHook) {
+        *self.set_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Reloads the retrievers: reads the configuration again from where it came from
+    /// ([`Recommender::reloadable_from`]), loads every plugin of its `[retrieval]` (library
+    /// files opened again, instances created, i.e. fitted, on the server's training view) and
+    /// its fusions with new bulkheads, then swaps the complete set in at once. Requests
+    /// already running finish on the set they started with. Any failure leaves the running
+    /// set untouched (FAILED_PRECONDITION, saying what is wrong). Reloads are serialised,
+    /// logged (with `trigger`: who asked) and counted in `palr_admin_calls_total`.
+    ///
+    /// Blocking (plugins load and fit on this thread): call it on a blocking thread.
+    pub fn reload_retrievers(&self, trigger: &str) -> Result<ReloadReport> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = Instant::now();
+        let out = self.reload_retrievers_locked(t);
+        let outcome = if out.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .admin_calls
+            .with_label_values(&["ReloadRetrievers", outcome])
+            .inc();
+        match &out {
+            Ok(r) => tracing::info!(
+                trigger,
+                retrievers = %r.retrievers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(","),
+                fusions = %r.fusions.join(","),
+                default = %r.default,
+                added = %r.added.join(","),
+                removed = %r.removed.join(","),
+                not_reloaded = %r.not_reloaded.join(","),
+                took_ms = r.took.as_millis() as u64,
+                "retrievers reloaded"
+            ),
+            Err(e) => tracing::warn!(
+                trigger,
+                error = %e,
+                "retriever reload failed; the retrievers in use are unchanged"
+            ),
+        }
+        out
+    }
+
+    fn reload_retrievers_locked(&self, t: Instant) -> Result<ReloadReport> {
+        let refused = |e: String| {
+            ServiceError::FailedPrecondition(format!(
+                "reload refused, the retrievers in use are unchanged: {e}"
+            ))
+        };
+        let source = self.source.as_ref().ok_or_else(|| {
+            refused(
+                "this server was not given a configuration to read again (palr serve does \
+                 that; an embedding server needs Recommender::reloadable_from)"
+                    .into(),
+            )
+        })?;
+        let cfg = source.load().map_err(|e| refused(e.to_string()))?;
+        let old = self.retriever_set();
+        let view = old.registry.view().clone();
+        if cfg.retrieval.training != old.section.training {
+            return Err(refused(format!(
+                "retrieval.training is {:?} in the configuration but the server runs on {:?}; \
+                 the training view is built from the data set at start-up: restart to change it",
+                cfg.retrieval.training, old.section.training
+            )));
+        }
+        let set = RetrieverSet::load(&cfg.retrieval, view).map_err(|e| refused(e.to_string()))?;
+        let (plugins, sources) = set.names();
+        let (_, old_sources) = old.names();
+        let not_reloaded: Vec<&'static str> = [
+            ("server", cfg.server != self.cfg.server),
+            ("model", cfg.model != self.cfg.model),
+            ("data", cfg.data != self.cfg.data),
+            ("limits", cfg.limits != self.cfg.limits),
+            ("ranking", cfg.ranking != self.cfg.ranking),
+        ]
+        .into_iter()
+        .filter_map(|(section, differs)| differs.then_some(section))
+        .collect();
+        let set = Arc::new(set);
+        {
+            // The breaker hook first, so no breaker change of the new set goes unreported.
+            let hook = self.health_hook.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = hook.as_ref() {
+                set.bulkheads.set_health_hook(h.clone());
+            }
+            *self
+                .retriever_set
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = set.clone();
+        }
+        let removed: Vec<String> = old_sources
+            .iter()
+            .filter(|n| !sources.contains(n))
+            .cloned()
+            .collect();
+        let added: Vec<String> = sources
+            .iter()
+            .filter(|n| !old_sources.contains(n))
+            .cloned()
+            .collect();
+        self.metrics.init_loaded(&plugins, &sources, &[]);
+        self.metrics.set_retriever_info(&set.registry.list());
+        for name in &removed {
+            self.metrics
+                .retriever_quarantined
+                .with_label_values(&[name])
+                .set(0);
+        }
+        let hook = self
+            .set_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h(&plugins, &removed);
+        }
+        // The old set goes when the last request holding it ends (here if none does).
+        drop(old);
+        Ok(ReloadReport {
+            retrievers: set.registry.list(),
+            fusions: set
+                .registry
+                .fusions()
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            default: set.section.default.clone(),
+            added,
+            removed,
+            not_reloaded,
+            took: t.elapsed(),
+        })
     }
 
     /// The error for a refused admission, counted by reason.
@@ -1150,13 +1409,15 @@ impl Recommender {
         let mode = self.mode(p.mode);
         let adapter = self.check_adapter(&p.adapter)?;
         let adapter_used = self.adapter_used(mode, &adapter);
+        // The retrievers this request runs on, whatever a reload swaps in meanwhile.
+        let set = self.retriever_set();
         let retriever = if p.retriever.is_empty() {
-            self.default_retriever().to_owned()
+            set.section.default.clone()
         } else {
             p.retriever
         };
         // Unknown names fail before any other work.
-        self.registry.source(&retriever)?;
+        set.registry.source(&retriever)?;
         let history = self.resolve_history(&p.history)?;
         let mut exclude = self.resolve_exclude(&p.exclude)?;
         let n = self.num_candidates(p.num_candidates, self.cfg.limits.max_num_candidates, mode)?;
@@ -1174,7 +1435,15 @@ impl Recommender {
 
         let mut timings = Timings::default();
         let (candidates, dt) = self
-            .run_retrieve(&retriever, recent.clone(), ctx, n, exclude, respond_by)
+            .run_retrieve(
+                &set,
+                &retriever,
+                recent.clone(),
+                ctx,
+                n,
+                exclude,
+                respond_by,
+            )
             .await?;
         timings.retrieve_s = dt.as_secs_f64();
         let k = k.min(candidates.len());
@@ -1264,12 +1533,13 @@ impl Recommender {
         respond_by: Option<Instant>,
     ) -> Result<Retrieval> {
         let t0 = Instant::now();
+        let set = self.retriever_set();
         let retriever = if p.retriever.is_empty() {
-            self.default_retriever().to_owned()
+            set.section.default.clone()
         } else {
             p.retriever
         };
-        self.registry.source(&retriever)?;
+        set.registry.source(&retriever)?;
         let history = self.resolve_history(&p.history)?;
         let mut exclude = self.resolve_exclude(&p.exclude)?;
         let l = &self.cfg.limits;
@@ -1283,7 +1553,15 @@ impl Recommender {
         let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
         exclude.extend_from_slice(older);
         let (found, dt) = self
-            .run_retrieve(&retriever, recent.to_vec(), ctx, n, exclude, respond_by)
+            .run_retrieve(
+                &set,
+                &retriever,
+                recent.to_vec(),
+                ctx,
+                n,
+                exclude,
+                respond_by,
+            )
             .await?;
         Ok(Retrieval {
             items: found

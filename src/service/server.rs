@@ -1,5 +1,6 @@
 //! Running the server: gRPC (`palr.v1.Recommender`, `grpc.health.v1.Health`, server
-//! reflection v1 and v1alpha) on one listener, Prometheus `/metrics` on another, and the
+//! reflection v1 and v1alpha) on one listener, Prometheus `/metrics` on another, the admin
+//! API (`palr.admin.v1.Admin`) on a third when some token has the `admin` scope, and the
 //! graceful shutdown.
 //!
 //! gRPC is served by hyper's HTTP/2 server over tonic's `Routes` rather than by tonic's
@@ -13,7 +14,7 @@
 //! 2. after `server.shutdown_grace_ms` the health statuses are cleared (which ends open
 //!    `Watch` streams, so they do not hold the drain up), the listener is closed, and every
 //!    connection gets an HTTP/2 GOAWAY: requests already accepted — running or queued for
-//!    the ranker — finish and are answered;
+//!    the ranker — finish and are answered (the admin listener closes the same way);
 //! 3. at most `server.drain_timeout_s` later the server returns, whether or not everything
 //!    drained (what did not is logged); the metrics endpoint stops last.
 
@@ -30,15 +31,18 @@ use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
+use crate::proto::admin::v1::admin_server::AdminServer;
 use crate::proto::v1::recommender_server::RecommenderServer;
 
+use super::admin::AdminService;
+use super::config::ServerSection;
 use super::conn::{Activity, ConnLimits, ConnService, Connections, RateLimiter};
 use super::error::StartError;
 use super::grpc::{RecommenderService, Stamp};
 use super::metrics::Metrics;
 use super::metrics::serve_metrics;
 use super::recommender::Recommender;
-use super::security::Transport;
+use super::security::{Scope, Transport};
 
 /// The gRPC service name of the recommender (for health checks).
 pub const SERVICE_NAME: &str = "palr.v1.Recommender";
@@ -63,15 +67,51 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         })
 }
 
-/// Serves `core` on `grpc` (and `/metrics` on `metrics`) until `shutdown` resolves, then
-/// shuts down gracefully (module docs).
+/// Binds the admin API's listener if the admin API is on: some token of `[server.auth]` has
+/// the `admin` scope and `server.admin_addr` is set. Otherwise says in the log why it is off
+/// and returns `None`.
+pub async fn bind_admin(
+    server: &ServerSection,
+    transport: &Transport,
+) -> Result<Option<TcpListener>, StartError> {
+    let addr = server.admin_socket()?;
+    match (transport.tokens.any_with(Scope::Admin), addr) {
+        (true, Some(addr)) => Ok(Some(bind(addr).await?)),
+        (false, _) => {
+            tracing::info!(
+                "admin API off: no token of [server.auth] has the admin scope (a tokens_file \
+                 line `NAME TOKEN admin` turns it on, on server.admin_addr)"
+            );
+            Ok(None)
+        }
+        (true, None) => {
+            tracing::warn!(
+                "admin API off: a token has the admin scope but server.admin_addr is empty"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Serves `core` on `grpc` (`/metrics` on `metrics`, the admin API on `admin`) until
+/// `shutdown` resolves, then shuts down gracefully (module docs). `admin` comes from
+/// [`bind_admin`]; a listener given without a token that has the admin scope is refused.
 pub async fn serve(
     core: Arc<Recommender>,
     grpc: TcpListener,
     metrics: Option<TcpListener>,
+    admin: Option<TcpListener>,
     transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drained, StartError> {
+    if admin.is_some() && !transport.tokens.any_with(Scope::Admin) {
+        return Err(StartError::Serve(
+            "the admin API needs a token with the admin scope in [server.auth] (a tokens_file \
+             line `NAME TOKEN admin`); without one it stays off"
+                .into(),
+        ));
+    }
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let cfg = core.config().server.clone();
     let grpc_addr = grpc.local_addr().ok();
     transport.warn_if_exposed(grpc_addr);
@@ -88,6 +128,27 @@ pub async fn serve(
             .set_service_status(super::bulkhead::health_name(name), ServingStatus::Serving)
             .await;
     }
+    // A reload brings new instances (breakers closed) and may add or drop names: one task
+    // applies the swaps to health in the order the reloads made them.
+    let (swaps_tx, mut swaps_rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
+    core.on_retrievers_swapped(Arc::new(move |now: &[String], gone: &[String]| {
+        let _ = swaps_tx.send((now.to_vec(), gone.to_vec()));
+    }));
+    let mut swap_reporter = health.clone();
+    let swaps = tokio::spawn(async move {
+        while let Some((now, gone)) = swaps_rx.recv().await {
+            for name in gone {
+                swap_reporter
+                    .clear_service_status(&super::bulkhead::health_name(&name))
+                    .await;
+            }
+            for name in now {
+                swap_reporter
+                    .set_service_status(super::bulkhead::health_name(&name), ServingStatus::Serving)
+                    .await;
+            }
+        }
+    });
     let hook_reporter = health.clone();
     core.on_retriever_health(Arc::new(move |name: &str, serving: bool| {
         let reporter = hook_reporter.clone();
@@ -137,7 +198,32 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = ConnLimits::from_config(&cfg);
     super::conn::ensure_fd_limit(limits.max_connections);
-    let serving = accept_loop(
+    let admin_loop = match admin {
+        None => None,
+        Some(listener) => {
+            let mut admin_routes = Routes::builder();
+            admin_routes.add_service(AdminServer::new(AdminService::new(core.clone())));
+            if cfg.reflection {
+                admin_routes.add_service(
+                    tonic_reflection::server::Builder::configure()
+                        .register_encoded_file_descriptor_set(
+                            crate::proto::admin::FILE_DESCRIPTOR_SET,
+                        )
+                        .build_v1()
+                        .map_err(|e| StartError::Serve(format!("admin reflection: {e}")))?,
+                );
+            }
+            Some(accept_loop(
+                listener,
+                Stamp::new(admin_routes.routes(), core.metrics().clone()),
+                limits.clone(),
+                transport.clone(),
+                core.metrics().clone(),
+                stop_rx.clone(),
+            ))
+        }
+    };
+    let main_loop = accept_loop(
         grpc,
         Stamp::new(routes, core.metrics().clone()),
         limits,
@@ -145,6 +231,15 @@ pub async fn serve(
         core.metrics().clone(),
         stop_rx,
     );
+    // Both loops run until `stop`, and both drain before the server returns.
+    let serving = async move {
+        match admin_loop {
+            Some(admin_loop) => {
+                tokio::join!(main_loop, admin_loop);
+            }
+            None => main_loop.await,
+        }
+    };
     tokio::pin!(serving);
     tracing::info!(
         grpc = %grpc_addr.map_or_else(String::new, |a| a.to_string()),
@@ -153,10 +248,19 @@ pub async fn serve(
         reflection = cfg.reflection,
         "serving"
     );
+    match admin_addr {
+        Some(addr) => tracing::info!(
+            admin = %addr,
+            %security,
+            "admin API on (palr.admin.v1.Admin; tokens with the admin scope only)"
+        ),
+        None => tracing::info!("admin API off"),
+    }
 
     tokio::pin!(shutdown);
     tokio::select! {
         () = &mut serving => {
+            swaps.abort();
             return Err(StartError::Serve("the gRPC accept loop stopped unexpectedly".into()));
         }
         () = &mut shutdown => {}
@@ -181,9 +285,11 @@ pub async fn serve(
     for name in ["", SERVICE_NAME] {
         health.clear_service_status(name).await;
     }
-    for name in &retriever_names {
+    // The retrievers served now (a reload may have changed them since the start).
+    swaps.abort();
+    for r in core.retrievers() {
         health
-            .clear_service_status(&super::bulkhead::health_name(name))
+            .clear_service_status(&super::bulkhead::health_name(&r.name))
             .await;
     }
     let _ = stop_tx.send(true);
@@ -412,6 +518,8 @@ pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     /// Where `/metrics` listens, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the admin API listens, if it is on ([`bind_admin`]).
+    pub admin_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<Drained, StartError>>,
 }
@@ -431,13 +539,16 @@ impl RunningServer {
             source,
         })?;
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        let admin = bind_admin(cfg, &transport).await?;
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(core, grpc, metrics, transport, async {
+        let task = tokio::spawn(serve(core, grpc, metrics, admin, transport, async {
             let _ = stopped.await;
         }));
         Ok(Self {
             grpc_addr,
             metrics_addr,
+            admin_addr,
             stop: Some(stop),
             task,
         })
@@ -501,5 +612,49 @@ impl Termination {
         }
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C received");
+    }
+}
+
+/// SIGHUP, listened for from the moment this is made (before anything loads: the default
+/// action of SIGHUP would end the process). Each one reloads the retrievers as the admin
+/// API's `ReloadRetrievers` does ([`Recommender::reload_retrievers`]); one that arrives
+/// during start-up is acted on once the server runs.
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Installs the handler (needs a tokio runtime with I/O).
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(s) => Self { signal: Some(s) },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP: no reloads by signal");
+                    Self { signal: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Reloads `core`'s retrievers on every SIGHUP, one at a time, until the task is dropped.
+    pub async fn reload_on_signal(self, core: Arc<Recommender>) {
+        #[cfg(unix)]
+        if let Some(mut hup) = self.signal {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the retrievers");
+                let core = core.clone();
+                // Success and failure are logged and counted by the reload itself.
+                let _ = tokio::task::spawn_blocking(move || core.reload_retrievers("SIGHUP")).await;
+            }
+            return;
+        }
+        let _ = core;
+        std::future::pending::<()>().await;
     }
 }

@@ -1,0 +1,110 @@
+//! `palr admin`: the admin API of a running server (`server.admin_addr`, a token with the
+//! `admin` scope in PALR_TOKEN), one call per invocation; a table, or `--json`.
+
+use anyhow::Context;
+
+use crate::service::client::AdminClient;
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCmd {
+    /// Reload the retrievers from the server's configuration file ([retrieval]): every plugin
+    /// re-opened and re-fitted, swapped in together; on any failure the running ones stay.
+    /// (SIGHUP to `palr serve` does the same.)
+    ReloadRetrievers(AdminArgs),
+    /// List the model's LoRA adapters (merged or not, the default).
+    ListAdapters(AdminArgs),
+}
+
+/// What every admin command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The server's admin address [server.admin_addr].
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub addr: String,
+    #[command(flatten)]
+    pub connect: super::connect::ConnectArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: &AdminCmd) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(cmd))
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+async fn run_async(cmd: &AdminCmd) -> anyhow::Result<()> {
+    let (AdminCmd::ReloadRetrievers(args) | AdminCmd::ListAdapters(args)) = cmd;
+    let mut client = AdminClient::connect_with(&args.addr, &args.connect.options()).await?;
+    match cmd {
+        AdminCmd::ReloadRetrievers(_) => {
+            let r = client.reload_retrievers().await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{:<12} {:<34} {:<14} {:<10} {:>10}",
+                "name", "library", "plugin", "version", "generation"
+            );
+            for l in &r.retrievers {
+                println!(
+                    "{:<12} {:<34} {:<14} {:<10} {:>10}{}",
+                    l.name,
+                    l.library_file,
+                    l.plugin_name,
+                    l.plugin_version,
+                    l.generation,
+                    if l.loaded_from_copy {
+                        "  (changed on disk: a copy was loaded)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            println!("fusions {}", list(&r.fusions));
+            println!("default {}", r.default_retriever);
+            println!("added {}; removed {}", list(&r.added), list(&r.removed));
+            if !r.not_reloaded.is_empty() {
+                println!(
+                    "not reloaded (changed in the configuration, need a restart): {}",
+                    r.not_reloaded.join(", ")
+                );
+            }
+            println!("reloaded in {:.0} ms", r.took_ms);
+        }
+        AdminCmd::ListAdapters(_) => {
+            let (adapters, default) = client.list_adapters().await?;
+            if args.json {
+                let v = serde_json::json!({ "adapters": adapters, "default_adapter": default });
+                println!("{v}");
+                return Ok(());
+            }
+            if adapters.is_empty() {
+                println!("no adapters: requests rank with the model as loaded");
+                return Ok(());
+            }
+            println!("{:<24} {:<7} default", "name", "merged");
+            for a in &adapters {
+                println!(
+                    "{:<24} {:<7} {}",
+                    a.name,
+                    if a.merged { "yes" } else { "no" },
+                    if a.is_default { "yes" } else { "no" }
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The admin API, `palr.admin.v1.Admin` (`proto/palr/admin/v1/admin.proto`): changes to what
+//! a running server serves. Served by `server` on a listener of its own (`server.admin_addr`)
+//! and only when some token has the `admin` scope (`conn` checks the token and the scope of
+//! every call before it gets here); the work is [`Recommender`]'s.
+//!
+//! Calls are serialised by the core (one reload at a time, SIGHUP's included), and each is
+//! logged with its caller and counted (`palr_admin_calls_total{call,outcome}`).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::admin::v1 as pb;
+use crate::proto::admin::v1::admin_server::Admin;
+
+use super::conn::Caller;
+use super::error::ServiceError;
+use super::recommender::{Recommender, ReloadReport};
+
+/// The gRPC face of the admin operations on a [`Recommender`].
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    core: Arc<Recommender>,
+}
+
+impl AdminService {
+    pub fn new(core: Arc<Recommender>) -> Self {
+        Self { core }
+    }
+}
+
+/// The token name of the caller (`conn` puts it in the request), for the log.
+fn caller<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |c| c.0.to_string())
+}
+
+fn reload_to_proto(r: ReloadReport) -> pb::ReloadRetrieversResponse {
+    pb::ReloadRetrieversResponse {
+        retrievers: r
+            .retrievers
+            .into_iter()
+            .map(|i| pb::LoadedRetriever {
+                // The file name only: the server's directory layout is not the caller's
+                // business.
+                library_file: i
+                    .path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                loaded_from_copy: i.loaded_from != i.path,
+                plugin_name: i.plugin_name,
+                plugin_version: i.plugin_version,
+                generation: i.generation,
+                name: i.name,
+            })
+            .collect(),
+        fusions: r.fusions,
+        default_retriever: r.default,
+        added: r.added,
+        removed: r.removed,
+        not_reloaded: r.not_reloaded.into_iter().map(str::to_owned).collect(),
+        took_ms: r.took.as_secs_f64() * 1e3,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn reload_retrievers(
+        &self,
+        request: Request<pb::ReloadRetrieversRequest>,
+    ) -> Result<Response<pb::ReloadRetrieversResponse>, Status> {
+        let trigger = format!("admin API, caller {:?}", caller(&request));
+        let core = self.core.clone();
+        // Plugins load and fit on a blocking thread; the core serialises reloads.
+        let report = tokio::task::spawn_blocking(move || core.reload_retrievers(&trigger))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("reload thread failed: {e}")))??;
+        Ok(Response::new(reload_to_proto(report)))
+    }
+
+    async fn list_adapters(
+        &self,
+        request: Request<pb::ListAdaptersRequest>,
+    ) -> Result<Response<pb::ListAdaptersResponse>, Status> {
+        let default = self.core.config().model.default_adapter.clone();
+        let adapters = self
+            .core
+            .adapters()
+            .into_iter()
+            .map(|(name, merged)| pb::Adapter {
+                is_default: name == default,
+                merged,
+                name,
+            })
+            .collect();
+        self.core
+            .metrics()
+            .admin_calls
+            .with_label_values(&["ListAdapters", "ok"])
+            .inc();
+        tracing::debug!(caller = %caller(&request), "admin: adapters listed");
+        Ok(Response::new(pb::ListAdaptersResponse {
+            adapters,
+            default_adapter: default,
+        }))
+    }
+}
