@@ -1120,6 +1120,9 @@ impl Recommender {
         out
     }
 
+    /// The reload itself, under the admin lock. Long because it is one transaction read in
+    /// order: re-read the config, refuse what needs a restart, build the whole new set,
+    /// swap it in, then report what changed; any early return leaves the running set as is.
     fn reload_retrievers_locked(&self, t: Instant) -> Result<ReloadReport> {
         let refused = |e: String| {
             ServiceError::FailedPrecondition(format!(

@@ -96,6 +96,9 @@ pub async fn bind_admin(
 /// Serves `core` on `grpc` (`/metrics` on `metrics`, the admin API on `admin`) until
 /// `shutdown` resolves, then shuts down gracefully (module docs). `admin` comes from
 /// [`bind_admin`]; a listener given without a token that has the admin scope is refused.
+/// Long because the start-up and the shutdown steps of the module docs read in order here;
+/// the parts with a name of their own are [`health_service`], [`public_routes`],
+/// [`admin_routes`] and [`accept_loop`].
 pub async fn serve(
     core: Arc<Recommender>,
     grpc: TcpListener,
@@ -117,56 +120,7 @@ pub async fn serve(
     transport.warn_if_exposed(grpc_addr);
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
-    let (mut health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    // Each retriever has a health entry of its own, NOT_SERVING while quarantined.
-    let retriever_names: Vec<String> = core.retrievers().into_iter().map(|r| r.name).collect();
-    for name in &retriever_names {
-        health
-            .set_service_status(super::bulkhead::health_name(name), ServingStatus::Serving)
-            .await;
-    }
-    // A reload brings new instances (breakers closed) and may add or drop names: one task
-    // applies the swaps to health in the order the reloads made them.
-    let (swaps_tx, mut swaps_rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
-    core.on_retrievers_swapped(Arc::new(move |now: &[String], gone: &[String]| {
-        let _ = swaps_tx.send((now.to_vec(), gone.to_vec()));
-    }));
-    let mut swap_reporter = health.clone();
-    let swaps = tokio::spawn(async move {
-        while let Some((now, gone)) = swaps_rx.recv().await {
-            for name in gone {
-                swap_reporter
-                    .clear_service_status(&super::bulkhead::health_name(&name))
-                    .await;
-            }
-            for name in now {
-                swap_reporter
-                    .set_service_status(super::bulkhead::health_name(&name), ServingStatus::Serving)
-                    .await;
-            }
-        }
-    });
-    let hook_reporter = health.clone();
-    core.on_retriever_health(Arc::new(move |name: &str, serving: bool| {
-        let reporter = hook_reporter.clone();
-        let service = super::bulkhead::health_name(name);
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { reporter.set_service_status(service, status).await });
-        }
-    }));
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-
+    let (mut health, health_svc, swaps) = health_service(&core).await;
     let (stop_metrics_tx, stop_metrics_rx) = oneshot::channel::<()>();
     let metrics_task = metrics.map(|l| {
         tokio::spawn(serve_metrics(l, core.metrics().clone(), async {
@@ -174,26 +128,7 @@ pub async fn serve(
         }))
     });
 
-    let mut routes = Routes::builder();
-    routes
-        .add_service(health_svc)
-        .add_service(RecommenderServer::new(RecommenderService::new(
-            core.clone(),
-        )));
-    if cfg.reflection {
-        routes
-            .add_service(
-                reflection(tonic_reflection::server::Builder::configure())
-                    .build_v1()
-                    .map_err(|e| StartError::Serve(format!("reflection: {e}")))?,
-            )
-            .add_service(
-                reflection(tonic_reflection::server::Builder::configure())
-                    .build_v1alpha()
-                    .map_err(|e| StartError::Serve(format!("reflection: {e}")))?,
-            );
-    }
-    let routes = routes.routes();
+    let routes = public_routes(&core, health_svc, cfg.reflection)?;
     let security = transport.description.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = ConnLimits::from_config(&cfg);
@@ -201,21 +136,10 @@ pub async fn serve(
     let admin_loop = match admin {
         None => None,
         Some(listener) => {
-            let mut admin_routes = Routes::builder();
-            admin_routes.add_service(AdminServer::new(AdminService::new(core.clone())));
-            if cfg.reflection {
-                admin_routes.add_service(
-                    tonic_reflection::server::Builder::configure()
-                        .register_encoded_file_descriptor_set(
-                            crate::proto::admin::FILE_DESCRIPTOR_SET,
-                        )
-                        .build_v1()
-                        .map_err(|e| StartError::Serve(format!("admin reflection: {e}")))?,
-                );
-            }
+            let admin_routes = admin_routes(&core, cfg.reflection)?;
             Some(accept_loop(
                 listener,
-                Stamp::new(admin_routes.routes(), core.metrics().clone()),
+                Stamp::new(admin_routes, core.metrics().clone()),
                 limits.clone(),
                 transport.clone(),
                 core.metrics().clone(),
@@ -321,6 +245,116 @@ pub async fn serve(
     Ok(outcome)
 }
 
+/// The health service: `palr.v1.Recommender` and one entry per retriever SERVING, kept in
+/// step with breaker changes and with reloads (one task applies each reload's swap in order;
+/// abort it at shutdown).
+async fn health_service(
+    core: &Arc<Recommender>,
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    JoinHandle<()>,
+) {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    // Each retriever has a health entry of its own, NOT_SERVING while quarantined.
+    let retriever_names: Vec<String> = core.retrievers().into_iter().map(|r| r.name).collect();
+    for name in &retriever_names {
+        health
+            .set_service_status(super::bulkhead::health_name(name), ServingStatus::Serving)
+            .await;
+    }
+    // A reload brings new instances (breakers closed) and may add or drop names: one task
+    // applies the swaps to health in the order the reloads made them.
+    let (swaps_tx, mut swaps_rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
+    core.on_retrievers_swapped(Arc::new(move |now: &[String], gone: &[String]| {
+        let _ = swaps_tx.send((now.to_vec(), gone.to_vec()));
+    }));
+    let mut swap_reporter = health.clone();
+    let swaps = tokio::spawn(async move {
+        while let Some((now, gone)) = swaps_rx.recv().await {
+            for name in gone {
+                swap_reporter
+                    .clear_service_status(&super::bulkhead::health_name(&name))
+                    .await;
+            }
+            for name in now {
+                swap_reporter
+                    .set_service_status(super::bulkhead::health_name(&name), ServingStatus::Serving)
+                    .await;
+            }
+        }
+    });
+    let hook_reporter = health.clone();
+    core.on_retriever_health(Arc::new(move |name: &str, serving: bool| {
+        let reporter = hook_reporter.clone();
+        let service = super::bulkhead::health_name(name);
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { reporter.set_service_status(service, status).await });
+        }
+    }));
+    (health, health_svc, swaps)
+}
+
+/// The public listener's routes: health, the recommender and, when on, reflection of both.
+fn public_routes(
+    core: &Arc<Recommender>,
+    health_svc: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    reflection_on: bool,
+) -> Result<Routes, StartError> {
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+
+    let mut routes = Routes::builder();
+    routes
+        .add_service(health_svc)
+        .add_service(RecommenderServer::new(RecommenderService::new(
+            core.clone(),
+        )));
+    if reflection_on {
+        routes
+            .add_service(
+                reflection(tonic_reflection::server::Builder::configure())
+                    .build_v1()
+                    .map_err(|e| StartError::Serve(format!("reflection: {e}")))?,
+            )
+            .add_service(
+                reflection(tonic_reflection::server::Builder::configure())
+                    .build_v1alpha()
+                    .map_err(|e| StartError::Serve(format!("reflection: {e}")))?,
+            );
+    }
+    let routes = routes.routes();
+    Ok(routes)
+}
+
+/// The admin listener's routes: the admin service and, when on, its own reflection (the
+/// public listener's reflection never lists it).
+fn admin_routes(core: &Arc<Recommender>, reflection_on: bool) -> Result<Routes, StartError> {
+    let mut admin_routes = Routes::builder();
+    admin_routes.add_service(AdminServer::new(AdminService::new(core.clone())));
+    if reflection_on {
+        admin_routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::admin::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .map_err(|e| StartError::Serve(format!("admin reflection: {e}")))?,
+        );
+    }
+    Ok(admin_routes.routes())
+}
+
 /// Resolves once `stop` is true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await (it is not Send).
@@ -334,7 +368,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts HTTP/2 connections (h2c, or h2 over TLS) on `listener` and serves `svc` on each,
 /// within the connection limits (`conn` module), until `stop` turns true; then closes the
 /// listener, asks every connection to finish (GOAWAY: streams already open complete, new ones
-/// are refused) and returns once all have closed.
+/// are refused) and returns once all have closed. Long because a connection's life reads
+/// in order: admitted under the limits, TLS handshake under a timeout, served by `Conn`,
+/// counted when it ends.
 async fn accept_loop<S>(
     listener: TcpListener,
     svc: S,
