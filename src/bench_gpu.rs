@@ -26,7 +26,7 @@
 //! `--runs` after a warm-up); model times from the host clock around calls that
 //! end in a download (so they include launch overhead, as a server sees it).
 //! Inputs are rotated among several copies when one copy would fit in L2.
-//! Every record is one JSON line in `--json`; `scripts/gpu_report.py` puts them
+//! Every record is one JSON line in `--json`; `scripts/gpu/gpu_report.py` puts them
 //! next to PyTorch's figures for the same shapes.
 
 use std::io::Write;
@@ -69,7 +69,7 @@ pub struct GpuBenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Tiny sizes everywhere (a smoke run of the benchmark itself, e.g. on the
-    /// fake device of scripts/fake-gpu.sh): the figures mean nothing.
+    /// fake device of scripts/gpu/fake-gpu.sh): the figures mean nothing.
     #[arg(long)]
     pub quick: bool,
 }

@@ -1,10 +1,10 @@
-# The own-transition leak in `palr sft-data` lists (see README.md here): Markov fitted on every
+# The own-transition leak in `palr sft-data` lists (see benchmarks/results/experiments/item-genres/README.md): Markov fitted on every
 # training part vs on the training part without each user's last 8 items, scored on those last
-# 8 positions. Standard library + numpy; run from anywhere: python3 leak_check.py
+# 8 positions. Standard library + numpy; run from anywhere: python3 scripts/results/leak_check.py (item-genres experiment)
 
 import collections, numpy as np
 inter = collections.defaultdict(list)
-for i,l in enumerate(open(__import__('os').path.join(__import__('os').path.dirname(__import__('os').path.abspath(__file__)), '../../../../data/ml-100k/ml-100k.inter'))):
+for i,l in enumerate(open(__import__('os').path.join(__import__('os').path.dirname(__import__('os').path.abspath(__file__)), '../../data/ml-100k/ml-100k.inter'))):
     if i==0: continue
     u,it,r,t = l.split('\t'); inter[int(u)].append((float(t), int(it)))
 seqs={u:[it for _,it in sorted(v)] for u,v in inter.items()}

@@ -4,7 +4,7 @@
 #      -> retrievers.json, and on the validation split -> retrievers-valid.json
 #   2. LLM methods (retriever top 20 re-ranked by the LLM)                 -> llm[-NAME].json
 #      (~1 s/user/method in score mode, ~3.5 s in generate mode on 2 CPU cores)
-#   3. SASRec trained with RecBole 1.2.1 (scripts/sasrec_recbole.py)     -> sasrec.json
+#   3. SASRec trained with RecBole 1.2.1 (scripts/results/sasrec_recbole.py)     -> sasrec.json
 #   4. the table (results.md, spliced into README.md) and the NDCG@10 plot (ndcg10.png) from
 #      every report in the output directory: retrievers.json, llm*.json, sasrec.json; and the
 #      validation split's table (results-valid.md, README.md's "valid" section) from
@@ -12,7 +12,7 @@
 # Skipped stages keep their earlier report, so e.g. `--no-sasrec --llm-methods ...` adds an
 # LLM run to the committed retriever and SASRec results.
 #
-# Usage: scripts/results.sh [options] [-- extra `palr eval` arguments for the LLM run]
+# Usage: scripts/results/results.sh [options] [-- extra `palr eval` arguments for the LLM run]
 #   --llm-methods LIST  LLM methods (default markov+score,markov+generate), e.g.
 #                       markov+score@ft -- --adapter ft=DIR
 #   --users N           evaluate the LLM methods on a seeded sample of N users (default: all);
@@ -26,7 +26,7 @@
 #   --out-dir DIR       reports go here (default benchmarks/results)
 #   --no-readme         do not splice the table into README.md
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 llm_methods="markov+score,markov+generate"
 users=""
@@ -95,10 +95,10 @@ if [ "$run_llm" = 1 ]; then
 fi
 
 if [ "$run_sasrec" = 1 ]; then
-    [ -x "$venv_py" ] || scripts/sasrec-setup.sh
+    [ -x "$venv_py" ] || scripts/results/sasrec-setup.sh
     echo "== SASRec (RecBole 1.2.1), seed $sasrec_seed"
     # shellcheck disable=SC2086  # sasrec_args is a list of options
-    "$venv_py" scripts/sasrec_recbole.py --seed "$sasrec_seed" $sasrec_args --per-user \
+    "$venv_py" scripts/results/sasrec_recbole.py --seed "$sasrec_seed" $sasrec_args --per-user \
         --palr-report "$out/retrievers.json" --out "$out/sasrec.json"
 fi
 
@@ -114,13 +114,13 @@ for cand in "$venv_py" .cache/train-venv/bin/python; do
         py=$cand; plot=(--plot "$out/ndcg10.png"); break
     fi
 done
-[ ${#plot[@]} = 0 ] && echo "no Python with matplotlib (scripts/sasrec-setup.sh): table only, no plot" >&2
+[ ${#plot[@]} = 0 ] && echo "no Python with matplotlib (scripts/results/sasrec-setup.sh): table only, no plot" >&2
 readme_arg=()
 valid_readme_arg=()
 if [ "$readme" = 1 ]; then
     readme_arg=(--readme README.md)
     valid_readme_arg=(--readme README.md --readme-section valid)
 fi
-"$py" scripts/results-table.py "${reports[@]}" --markdown "$out/results.md" "${plot[@]}" "${readme_arg[@]}"
-"$py" scripts/results-table.py "$out/retrievers-valid.json" --markdown "$out/results-valid.md" \
+"$py" scripts/results/results_table.py "${reports[@]}" --markdown "$out/results.md" "${plot[@]}" "${readme_arg[@]}"
+"$py" scripts/results/results_table.py "$out/retrievers-valid.json" --markdown "$out/results-valid.md" \
     "${valid_readme_arg[@]}"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Creates the Python environment of the SASRec baseline and the results plot:
-# .cache/sasrec-venv with scripts/requirements-sasrec.txt and RecBole 1.2.1. Idempotent.
+# .cache/sasrec-venv with scripts/results/requirements-sasrec.txt and RecBole 1.2.1. Idempotent.
 #
 # RecBole 1.2.1 is installed with --no-deps: its metadata also requires ray<=2.6.3, thop,
 # plotly and tabulate, which only its hyperparameter tuning, quick_start and FLOP counting
-# import (scripts/sasrec_recbole.py uses none of them), and ray 2.6.3 has no wheels for
+# import (scripts/results/sasrec_recbole.py uses none of them), and ray 2.6.3 has no wheels for
 # current Pythons. What its training path does import is pinned in the requirements file.
 #
 # torch==2.15.0 from the package registry is the CUDA build on Linux x86-64 (a few GB with
@@ -14,7 +14,7 @@
 #
 # Environment: PYTHON (default python3, >= 3.10), SASREC_VENV (default .cache/sasrec-venv).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 VENV=${SASREC_VENV:-.cache/sasrec-venv}
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
@@ -24,6 +24,6 @@ if [ -n "${SASREC_REUSE_SITE_PACKAGES:-}" ]; then
     site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     echo "$SASREC_REUSE_SITE_PACKAGES" > "$site/zz-reuse-site-packages.pth"
 fi
-"$VENV/bin/python" -m pip install --disable-pip-version-check -r scripts/requirements-sasrec.txt
+"$VENV/bin/python" -m pip install --disable-pip-version-check -r scripts/results/requirements-sasrec.txt
 "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps recbole==1.2.1
 "$VENV/bin/python" -c 'import recbole, torch, matplotlib; print(f"recbole {recbole.__version__}, torch {torch.__version__}: ok")'

@@ -2,7 +2,7 @@
 """PyTorch baselines for `palr bench gpu`, on the same card in the same run.
 
 The same figures as palr's, for the same shapes and under the same names, so
-scripts/gpu_report.py can put them side by side:
+scripts/gpu/gpu_report.py can put them side by side:
   ceilings   1 GiB device-to-device copy; 8192^3 bf16 matmul (random data)
   attention  torch.nn.functional.scaled_dot_product_attention, causal prefill
              (seq 512..4096) and one-row decode over seq cached positions,

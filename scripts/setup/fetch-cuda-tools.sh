@@ -7,7 +7,7 @@
 # headers package is not needed. Pinned to 13.0: newer NVRTC output does not load on
 # the 580 drivers of the GPU machines. Idempotent: does nothing (fast) when present.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 dest=.cache/cuda-tools
 pkgs="nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-nvcc==13.0.88"
 stamp="$dest/.complete"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Paired comparison of one method in two `palr eval --per-user` reports on the same users.
 
-usage: scripts/compare-per-user.py A.json B.json --method METHOD [--label-a A --label-b B]
+usage: scripts/results/compare_per_user.py A.json B.json --method METHOD [--label-a A --label-b B]
                                    [--markdown OUT.md]
 
 Per user, the target's rank under METHOD in each report gives NDCG@10, HR@10 and the

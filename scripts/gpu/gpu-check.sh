@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one prepared GPU run: correctness, then timings next to PyTorch and the
 # physical floors. Runs on the GPU machine, from the repository root, with the
-# bundle that scripts/gpu-bundle.sh built on a machine without a GPU (nothing is
+# bundle that scripts/gpu/gpu-bundle.sh built on a machine without a GPU (nothing is
 # compiled here).
 #
-#   scripts/gpu-check.sh RESULTS_DIR [PARTS]
+#   scripts/gpu/gpu-check.sh RESULTS_DIR [PARTS]
 #
 # PARTS (comma-separated, default tests,bench,torch,report):
 #   tests   tests/cuda_ops.rs and tests/cuda_model.rs with PALR_REQUIRE_CUDA=1
@@ -19,16 +19,16 @@
 #           kernels' sum with bench.log's per-projection overhead to tell kernel
 #           time from launch gaps
 #   bench   palr bench gpu (ceilings, attention, LoRA, SmolLM2 and 7B shapes)
-#   torch   scripts/gpu_torch_bench.py: the same figures with PyTorch
-#   report  scripts/gpu_report.py: the table (also printed last)
+#   torch   scripts/gpu/gpu_torch_bench.py: the same figures with PyTorch
+#   report  scripts/gpu/gpu_report.py: the table (also printed last)
 # Writes to RESULTS_DIR (6 files, 7 with profile): env.txt tests.log bench.log
 # palr-bench.json torch-bench.json report.txt [ncu-lora.csv]. Keeps to a time budget (GPU_CHECK_BUDGET_S,
 # default 500 s): each part gets what is left, so the table still comes out.
 # Exit status: 1 if a test failed, 2 on a setup error, else 0.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
-res=${1:?usage: scripts/gpu-check.sh RESULTS_DIR [tests,bench,torch,report]}
+res=${1:?usage: scripts/gpu/gpu-check.sh RESULTS_DIR [tests,bench,torch,report]}
 parts=",${2:-tests,bench,torch,report},"
 budget=${GPU_CHECK_BUDGET_S:-500}
 deadline=$((SECONDS + budget))
@@ -44,7 +44,7 @@ allow() {
 bundle=.cache/gpu-bundle
 work=/tmp/palr-gpu
 if [ ! -f "$bundle/bin.tar.xz" ]; then
-    echo "error: $bundle/bin.tar.xz missing: run scripts/gpu-bundle.sh on the build machine and carry .cache/gpu-bundle" >&2
+    echo "error: $bundle/bin.tar.xz missing: run scripts/gpu/gpu-bundle.sh on the build machine and carry .cache/gpu-bundle" >&2
     exit 2
 fi
 rm -rf "$work"
@@ -135,11 +135,11 @@ if [[ $parts == *,torch,* ]]; then
     rm -f "$res/torch-bench.json"
     lim=$(allow 200 10)
     echo "== PyTorch baselines (limit ${lim}s)" | tee -a "$res/bench.log"
-    PYTHONUNBUFFERED=1 timeout "$lim" python3 scripts/gpu_torch_bench.py --json "$res/torch-bench.json" 2>&1 | tee -a "$res/bench.log"
+    PYTHONUNBUFFERED=1 timeout "$lim" python3 scripts/gpu/gpu_torch_bench.py --json "$res/torch-bench.json" 2>&1 | tee -a "$res/bench.log"
     echo "== PyTorch baselines exit ${PIPESTATUS[0]}" | tee -a "$res/bench.log"
 fi
 if [[ $parts == *,report,* ]]; then
-    python3 scripts/gpu_report.py "$res/palr-bench.json" "$res/torch-bench.json" > "$res/report.txt" 2>&1
+    python3 scripts/gpu/gpu_report.py "$res/palr-bench.json" "$res/torch-bench.json" > "$res/report.txt" 2>&1
 fi
 echo
 grep -E "^test result|^== cuda_.* exit|FAILED|panicked" "$res/tests.log" 2>/dev/null | head -40

@@ -3,26 +3,26 @@
 # ranker (labelled candidates, one prefill) on SmolLM2-135M-Instruct, taught on MovieLens-100k
 # training histories with the Markov retriever's candidate lists, exactly as they are served.
 #
-#   scripts/train-adapter.sh [--out DIR] [--time-budget SECONDS] [--examples-per-user N]
+#   scripts/training/train-adapter.sh [--out DIR] [--time-budget SECONDS] [--examples-per-user N]
 #       [--candidate-order retriever|retriever-shuffled] [--tail N] [--ranker-config FILE]
 #       [--lr LR] [--seed S] [--data-only FILE]
 #
 # The defaults are the shipped adapter's recipe. --tail N makes leak-free lists (see
 # benchmarks/results/experiments/item-genres); --ranker-config (e.g. an item_line) must then be
 # served too; --data-only FILE writes the training data there and stops (no Python needed),
-# e.g. for scripts/gpu-train.sh pack.
+# e.g. for scripts/gpu/gpu-train.sh pack.
 #
 # 1. .cache/train-venv with scripts/requirements-train.txt (torch, transformers, peft), once;
 # 2. palr sft-data: task recommend_retrieval_score, candidates = Markov's top 20 in its order
 #    (--candidate-order retriever), N positions per user from the training part only;
-# 3. scripts/train_lora.py: r 16, alpha 32, all projections, bf16 autocast, lr 4e-4, batch 16,
+# 3. scripts/training/train_lora.py: r 16, alpha 32, all projections, bf16 autocast, lr 4e-4, batch 16,
 #    one pass at most, stopped by the time budget (default 3300 s, what the shipped adapter had
 #    on 2 shared CPU cores); the adapter is saved in bf16 (10 MB).
 # Writes DIR (default adapters/ml100k-markov-score): adapter_config.json,
 # adapter_model.safetensors, train_summary.json, train_log.jsonl, loss.png, command.txt.
 # Environment: PYTHON (default python3), TRAIN_VENV (default .cache/train-venv).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 out=adapters/ml100k-markov-score
 budget=3300
@@ -74,7 +74,7 @@ trap 'rm -f "$data"' EXIT
 sft+=(--out "$data")
 $palr "${sft[@]}"
 
-train=(scripts/train_lora.py --model models/smollm2-135m-instruct --data "$data" --out "$out"
+train=(scripts/training/train_lora.py --model models/smollm2-135m-instruct --data "$data" --out "$out"
        --batch-size 16 --micro-batch 8 --lr "$lr" --bf16 --save-dtype bf16
        --time-budget "$budget" --log-every 2 --seed "$seed")
 {

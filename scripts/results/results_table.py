@@ -4,7 +4,7 @@
 Inputs are JSON reports in the shape `palr eval --out` writes (`src/eval/report.rs`: a
 `Report` with `methods[].metrics` and, with `--per-user`, `per_user[].ranks`), e.g. one for the
 retrievers on all users, one for LLM methods on a sample, and `benchmarks/results/sasrec.json`
-from `scripts/sasrec_recbole.py` (same shape). Every report must be of the same split.
+from `scripts/results/sasrec_recbole.py` (same shape). Every report must be of the same split.
 
 Outputs:
 - a Markdown table, one row per method and report: users evaluated, HR@1/5/10/20,
@@ -19,7 +19,7 @@ Outputs:
 
 Only the standard library is needed for the table; the plot needs matplotlib.
 
-    scripts/results-table.py benchmarks/results/retrievers.json benchmarks/results/sasrec.json \
+    scripts/results/results_table.py benchmarks/results/retrievers.json benchmarks/results/sasrec.json \
         --markdown benchmarks/results/results.md --plot benchmarks/results/ndcg10.png --readme README.md
 """
 
@@ -78,7 +78,7 @@ def load_report(path: Path) -> tuple[str, list[Row]]:
     try:
         rep = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path}: no such report (run `palr eval --out {path}` or scripts/results.sh)") from None
+        raise InputError(f"{path}: no such report (run `palr eval --out {path}` or scripts/results/results.sh)") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not JSON ({e})") from None
     if not isinstance(rep, dict) or not isinstance(rep.get("methods"), list) or not rep["methods"]:
@@ -175,7 +175,7 @@ def plot(rows: list[Row], split: str, out: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise InputError("the plot needs matplotlib (scripts/sasrec-setup.sh installs it in .cache/sasrec-venv)") from None
+        raise InputError("the plot needs matplotlib (scripts/results/sasrec-setup.sh installs it in .cache/sasrec-venv)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -7,7 +7,7 @@
 #
 # Environment: PYTHON (default python3), DEPLOY_VENV (default .cache/deploy-venv).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 VENV=${DEPLOY_VENV:-.cache/deploy-venv}
 REQ=deploy/tests/requirements.txt
 stamp="$VENV/.requirements.sha256"

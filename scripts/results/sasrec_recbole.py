@@ -31,8 +31,8 @@ alone). The report has the shape of `palr eval --out` (a `Report` with one metho
 Compatibility shims (RecBole 1.2.1 predates numpy 2 and torch >= 2.6), applied in this process
 only, RecBole's files untouched: see `apply_shims()`.
 
-Usage (venv from scripts/sasrec-setup.sh):
-    .cache/sasrec-venv/bin/python scripts/sasrec_recbole.py --seed 2020 \
+Usage (venv from scripts/results/sasrec-setup.sh):
+    .cache/sasrec-venv/bin/python scripts/results/sasrec_recbole.py --seed 2020 \
         --out benchmarks/results/sasrec.json
 """
 
@@ -363,7 +363,7 @@ def score_test(model, dataset, seqs, max_len: int, device, batch: int = 256):
 
 
 def parse_args(argv=None):
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=here / "data" / "ml-100k",
                    help="directory with NAME.inter and NAME.item (as `palr data fetch` writes them)")
@@ -415,7 +415,7 @@ def main(argv=None) -> int:
     from recbole.utils import init_logger, init_seed
 
     if recbole.__version__ != "1.2.1":
-        raise SetupError(f"RecBole {recbole.__version__} found, 1.2.1 expected (scripts/sasrec-setup.sh)")
+        raise SetupError(f"RecBole {recbole.__version__} found, 1.2.1 expected (scripts/results/sasrec-setup.sh)")
     torch.set_num_threads(args.threads)
 
     data_dir = args.data.resolve()
@@ -567,7 +567,7 @@ def main(argv=None) -> int:
         "split": "test",
         "training_view": "RecBole training rows (each user's training items) for fitting, validation item "
                          "for early stopping; test input = training items + validation item",
-        "backend": f"RecBole {recbole.__version__} SASRec, scored by scripts/sasrec_recbole.py",
+        "backend": f"RecBole {recbole.__version__} SASRec, scored by scripts/results/sasrec_recbole.py",
         "n_items": len(catalog),
         "n_users": len(seqs),
         "n_evaluable_users": len(users),

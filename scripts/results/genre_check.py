@@ -1,9 +1,9 @@
 # Is there anything in the items that Markov's order lacks? Re-ranks Markov's top 20 (the plugin's
 # defaults, re-implemented: it reproduces palr's test NDCG@10 0.0963) by -ln(1+position) + 10*lg*genre
-# cosine + 10*lk*item-kNN overlap, and prints NDCG@10 for each (lg, lk). python3 genre_check.py valid|test
+# cosine + 10*lk*item-kNN overlap, and prints NDCG@10 for each (lg, lk). python3 scripts/results/genre_check.py valid|test (item-genres experiment)
 
 import collections, math, os, sys
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../../data/ml-100k")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../data/ml-100k")
 import numpy as np
 inter = collections.defaultdict(list)
 for i,l in enumerate(open(os.path.join(DATA, 'ml-100k.inter'))):

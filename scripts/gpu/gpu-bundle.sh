@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds, here (no GPU needed), everything scripts/gpu-check.sh runs on a GPU
+# Builds, here (no GPU needed), everything scripts/gpu/gpu-check.sh runs on a GPU
 # machine, so nothing is compiled there: the palr binary (`palr bench gpu`) and
 # the GPU test binaries (tests/cuda_ops.rs, tests/cuda_model.rs) and the
 # popularity retriever plugin (tests/cuda_model.rs's in-process service loads
@@ -8,7 +8,7 @@
 # device tool carries the folder: carry [".cache/gpu-bundle"].
 # The binaries need glibc <= the GPU image's (Ubuntu 24.04, glibc 2.39).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=.cache/gpu-bundle
 stage="$out/stage"
 rm -rf "$out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Trains a LoRA adapter for palr's ranker on `palr sft-data` output (CPU or GPU).
 
-    python3 scripts/train_lora.py --model models/smollm2-135m-instruct \
+    python3 scripts/training/train_lora.py --model models/smollm2-135m-instruct \
         --data sft/train.jsonl --out adapters/ml100k-score
 
 Input: JSONL in the chat layout (`{"messages": [{"role": ..., "content": ...}, ...]}`) that

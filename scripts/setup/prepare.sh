@@ -5,7 +5,7 @@
 # fetched once and then skipped. scripts/run.sh, scripts/test.sh and deploy/Containerfile's build
 # stage all start with it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cargo build --release --workspace
 ./target/release/palr model fetch
 ./target/release/palr data fetch ml-100k

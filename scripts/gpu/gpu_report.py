@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The table of scripts/gpu-check.sh: palr's GPU figures next to PyTorch's for the
+"""The table of scripts/gpu/gpu-check.sh: palr's GPU figures next to PyTorch's for the
 same shapes and next to each figure's physical floor.
 
     gpu_report.py PALR_JSON [TORCH_JSON]
 
 Each JSON file holds one record per line (part, name, ms, bytes, flops, extra),
-as `palr bench gpu --json` and scripts/gpu_torch_bench.py write them. The floor
+as `palr bench gpu --json` and scripts/gpu/gpu_torch_bench.py write them. The floor
 of a figure is max(bytes / bandwidth, flops / matrix rate), with the two
 ceilings measured in the same run (the larger of palr's and PyTorch's copy and
 matmul figures); the datasheet H100 SXM values stand in only when neither was

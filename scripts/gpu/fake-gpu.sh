@@ -5,11 +5,11 @@
 # all run; only the device is emulated. Slow (minutes); checks correctness of
 # the host side of every launch, never speed.
 #
-#   scripts/fake-gpu.sh [cargo test filters/args]      e.g.  scripts/fake-gpu.sh --test cuda_ops lora
+#   scripts/gpu/fake-gpu.sh [cargo test filters/args]      e.g.  scripts/gpu/fake-gpu.sh --test cuda_ops lora
 # Default: --test cuda_ops --test cuda_model.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/fetch-cuda-tools.sh
+cd "$(dirname "$0")/../.."
+scripts/setup/fetch-cuda-tools.sh
 dir=target/fake-gpu
 mkdir -p "$dir"
 {
