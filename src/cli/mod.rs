@@ -1,7 +1,7 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
 //! The only place (with `main.rs`) that uses `anyhow`.
 
-pub mod bench_retrieve;
+pub mod bench;
 pub mod connect;
 pub mod data;
 pub mod eval;
@@ -74,13 +74,13 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Prefill and decode throughput of the engine.
-    Engine(crate::bench::EngineBenchArgs),
+    Engine(crate::bench::engine::EngineBenchArgs),
     /// End-to-end Recommend latency of a running server (p50/p99, per-stage times).
-    Recommend(crate::service::bench::RecommendBenchArgs),
+    Recommend(crate::bench::recommend::RecommendBenchArgs),
     /// CUDA backend timings next to their physical floors (needs a GPU).
-    Gpu(crate::bench_gpu::GpuBenchArgs),
+    Gpu(crate::bench::gpu::GpuBenchArgs),
     /// Per-call latency of retriever plugins and fusions (one caller, one core).
-    Retrieve(bench_retrieve::RetrieveBenchArgs),
+    Retrieve(bench::RetrieveBenchArgs),
 }
 
 /// Runs the parsed command line.
@@ -97,7 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::SftData(args) => sft::run(&args),
         Command::Bench(BenchCmd::Engine(args)) => {
-            let report = crate::bench::run_engine(&args)?;
+            let report = crate::bench::engine::run_engine(&args)?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -109,7 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let report = rt.block_on(crate::service::bench::run(&args))?;
+            let report = rt.block_on(crate::bench::recommend::run(&args))?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -118,7 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCmd::Retrieve(args)) => {
-            let report = bench_retrieve::run(&args)?;
+            let report = bench::run(&args)?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -127,7 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCmd::Gpu(args)) => {
-            crate::bench_gpu::run(&args)?;
+            crate::bench::gpu::run(&args)?;
             Ok(())
         }
     }

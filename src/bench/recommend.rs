@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::data::{Dataset, LoadOptions};
 
-use super::client::Client;
-use super::recommender::{Mode, RecommendParams, Recommendation};
+use crate::service::client::Client;
+use crate::service::recommender::{Mode, RecommendParams, Recommendation};
 
 /// `palr bench recommend` arguments.
 #[derive(Debug, Clone, clap::Args)]

@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bench::median;
+use super::engine::median;
 use crate::engine::backend::{Backend, Heads, KvLayer};
 use crate::engine::cuda::{CudaBackend, CudaBuf, LoraAdapter, LoraSegment, synthetic};
 use crate::engine::{Device, LanguageModel, Logits, Model};

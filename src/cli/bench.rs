@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::eval::{DataArgs, retriever_set, server_config};
 use crate::data::Split;
 use crate::eval::ViewStage;
-use crate::service::bench::Summary;
+use crate::bench::recommend::Summary;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetrieveBenchArgs {
@@ -124,7 +124,7 @@ pub fn run(args: &RetrieveBenchArgs) -> anyhow::Result<RetrieveBenchReport> {
         }
     }
     Ok(RetrieveBenchReport {
-        cpu: crate::bench::cpu_description(),
+        cpu: crate::bench::engine::cpu_description(),
         view: args.view.name().into(),
         k: args.k,
         calls: args.calls,

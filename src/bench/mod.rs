@@ -1,0 +1,4 @@
+//! Benchmarks: what `palr bench engine|gpu|recommend|retrieve` measure.
+pub mod engine;
+pub mod gpu;
+pub mod recommend;
