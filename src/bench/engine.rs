@@ -11,37 +11,29 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::stats::median;
+use super::{Result, ensure, peak_rss_mib};
 use crate::engine::{self, Device, LoadOptions, Logits, WeightDtype};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct EngineBenchArgs {
+/// What `palr bench engine` measures.
+#[derive(Debug, Clone)]
+pub struct EngineBenchOptions {
     /// Hugging Face model directory.
-    #[arg(long)]
     pub model: PathBuf,
     /// Prompt length for the prefill measurement.
-    #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,
     /// Tokens generated one at a time for the decode measurement.
-    #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
-    /// Where the model runs: cpu, cuda (= cuda:0) or cuda:N (needs --dtype bf16).
-    #[arg(long, default_value = "cpu")]
+    /// Where the model runs (a GPU needs bf16 weights).
     pub device: Device,
     /// Weight element type in memory.
-    #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Untimed runs first.
-    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Timed runs (the median is reported).
-    #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,65 +56,6 @@ pub struct EngineBenchReport {
     pub first_token: u32,
 }
 
-/// The median of `xs` (the mean of the middle two for an even count); NaN when empty, so an
-/// empty series shows as NaN in a table rather than a made-up zero. The one median of the
-/// benchmarks.
-pub(crate) fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// This machine's CPU for benchmark tables: its model name and the vector extensions the
-/// kernels may use (from `/proc/cpuinfo`; "unknown CPU" elsewhere).
-pub fn cpu_description() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
-    let flags = field("flags").unwrap_or_default();
-    let have: Vec<&str> = [
-        "avx2",
-        "fma",
-        "avx512f",
-        "avx512_bf16",
-        "amx_bf16",
-        "amx_tile",
-    ]
-    .into_iter()
-    .filter(|f| flags.split_whitespace().any(|x| x == *f))
-    .collect();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{model}, {cores} cores, ISA: {}", have.join(" "))
-}
-
-/// The process's peak resident set size in MiB (Linux `VmHWM`; 0 elsewhere).
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// The benchmark's prompt: `n` token ids from xorshift64 (shifts 13, 7, 17) with a
 /// fixed seed, each taken modulo `vocab`. The peer harnesses in benchmarks/peers/
 /// copy this generator so every engine is fed the same ids; the test below pins
@@ -141,11 +74,12 @@ pub fn prompt_ids(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Runs the benchmark.
-pub fn run_engine(args: &EngineBenchArgs) -> anyhow::Result<EngineBenchReport> {
-    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    anyhow::ensure!(args.prompt_tokens > 0, "--prompt-tokens must be at least 1");
+pub fn run(args: &EngineBenchOptions) -> Result<EngineBenchReport> {
+    ensure(args.runs > 0, || "--runs must be at least 1".into())?;
+    ensure(args.prompt_tokens > 0, || {
+        "--prompt-tokens must be at least 1".into()
+    })?;
     let t0 = Instant::now();
-    crate::cli::generate::check_device_dtype(args.device, args.dtype)?;
     let opts = LoadOptions {
         device: args.device,
         dtype: args.dtype,
@@ -249,11 +183,4 @@ mod tests {
         assert!(prompt_ids(4, 0).iter().all(|&t| t == 0));
     }
     const PINNED: &[u32] = &[3501, 8310, 8502, 19572, 35564];
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(&[]).is_nan());
-    }
 }

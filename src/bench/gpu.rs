@@ -36,43 +36,36 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::engine::median;
+use super::stats::median;
+use super::{BenchError, Result, ensure};
 use crate::engine::backend::{Backend, Heads, KvLayer};
 use crate::engine::cuda::{CudaBackend, CudaBuf, LoraAdapter, LoraSegment, synthetic};
 use crate::engine::{Device, LanguageModel, Logits, Model};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct GpuBenchArgs {
-    /// The GPU (cuda:N).
-    #[arg(long, default_value = "cuda:0")]
+/// What `palr bench gpu` measures (the command line's defaults in brackets).
+#[derive(Debug, Clone)]
+pub struct GpuBenchOptions {
+    /// The GPU (`cuda:N`) [cuda:0].
     pub device: Device,
-    /// Parts to run: ceilings, attention, model, lora, model-lora.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "ceilings,attention,model,lora,model-lora"
-    )]
+    /// Parts to run, of [`PARTS`] [all].
     pub parts: Vec<String>,
-    /// Model shapes for the `model` part: smollm2-135m, llama2-7b.
-    #[arg(long, value_delimiter = ',', default_value = "smollm2-135m,llama2-7b")]
+    /// Model shapes for the `model` part: smollm2-135m, llama2-7b [both].
     pub models: Vec<String>,
-    /// Prompt length of the prefill measurement.
-    #[arg(long, default_value_t = 1024)]
+    /// Prompt length of the prefill measurement [1024].
     pub prompt_tokens: usize,
-    /// Tokens generated one at a time after the prompt.
-    #[arg(long, default_value_t = 64)]
+    /// Tokens generated one at a time after the prompt [64].
     pub decode_tokens: usize,
-    /// Timed runs per figure (the median is reported), after one warm-up.
-    #[arg(long, default_value_t = 10)]
+    /// Timed runs per figure (the median is reported), after one warm-up [10].
     pub runs: usize,
     /// Append one JSON object per figure to this file.
-    #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Tiny sizes everywhere (a smoke run of the benchmark itself, e.g. on the
-    /// fake device of scripts/gpu/fake-gpu.sh): the figures mean nothing.
-    #[arg(long)]
+    /// Tiny sizes everywhere (a smoke run of the benchmark itself, e.g. on the fake device
+    /// of scripts/gpu/fake-gpu.sh): the figures mean nothing.
     pub quick: bool,
 }
+
+/// The parts, in the order they run.
+pub const PARTS: [&str; 5] = ["ceilings", "attention", "model", "lora", "model-lora"];
 
 /// One measured figure.
 #[derive(Debug, Clone, Serialize)]
@@ -91,12 +84,12 @@ pub struct Record {
 }
 
 struct Out {
-    file: Option<std::fs::File>,
+    file: Option<(PathBuf, std::fs::File)>,
     records: Vec<Record>,
 }
 
 impl Out {
-    fn push(&mut self, r: Record) -> anyhow::Result<()> {
+    fn push(&mut self, r: Record) -> Result<()> {
         println!(
             "{:<10} {:<44} {:>10.4} ms  {}",
             r.part,
@@ -108,9 +101,14 @@ impl Out {
                 r.extra.to_string()
             }
         );
-        if let Some(f) = &mut self.file {
-            writeln!(f, "{}", serde_json::to_string(&r)?)?;
-            f.flush()?;
+        if let Some((path, f)) = &mut self.file {
+            let line = serde_json::to_string(&r).expect("a record serialises");
+            writeln!(f, "{line}")
+                .and_then(|()| f.flush())
+                .map_err(|source| BenchError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
         }
         self.records.push(r);
         Ok(())
@@ -118,24 +116,30 @@ impl Out {
 }
 
 /// Runs the benchmark; returns every record (also printed, and written to `--json`).
-pub fn run(args: &GpuBenchArgs) -> anyhow::Result<Vec<Record>> {
-    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+pub fn run(args: &GpuBenchOptions) -> Result<Vec<Record>> {
+    ensure(args.runs > 0, || "--runs must be at least 1".into())?;
     let Device::Cuda(ordinal) = args.device else {
-        anyhow::bail!("palr bench gpu needs a CUDA device (--device cuda:N)");
+        return Err(BenchError::Invalid(
+            "palr bench gpu needs a CUDA device (--device cuda:N)".into(),
+        ));
     };
     for p in &args.parts {
-        anyhow::ensure!(
-            ["ceilings", "attention", "model", "lora", "model-lora"].contains(&p.as_str()),
-            "unknown part {p:?}; use ceilings, attention, model, lora, model-lora"
-        );
+        ensure(PARTS.contains(&p.as_str()), || {
+            format!("unknown part {p:?}; use {}", PARTS.join(", "))
+        })?;
     }
     let file = match &args.json {
-        Some(p) => Some(
+        Some(p) => Some((
+            p.clone(),
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(p)?,
-        ),
+                .open(p)
+                .map_err(|source| BenchError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+        )),
         None => None,
     };
     let mut out = Out {
@@ -174,7 +178,7 @@ pub fn run(args: &GpuBenchArgs) -> anyhow::Result<Vec<Record>> {
     Ok(out.records)
 }
 
-fn ceilings(b: &CudaBackend, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
+fn ceilings(b: &CudaBackend, args: &GpuBenchOptions, out: &mut Out) -> Result<()> {
     let bytes = if args.quick { 1 << 24 } else { 1usize << 30 };
     let ms: Vec<f64> = b
         .copy_bandwidth_ms(bytes, args.runs)?
@@ -221,7 +225,7 @@ fn copies_for(bytes_per_set: usize, l2: usize) -> usize {
     (4 * l2).div_ceil(bytes_per_set.max(1)).clamp(1, 16)
 }
 
-fn attention(b: &CudaBackend, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
+fn attention(b: &CudaBackend, args: &GpuBenchOptions, out: &mut Out) -> Result<()> {
     let n_heads = if args.quick { 2 } else { 32 };
     let seqs: &[usize] = if args.quick {
         &[80]
@@ -304,7 +308,7 @@ fn time_kernel(
     b: &CudaBackend,
     runs: usize,
     mut f: impl FnMut(usize) -> crate::engine::Result<()>,
-) -> anyhow::Result<Vec<f64>> {
+) -> Result<Vec<f64>> {
     f(0)?;
     b.synchronize()?;
     let mut v = Vec::with_capacity(runs);
@@ -315,7 +319,7 @@ fn time_kernel(
     Ok(v)
 }
 
-fn model(ordinal: usize, name: &str, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
+fn model(ordinal: usize, name: &str, args: &GpuBenchOptions, out: &mut Out) -> Result<()> {
     let cfg = synthetic::preset(name)?;
     let backend = CudaBackend::new(ordinal)?;
     let t = Instant::now();
@@ -326,16 +330,7 @@ fn model(ordinal: usize, name: &str, args: &GpuBenchArgs, out: &mut Out) -> anyh
         t.elapsed()
     );
     let model: Arc<dyn LanguageModel> = Arc::new(Model::new(llama, args.prompt_tokens));
-    let vocab = cfg.vocab_size;
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let prompt: Vec<u32> = (0..args.prompt_tokens)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % vocab as u64) as u32
-        })
-        .collect();
+    let prompt = super::engine::prompt_ids(args.prompt_tokens, cfg.vocab_size);
     let capacity = args.prompt_tokens + args.decode_tokens;
     let mut session = model.clone().new_session(capacity)?;
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
@@ -422,12 +417,7 @@ fn model(ordinal: usize, name: &str, args: &GpuBenchArgs, out: &mut Out) -> anyh
 
 /// The 7B-shaped forward with one rank-16 adapter on all projections, unmerged,
 /// against the same weights with the adapter off (`State::adapter`).
-fn model_lora(
-    ordinal: usize,
-    name: &str,
-    args: &GpuBenchArgs,
-    out: &mut Out,
-) -> anyhow::Result<()> {
+fn model_lora(ordinal: usize, name: &str, args: &GpuBenchOptions, out: &mut Out) -> Result<()> {
     let cfg = synthetic::preset(name)?;
     let rank = 16;
     let backend = CudaBackend::new(ordinal)?;
@@ -500,7 +490,7 @@ fn model_lora(
     Ok(())
 }
 
-fn lora(ordinal: usize, args: &GpuBenchArgs, out: &mut Out) -> anyhow::Result<()> {
+fn lora(ordinal: usize, args: &GpuBenchOptions, out: &mut Out) -> Result<()> {
     let mut cfg = synthetic::preset("llama2-7b")?;
     if args.quick {
         cfg.n_layers = 1;
