@@ -78,24 +78,35 @@ pub enum Outcome {
     InTime,
     /// OK, but after the deadline (the caller had given up).
     Late,
-    /// An error status before the deadline: the server (or the client library) said no —
-    /// admission, limits, validation, an unavailable replica.
+    /// An error status well before the deadline (every error when there is none): the
+    /// server (or the client library) said no — admission, limits, validation, an
+    /// unavailable replica.
     Refused,
-    /// An error status at or after the deadline: the call ran out of time (the client's
-    /// channel cancels a call whose deadline passes: CANCELLED; or the server's
-    /// DEADLINE_EXCEEDED).
+    /// An error status in the last tenth of the deadline or after it ([`TIMED_OUT_FROM`]):
+    /// the call ran out of time. The server answers DEADLINE_EXCEEDED a few milliseconds
+    /// before the deadline (`service::grpc::DEADLINE_MARGIN`) so that its answer arrives in
+    /// time; the client's channel cancels a call whose deadline has passed (CANCELLED).
     TimedOut,
 }
+
+/// The fraction of its deadline after which a failed call counts as timed out rather than
+/// refused. Refusals by admission come back in milliseconds; calls that waited for their
+/// deadline end within the server's margin of it.
+pub const TIMED_OUT_FROM: f64 = 0.9;
 
 impl Outcome {
     /// The outcome of a call that ended with `code` after `latency_s` seconds.
     pub fn of(code: &str, latency_s: f64, deadline_s: Option<f64>) -> Self {
-        let after_deadline = deadline_s.is_some_and(|d| latency_s >= d);
-        match (code == "OK", after_deadline) {
-            (true, false) => Outcome::InTime,
-            (true, true) => Outcome::Late,
-            (false, false) => Outcome::Refused,
-            (false, true) => Outcome::TimedOut,
+        if code == "OK" {
+            if deadline_s.is_some_and(|d| latency_s > d) {
+                Outcome::Late
+            } else {
+                Outcome::InTime
+            }
+        } else if deadline_s.is_some_and(|d| latency_s >= TIMED_OUT_FROM * d) {
+            Outcome::TimedOut
+        } else {
+            Outcome::Refused
         }
     }
 }
@@ -610,11 +621,18 @@ mod tests {
     fn outcomes_against_the_deadline() {
         let d = Some(0.3);
         assert_eq!(Outcome::of("OK", 0.1, d), Outcome::InTime);
-        assert_eq!(Outcome::of("OK", 0.3, d), Outcome::Late);
+        assert_eq!(Outcome::of("OK", 0.3, d), Outcome::InTime);
+        assert_eq!(Outcome::of("OK", 0.301, d), Outcome::Late);
         assert_eq!(Outcome::of("OK", 9.0, None), Outcome::InTime);
         assert_eq!(Outcome::of("RESOURCE_EXHAUSTED", 0.01, d), Outcome::Refused);
         assert_eq!(Outcome::of("DEADLINE_EXCEEDED", 0.02, d), Outcome::Refused);
         assert_eq!(Outcome::of("CANCELLED", 0.3, d), Outcome::TimedOut);
+        // The server answers a margin before the deadline: still timed out.
+        assert_eq!(
+            Outcome::of("DEADLINE_EXCEEDED", 0.296, d),
+            Outcome::TimedOut
+        );
+        assert_eq!(Outcome::of("DEADLINE_EXCEEDED", 0.26, d), Outcome::Refused);
         assert_eq!(Outcome::of("INVALID_ARGUMENT", 5.0, None), Outcome::Refused);
     }
 
