@@ -55,6 +55,7 @@ fn options(addrs: Vec<String>, requests: usize) -> RecommendBenchOptions {
         connect: ConnectOptions::default(),
         data: data_dir(),
         requests,
+        duration: None,
         warmup: 2,
         load: Load::Closed { concurrency: 2 },
         deadline: None,
@@ -150,6 +151,15 @@ fn spreads_over_two_servers_and_counts_refusals_by_code() {
         assert_eq!(report.outcomes.failed() + report.warmup.failed(), 0);
         assert!(report.max_send_lag_ms.is_some());
         palr::cli::bench::check_failures(&report, false).unwrap();
+
+        // A run bounded by time rather than count ends, with every call it sent counted.
+        let mut timed = options(addrs[..1].to_vec(), usize::MAX);
+        timed.duration = Some(Duration::from_millis(300));
+        timed.warmup = 0;
+        let report = run(&timed).await.unwrap();
+        assert!(report.requests > 0 && report.requests < usize::MAX);
+        assert_eq!(report.outcomes.calls, report.requests as u64);
+        assert_eq!(report.outcomes.answered_in_time, report.outcomes.calls);
 
         // A deadline the sleeping plugin cannot meet: every call times out (the client's
         // channel cancels it at the deadline, or the server says DEADLINE_EXCEEDED), none

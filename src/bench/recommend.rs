@@ -5,11 +5,14 @@
 //! least that many, taken in user order (so every run sends the same requests). Request `i`
 //! goes to address `i mod n`: round robin over the addresses, one HTTP/2 connection to each,
 //! as a client-side balancer does over replicas. After `warmup` untimed calls (round robin
-//! too, so every replica warms up; without a deadline), `requests` calls are sent either
+//! too, so every replica warms up; without a deadline), timed calls are sent either
 //! closed-loop — `concurrency` workers, each sending its next request when its previous one
 //! ends — or open-loop at a fixed rate: request `i` leaves at `i / rate` seconds whatever is
 //! still in flight, so a server slower than the rate builds a queue as independent callers
-//! would. With a deadline, every call carries it as its gRPC timeout (`grpc-timeout`).
+//! would. The run sends `requests` calls, or as many as `duration` allows (closed loop: no
+//! call starts after it; open loop: `rate × duration` calls), whichever ends first: a server
+//! that refuses at once would otherwise use up a closed loop's requests in moments. With a
+//! deadline, every call carries it as its gRPC timeout (`grpc-timeout`).
 //!
 //! No failure stops the run. Every call ends in one [`Outcome`], counted overall, per
 //! address and by final status code ([`Outcomes`]), and the first message of each error code
@@ -52,8 +55,10 @@ pub struct RecommendBenchOptions {
     pub connect: ConnectOptions,
     /// Data set the servers run on (histories are drawn from it).
     pub data: PathBuf,
-    /// Timed requests.
+    /// Timed requests (at most, with `duration`).
     pub requests: usize,
+    /// Stop starting timed requests after this long.
+    pub duration: Option<Duration>,
     /// Untimed requests first.
     pub warmup: usize,
     pub load: Load,
@@ -206,7 +211,9 @@ pub struct RecommendBenchReport {
     pub backend: String,
     pub mode: Mode,
     pub retriever: String,
+    /// Timed calls sent.
     pub requests: usize,
+    pub duration_s: Option<f64>,
     pub load: Load,
     pub deadline_ms: Option<f64>,
     pub history_len: usize,
@@ -246,7 +253,7 @@ pub struct RecommendBenchReport {
 fn histories(data: &std::path::Path, len: usize, n: usize) -> Result<Vec<Vec<String>>> {
     let ds = Dataset::load(data, &LoadOptions::default())?;
     let inter = &ds.interactions;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::new();
     for u in 0..inter.n_users() as u32 {
         let items = inter.items_of(u);
         if items.len() >= len {
@@ -270,6 +277,30 @@ fn histories(data: &std::path::Path, len: usize, n: usize) -> Result<Vec<Vec<Str
     Ok(out)
 }
 
+/// The timed requests: request `i` sends history `i mod` their count, to address `i mod`
+/// the addresses' count.
+struct Requests {
+    histories: Vec<Vec<String>>,
+    template: RecommendParams,
+    /// How many to send at most.
+    limit: usize,
+    /// No request starts after this.
+    until: Option<Instant>,
+}
+
+impl Requests {
+    /// Request `i`, unless the run is over.
+    fn get(&self, i: usize) -> Option<RecommendParams> {
+        if i >= self.limit || self.until.is_some_and(|t| Instant::now() >= t) {
+            return None;
+        }
+        Some(RecommendParams {
+            history: self.histories[i % self.histories.len()].clone(),
+            ..self.template.clone()
+        })
+    }
+}
+
 /// One finished call: its address, its latency and what came back.
 struct Call {
     addr: usize,
@@ -287,6 +318,9 @@ async fn call(client: &mut Client, addr: usize, params: &RecommendParams) -> Cal
     }
 }
 
+/// The most closed-loop workers (each is a task with its own calls in flight).
+pub const MAX_CONCURRENCY: usize = 10_000;
+
 /// The address of request `i` among `n`: round robin.
 pub fn addr_of(i: usize, n: usize) -> usize {
     i % n
@@ -297,10 +331,15 @@ fn check(opts: &RecommendBenchOptions) -> Result<()> {
         "--addr: give at least one address".into()
     })?;
     ensure(opts.requests > 0, || "--requests must be at least 1".into())?;
+    ensure(opts.duration.is_none_or(|d| !d.is_zero()), || {
+        "--duration-s must be more than 0".into()
+    })?;
     match opts.load {
-        Load::Closed { concurrency } => ensure(concurrency > 0, || {
-            "--concurrency must be at least 1".into()
-        }),
+        Load::Closed { concurrency } => {
+            ensure((1..=MAX_CONCURRENCY).contains(&concurrency), || {
+                format!("--concurrency must be in 1..={MAX_CONCURRENCY}")
+            })
+        }
         Load::Open { rate_rps } => ensure(rate_rps.is_finite() && rate_rps > 0.0, || {
             format!("--rate must be a positive number of requests per second, not {rate_rps}")
         }),
@@ -315,7 +354,11 @@ fn check(opts: &RecommendBenchOptions) -> Result<()> {
 /// failed calls are counted in the report.
 pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
     check(opts)?;
-    let hist = histories(&opts.data, opts.history_len, opts.requests + opts.warmup)?;
+    let hist = histories(
+        &opts.data,
+        opts.history_len,
+        opts.requests.saturating_add(opts.warmup),
+    )?;
     let mut clients = Vec::with_capacity(opts.addrs.len());
     let mut per_addr = Vec::with_capacity(opts.addrs.len());
     for addr in &opts.addrs {
@@ -331,25 +374,25 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
         });
     }
     let n = clients.len();
-    let params = |i: usize, user: &str| RecommendParams {
-        history: hist[i % hist.len()].clone(),
+    let template = RecommendParams {
         k: opts.k,
         retriever: opts.retriever.clone(),
         num_candidates: opts.num_candidates,
         mode: Some(opts.mode),
-        user_id: user.into(),
+        user_id: "bench".into(),
         ..RecommendParams::default()
     };
 
     let mut warmup = Outcomes::default();
     for i in 0..opts.warmup {
         let a = addr_of(i, n);
-        let c = call(
-            &mut clients[a],
-            a,
-            &params(opts.requests + i, "bench-warmup"),
-        )
-        .await;
+        let params = RecommendParams {
+            // The histories after the timed ones (they repeat when there are fewer users).
+            history: hist[(i + opts.requests.min(hist.len())) % hist.len()].clone(),
+            user_id: "bench-warmup".into(),
+            ..template.clone()
+        };
+        let c = call(&mut clients[a], a, &params).await;
         match &c.result {
             Ok(_) => warmup.record("OK", "", c.latency_s, None),
             Err(e) => warmup.record(&error_code(e), &e.to_string(), c.latency_s, None),
@@ -360,10 +403,14 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
         .into_iter()
         .map(|c| c.with_timeout(opts.deadline))
         .collect();
-    let all: Arc<Vec<RecommendParams>> =
-        Arc::new((0..opts.requests).map(|i| params(i, "bench")).collect());
     let loadavg_before = super::loadavg();
     let t0 = Instant::now();
+    let all = Arc::new(Requests {
+        histories: hist,
+        template,
+        limit: opts.requests,
+        until: opts.duration.map(|d| t0 + d),
+    });
     let (calls, max_send_lag_ms) = match opts.load {
         Load::Closed { concurrency } => (closed_loop(&timed, &all, concurrency).await, None),
         Load::Open { rate_rps } => {
@@ -409,7 +456,8 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
         backend: per_addr[0].backend.clone(),
         mode: opts.mode,
         retriever,
-        requests: opts.requests,
+        requests: calls.len(),
+        duration_s: opts.duration.map(|d| d.as_secs_f64()),
         load: opts.load,
         deadline_ms: opts.deadline.map(|d| d.as_secs_f64() * 1e3),
         history_len: opts.history_len,
@@ -445,11 +493,7 @@ async fn joined<T>(h: tokio::task::JoinHandle<T>) -> T {
 }
 
 /// `concurrency` workers take the next request as each finishes its last.
-async fn closed_loop(
-    clients: &[Client],
-    all: &Arc<Vec<RecommendParams>>,
-    concurrency: usize,
-) -> Vec<Call> {
+async fn closed_loop(clients: &[Client], all: &Arc<Requests>, concurrency: usize) -> Vec<Call> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -459,15 +503,15 @@ async fn closed_loop(
             let mut done = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= all.len() {
+                let Some(params) = all.get(i) else {
                     return done;
-                }
+                };
                 let a = addr_of(i, clients.len());
-                done.push(call(&mut clients[a], a, &all[i]).await);
+                done.push(call(&mut clients[a], a, &params).await);
             }
         }));
     }
-    let mut calls = Vec::with_capacity(all.len());
+    let mut calls = Vec::new();
     for w in workers {
         calls.extend(joined(w).await);
     }
@@ -476,23 +520,24 @@ async fn closed_loop(
 
 /// Request `i` leaves at `i / rate_rps` seconds, whatever is in flight. Returns the calls
 /// and the largest delay, in seconds, between a request's scheduled and actual sending.
-async fn open_loop(
-    clients: &[Client],
-    all: &Arc<Vec<RecommendParams>>,
-    rate_rps: f64,
-) -> (Vec<Call>, f64) {
+async fn open_loop(clients: &[Client], all: &Requests, rate_rps: f64) -> (Vec<Call>, f64) {
     let t0 = tokio::time::Instant::now();
     let mut max_lag = 0f64;
-    let mut tasks = Vec::with_capacity(all.len());
-    for i in 0..all.len() {
+    let mut tasks = Vec::new();
+    for i in 0.. {
         let due = t0 + Duration::from_secs_f64(i as f64 / rate_rps);
+        if all.until.is_some_and(|t| due.into_std() >= t) {
+            break;
+        }
         tokio::time::sleep_until(due).await;
+        let Some(params) = all.get(i) else {
+            break;
+        };
         max_lag = max_lag.max(due.elapsed().as_secs_f64());
         let a = addr_of(i, clients.len());
         let mut client = clients[a].clone();
-        let all = all.clone();
         tasks.push(tokio::spawn(
-            async move { call(&mut client, a, &all[i]).await },
+            async move { call(&mut client, a, &params).await },
         ));
     }
     let mut calls = Vec::with_capacity(tasks.len());
@@ -512,13 +557,20 @@ impl RecommendBenchReport {
         let deadline = self
             .deadline_ms
             .map_or("no deadline".into(), |d| format!("deadline {d} ms"));
+        let duration = self
+            .duration_s
+            .map_or(String::new(), |d| format!(" in at most {d} s"));
         println!(
-            "{} requests over {} address(es), {load}, {deadline}; mode {}, retriever {}, \
-             history {}, candidates {}, k {}",
+            "{} requests{duration} over {} address(es), {load}, {deadline}; mode {}, \
+             retriever {}, history {}, candidates {}, k {}",
             self.requests,
             self.addrs.len(),
             self.mode.name(),
-            self.retriever,
+            if self.retriever.is_empty() {
+                "(the server's default)"
+            } else {
+                &self.retriever
+            },
             self.history_len,
             self.num_candidates,
             self.k
@@ -546,16 +598,17 @@ impl RecommendBenchReport {
                 .join(", ")
         };
         let o = &self.outcomes;
+        let row = |name: &str, n: u64, codes: String| {
+            println!("{}", format!("{name:<22} {n:>7}  {codes}").trim_end());
+        };
         println!("{:<22} {:>7}", "outcome", "calls");
-        println!("{:<22} {:>7}", "answered in time", o.answered_in_time);
-        println!("{:<22} {:>7}", "answered late", o.answered_late);
-        let refused: u64 = o.refused.values().sum();
-        println!("{:<22} {refused:>7}  {}", "refused", by_code(&o.refused));
-        let timed_out: u64 = o.timed_out.values().sum();
-        println!(
-            "{:<22} {timed_out:>7}  {}",
+        row("answered in time", o.answered_in_time, String::new());
+        row("answered late", o.answered_late, String::new());
+        row("refused", o.refused.values().sum(), by_code(&o.refused));
+        row(
             "timed out",
-            by_code(&o.timed_out)
+            o.timed_out.values().sum(),
+            by_code(&o.timed_out),
         );
         if self.warmup.failed() > 0 {
             println!(
@@ -728,6 +781,7 @@ mod tests {
             connect: ConnectOptions::default(),
             data: PathBuf::from("data/ml-100k"),
             requests: 1,
+            duration: None,
             warmup: 0,
             load: Load::Closed { concurrency: 1 },
             deadline: None,
@@ -753,5 +807,6 @@ mod tests {
         bad(&|o| o.load = Load::Open { rate_rps: 0.0 }, "--rate");
         bad(&|o| o.load = Load::Open { rate_rps: f64::NAN }, "--rate");
         bad(&|o| o.deadline = Some(Duration::ZERO), "--deadline-ms");
+        bad(&|o| o.duration = Some(Duration::ZERO), "--duration-s");
     }
 }

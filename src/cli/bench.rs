@@ -145,9 +145,13 @@ pub struct RecommendBenchArgs {
     /// Data set the servers run on (histories are drawn from it).
     #[arg(long, default_value = "data/ml-100k")]
     pub data: PathBuf,
-    /// Timed requests.
-    #[arg(long, default_value_t = 50)]
-    pub requests: usize,
+    /// Timed requests [default: 50; no bound with --duration-s].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Send timed requests for this long (closed loop: none starts after it; open loop:
+    /// rate × duration of them), or until --requests are sent if that comes first.
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    pub duration_s: Option<f64>,
     /// Untimed requests first (round robin too; no deadline).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -192,7 +196,11 @@ impl RecommendBenchArgs {
             addrs: self.addrs.clone(),
             connect: self.connect.options(),
             data: self.data.clone(),
-            requests: self.requests,
+            requests: self.requests.unwrap_or(match self.duration_s {
+                Some(_) => usize::MAX,
+                None => 50,
+            }),
+            duration: self.duration_s.map(Duration::from_secs_f64),
             warmup: self.warmup,
             load: match self.rate {
                 Some(rate_rps) => Load::Open { rate_rps },
@@ -326,6 +334,16 @@ pub struct RetrieveBenchArgs {
     pub json: bool,
 }
 
+/// A positive, finite number of seconds (up to a year).
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if v > 0.0 && v <= 365.0 * 86400.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: give a number of seconds above 0"))
+    }
+}
+
 fn parse_view(s: &str) -> Result<ViewStage, String> {
     s.parse().map_err(|e: crate::eval::EvalError| e.to_string())
 }
@@ -364,6 +382,7 @@ mod tests {
         let one = recommend_args(&[]);
         assert_eq!(one.options().addrs, ["http://127.0.0.1:50051"]);
         assert_eq!(one.options().load, Load::Closed { concurrency: 1 });
+        assert_eq!((one.options().requests, one.options().duration), (50, None));
         let two = recommend_args(&["--addr", "127.0.0.1:1,127.0.0.1:2", "--addr", "h:3"]);
         assert_eq!(two.addrs, ["127.0.0.1:1", "127.0.0.1:2", "h:3"]);
     }
@@ -375,6 +394,17 @@ mod tests {
         assert_eq!(o.load, Load::Open { rate_rps: 12.5 });
         assert_eq!(o.deadline, Some(Duration::from_millis(300)));
         assert!(a.allow_errors);
+        let d = recommend_args(&["--duration-s", "20"]).options();
+        assert_eq!(d.duration, Some(Duration::from_secs(20)));
+        assert_eq!(d.requests, usize::MAX);
+        let both = recommend_args(&["--duration-s", "20", "--requests", "7"]).options();
+        assert_eq!(both.requests, 7);
+        for bad in ["0", "-1", "NaN", "inf", "x"] {
+            assert!(
+                Cli::try_parse_from(["palr", "bench", "recommend", "--duration-s", bad]).is_err(),
+                "{bad}"
+            );
+        }
         let e = Cli::try_parse_from([
             "palr",
             "bench",
