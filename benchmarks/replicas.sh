@@ -10,6 +10,7 @@
 # Environment:
 #   REQUESTS     timed requests per run (default 100)
 #   CONCURRENCY  requests in flight, closed loop, the same for 1 and 2 replicas (default 4)
+#   RATE         open loop instead: this many requests per second, whatever is in flight
 #   ROUNDS       rounds of 1 then 2 replicas (default 2)
 #   MODE         score, generate or retriever (default score)
 #   THREADS      engine threads per replica (default 0 = one per core)
@@ -31,6 +32,9 @@ ROUNDS=${ROUNDS:-2}
 MODE=${MODE:-score}
 THREADS=${THREADS:-0}
 PIN=${PIN:-0}
+RATE=${RATE:-}
+LOAD=(--concurrency "$CONCURRENCY")
+[[ -n $RATE ]] && LOAD=(--rate "$RATE")
 CORES=$(nproc)
 
 servers=()
@@ -68,7 +72,7 @@ run_one() {
     local list
     list=$(IFS=,; echo "${addrs[*]}")
     (cd "$ROOT" && "$PALR" bench recommend --addr "$list" --mode "$MODE" --requests "$REQUESTS" \
-        --concurrency "$CONCURRENCY" --warmup $((2 * n)) --allow-errors --json) >"$OUT/$n-$round.json"
+        "${LOAD[@]}" --warmup $((2 * n)) --allow-errors --json) >"$OUT/$n-$round.json"
     for i in "${!servers[@]}"; do
         grep -E '^Vm(RSS|HWM):' "/proc/${servers[$i]}/status" | tr -s ' \t' ' ' | tr '\n' ' '
         echo
@@ -85,7 +89,7 @@ done
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/^model name\s*: //')"
     echo "isa: $(grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     echo "cores: $CORES"
-    echo "settings: requests $REQUESTS, concurrency $CONCURRENCY, mode $MODE, threads $THREADS, pin $PIN"
+    echo "settings: requests $REQUESTS, ${LOAD[*]#--}, mode $MODE, threads $THREADS, pin $PIN"
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "palr: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
