@@ -21,8 +21,8 @@ python3 -m unittest discover -s benchmarks/peers
 # The deployment tests: every Kubernetes manifest (deploy/kubernetes, its GPU overlay) rendered
 # and validated offline against the Kubernetes API schemas, and checked against
 # configs/palr.toml (ports, probes, shutdown timing, device) and the image layout; pinned
-# environment from scripts/setup/deploy-venv.sh. Where it cannot be installed the tests still run and
-# report themselves skipped, with the reason.
+# environment from scripts/setup/deploy-venv.sh. Where it cannot be installed the tests still run
+# and report themselves skipped, with the reason.
 if ! DEPLOY_PYTHON=$(scripts/setup/deploy-venv.sh | tail -n 1); then
     echo "warning: scripts/setup/deploy-venv.sh failed; the deployment tests will be skipped" >&2
     DEPLOY_PYTHON=python3
@@ -31,7 +31,7 @@ fi
 # The Python client (clients/python) against live servers: its tests start target/release/palr
 # serve (plaintext, then mutual TLS with a tokens file) and go through every RPC, the errors,
 # deadlines and tokens, and build its sdist and wheel. Pinned environment from
-# scripts/client-venv.sh, palr-client built in it from the proto; the binary, model and data
+# scripts/setup/client-venv.sh, palr-client built in it from the proto; the binary, model and data
 # are prepared above, so none of these tests may skip.
-CLIENT_PYTHON=$(scripts/client-venv.sh | tail -n 1)
+CLIENT_PYTHON=$(scripts/setup/client-venv.sh | tail -n 1)
 PALR_CLIENT_TESTS_STRICT=1 "$CLIENT_PYTHON" -m unittest discover -s clients/python/tests -v

@@ -7,7 +7,7 @@
 #
 # Environment: PYTHON (default python3), CLIENT_VENV (default .cache/client-venv).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 VENV=${CLIENT_VENV:-.cache/client-venv}
 PKG=clients/python
 REQ=$PKG/requirements.txt
