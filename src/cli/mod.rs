@@ -1,5 +1,5 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
-//! The only place (with `main.rs`) that uses `anyhow`.
+//! The only place (with `main.rs`) that uses `clap` and `anyhow`.
 
 pub mod bench;
 pub mod connect;
