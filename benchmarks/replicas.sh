@@ -15,6 +15,7 @@
 #   MODE         score, generate or retriever (default score)
 #   THREADS      engine threads per replica (default 0 = one per core)
 #   PIN          1: replica i runs on core i only (taskset), the client unpinned (default 0)
+#   SERVE_ARGS   more `palr serve` flags for every replica (e.g. "--max-concurrent-rank 2")
 #   PALR         the binary, with the retriever plugins beside it (default target/release/palr)
 #
 # Writes OUT_DIR/{1,2}-N.json (palr bench recommend --json), the servers' logs, rss-R-N.txt
@@ -53,7 +54,7 @@ run_one() {
         port=$(free_port)
         mport=$(free_port)
         local cmd=("$PALR" serve --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$mport"
-            --threads "$THREADS")
+            --threads "$THREADS" ${SERVE_ARGS:-})
         [[ $PIN == 1 ]] && cmd=(taskset -c $((i % CORES)) "${cmd[@]}")
         (cd "$ROOT" && exec "${cmd[@]}" >"$OUT/server-$n-$round-$i.log" 2>&1) &
         servers+=($!)
@@ -89,7 +90,7 @@ done
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/^model name\s*: //')"
     echo "isa: $(grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     echo "cores: $CORES"
-    echo "settings: requests $REQUESTS, ${LOAD[*]#--}, mode $MODE, threads $THREADS, pin $PIN"
+    echo "settings: requests $REQUESTS, ${LOAD[*]#--}, mode $MODE, threads $THREADS, pin $PIN, serve args '${SERVE_ARGS:-}'"
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "palr: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
