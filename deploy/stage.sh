@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lays out what palr's image holds under DEST (deploy/Containerfile: /opt/palr, its working
-# directory), from a tree scripts/prepare.sh has built and fetched:
+# directory), from a tree scripts/setup/prepare.sh has built and fetched:
 #
 #   deploy/stage.sh DEST      copy
 #   deploy/stage.sh --list    print "SOURCE TARGET" lines (TARGET relative to DEST), copy nothing

@@ -6,5 +6,5 @@
 # (e.g. --addr 0.0.0.0:50051). Stop with Ctrl-C: in-flight requests are drained first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/prepare.sh
+scripts/setup/prepare.sh
 exec ./target/release/palr serve --config configs/palr.toml "$@"

@@ -3,10 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # NVRTC 13.0 and ptxas for tests/cuda_kernels_compile.rs (no GPU needed).
-scripts/fetch-cuda-tools.sh
+scripts/setup/fetch-cuda-tools.sh
 # The release build and what the tests need, fetched once and then skipped: the default model
 # (SmolLM2-135M-Instruct, downloaded, verified, imported) and MovieLens-100k.
-scripts/prepare.sh
+scripts/setup/prepare.sh
 # The trainers' Python environment (torch, pinned): tests/sasrec_e2e.rs trains a tiny SASRec
 # with scripts/train_sasrec.py and checks the Rust plugin against it.
 TRAIN_PYTHON=$(scripts/train-venv.sh | tail -n 1)
@@ -21,17 +21,17 @@ python3 -m unittest discover -s benchmarks/peers
 # The deployment tests: every Kubernetes manifest (deploy/kubernetes, its GPU overlay) rendered
 # and validated offline against the Kubernetes API schemas, and checked against
 # configs/palr.toml (ports, probes, shutdown timing, device) and the image layout; pinned
-# environment from scripts/deploy-venv.sh. Where it cannot be installed the tests still run and
-# report themselves skipped, with the reason.
-if ! DEPLOY_PYTHON=$(scripts/deploy-venv.sh | tail -n 1); then
-    echo "warning: scripts/deploy-venv.sh failed; the deployment tests will be skipped" >&2
+# environment from scripts/setup/deploy-venv.sh. Where it cannot be installed the tests still run
+# and report themselves skipped, with the reason.
+if ! DEPLOY_PYTHON=$(scripts/setup/deploy-venv.sh | tail -n 1); then
+    echo "warning: scripts/setup/deploy-venv.sh failed; the deployment tests will be skipped" >&2
     DEPLOY_PYTHON=python3
 fi
 "$DEPLOY_PYTHON" -m unittest discover -s deploy/tests -v
 # The Python client (clients/python) against live servers: its tests start target/release/palr
 # serve (plaintext, then mutual TLS with a tokens file) and go through every RPC, the errors,
 # deadlines and tokens, and build its sdist and wheel. Pinned environment from
-# scripts/client-venv.sh, palr-client built in it from the proto; the binary, model and data
+# scripts/setup/client-venv.sh, palr-client built in it from the proto; the binary, model and data
 # are prepared above, so none of these tests may skip.
-CLIENT_PYTHON=$(scripts/client-venv.sh | tail -n 1)
+CLIENT_PYTHON=$(scripts/setup/client-venv.sh | tail -n 1)
 PALR_CLIENT_TESTS_STRICT=1 "$CLIENT_PYTHON" -m unittest discover -s clients/python/tests -v

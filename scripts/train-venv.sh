@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Python environment of palr's trainers (scripts/train_lora.py, scripts/train_sasrec.py) and
-# of the tests that run them: .cache/train-venv with scripts/requirements-train.txt, pinned.
+# The Python environment of palr's trainers (scripts/training/train_lora.py,
+# scripts/train_sasrec.py) and of the tests that run them: .cache/train-venv with
+# scripts/requirements-train.txt, pinned.
 # Idempotent: reinstalls only when the requirements file changed since the last install.
 # Prints the interpreter's path on its last line.
 #

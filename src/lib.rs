@@ -3,7 +3,6 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
 
 pub mod bench;
-pub mod bench_gpu;
 pub mod chat;
 pub mod cli;
 pub mod data;

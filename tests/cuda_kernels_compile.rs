@@ -3,7 +3,7 @@
 //! sm_90, to CUBIN, the path the backend takes at run time), and no kernel spills
 //! registers or uses a stack frame. Needs no GPU: NVRTC and ptxas run anywhere.
 //!
-//! The compilers come from NVIDIA's Python wheels, which `scripts/fetch-cuda-tools.sh`
+//! The compilers come from NVIDIA's Python wheels, which `scripts/setup/fetch-cuda-tools.sh`
 //! (run by `scripts/test.sh`) puts in `.cache/cuda-tools`; without them this test
 //! fails and says so.
 
@@ -20,7 +20,7 @@ fn tools() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/cuda-tools/nvidia/cu13");
     assert!(
         dir.join("lib/libnvrtc.so.13").exists() && dir.join("bin/ptxas").exists(),
-        "NVRTC 13.0 and ptxas not found under {}: run scripts/fetch-cuda-tools.sh \
+        "NVRTC 13.0 and ptxas not found under {}: run scripts/setup/fetch-cuda-tools.sh \
          (scripts/test.sh runs it) to fetch them",
         dir.display()
     );

@@ -12,7 +12,7 @@
 //! inputs, attention probabilities and the KV cache to bf16, so logits agree to
 //! a few 1e-3 relative, not bit for bit. Every test is `#[ignore]`d (reported as ignored,
 //! never as passed, on machines without a GPU); run them with `--include-ignored` on a GPU
-//! (scripts/gpu-check.sh) or the emulator (scripts/fake-gpu.sh), where a missing device or
+//! (scripts/gpu/gpu-check.sh) or the emulator (scripts/gpu/fake-gpu.sh), where a missing device or
 //! model fails the test.
 
 mod common;
@@ -43,7 +43,7 @@ const MODEL_TOL: f64 = 2e-2;
 
 /// A SmolLM2-shaped checkpoint with random weights, written once per process.
 /// `PALR_TEST_SYNTHETIC_LAYERS` (default: SmolLM2's 30) shortens it, for the slow
-/// fake device of scripts/fake-gpu.sh.
+/// fake device of scripts/gpu/fake-gpu.sh.
 fn synthetic_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -84,7 +84,7 @@ fn tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn synthetic_smollm2_logits_match_cpu() {
     gpu();
     let dir = synthetic_dir();
@@ -134,7 +134,7 @@ fn synthetic_smollm2_logits_match_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn synthetic_weights_made_on_the_gpu_run() {
     // The benchmark's models: random weights made on the device, no checkpoint.
     let b = gpu();
@@ -180,7 +180,7 @@ fn synthetic_weights_made_on_the_gpu_run() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn concurrent_sessions_agree_with_sequential_ones() {
     gpu();
     let dir = synthetic_dir();
@@ -214,7 +214,7 @@ fn concurrent_sessions_agree_with_sequential_ones() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn smollm2_on_gpu_matches_the_reference() {
     gpu();
     let dir = std::env::var_os("PALR_MODEL_DIR")
@@ -225,7 +225,7 @@ fn smollm2_on_gpu_matches_the_reference() {
     assert!(
         dir.join("config.json").exists(),
         "SmolLM2 not found at {}: carry the default model to the GPU machine (its GGUF travels \
-         in parts: scripts/gpu-train.sh pack, then the two stage calls and `palr model \
+         in parts: scripts/gpu/gpu-train.sh pack, then the two stage calls and `palr model \
          import-gguf`, as gpu-train.sh does) and set PALR_MODEL_DIR",
         dir.display()
     );
@@ -497,7 +497,7 @@ fn assert_same_ranking(what: &str, gpu: &[(String, f32)], cpu: &[(String, f32)])
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn score_mode_rankings_match_cpu() {
     gpu();
     let dir = ranking_model_dir();
@@ -587,7 +587,7 @@ fn write_dataset(dir: &Path) {
 /// The server on loopback ports (any free ones) for `device`: the ranking model, the CSV
 /// data set and the popularity plugin. The plugin is looked up next to the test binary
 /// (and in its parent when that is `deps/`): `cargo build --release --workspace` puts it
-/// in target/release, scripts/gpu-bundle.sh packs it next to the GPU test binaries.
+/// in target/release, scripts/gpu/gpu-bundle.sh packs it next to the GPU test binaries.
 fn service_config(model: &Path, data: &Path, device: Device) -> ServerConfig {
     let mut c = ServerConfig::default();
     c.server.addr = "127.0.0.1:0".into();
@@ -612,7 +612,7 @@ fn item_pairs(items: &[pb::RankedItem]) -> Vec<(String, f32)> {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn service_end_to_end_on_cuda() {
     use pb::recommender_client::RecommenderClient;
     use tonic::transport::Channel;
@@ -630,7 +630,7 @@ fn service_end_to_end_on_cuda() {
             .unwrap_or_else(|e| {
                 panic!(
                     "the {device} service did not start: {e} (the popularity plugin must be next to \
-                     this binary: cargo build --release --workspace, or scripts/gpu-bundle.sh)"
+                     this binary: cargo build --release --workspace, or scripts/gpu/gpu-bundle.sh)"
                 )
             });
         eprintln!(

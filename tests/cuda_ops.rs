@@ -6,7 +6,7 @@
 //! not; NaN never passes. GPU outputs are poisoned with NaN before each op, so an
 //! element the op fails to write shows up. Every test is `#[ignore]`d (reported as
 //! ignored, never as passed, on machines without a GPU); run them with `--include-ignored`
-//! on a GPU (scripts/gpu-check.sh) or the emulator (scripts/fake-gpu.sh), where a missing
+//! on a GPU (scripts/gpu/gpu-check.sh) or the emulator (scripts/gpu/fake-gpu.sh), where a missing
 //! device fails the test.
 
 mod cuda_common;
@@ -40,7 +40,7 @@ fn round_bf16(x: &[f32]) -> Vec<f32> {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn tensor_core_fragment_layout() {
     let g = gpu();
     let mut rng = Rng::new(fresh_seed("mma"));
@@ -59,7 +59,7 @@ fn tensor_core_fragment_layout() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn embedding_gather() {
     let g = gpu();
     let c = cpu();
@@ -86,7 +86,7 @@ fn embedding_gather() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn rms_norm_and_fused_residual_add() {
     let g = gpu();
     let c = cpu();
@@ -137,7 +137,7 @@ fn rms_norm_and_fused_residual_add() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn linear_through_cublas() {
     let g = gpu();
     let c = cpu();
@@ -178,7 +178,7 @@ fn linear_through_cublas() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn rope_swiglu_and_residual_add() {
     let g = gpu();
     let c = cpu();
@@ -221,7 +221,7 @@ fn rope_swiglu_and_residual_add() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn copy_rows_between_types() {
     let g = gpu();
     let mut rng = Rng::new(fresh_seed("copy_rows"));
@@ -280,7 +280,7 @@ fn fill_caches(
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn attention_prefill_and_decode_against_cpu() {
     let g = gpu();
     let c = cpu();
@@ -396,7 +396,7 @@ fn attention_prefill_and_decode_against_cpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn kv_cache_prefix_copy_and_type_errors() {
     let g = gpu();
     let c = cpu();
@@ -490,7 +490,7 @@ fn kv_cache_prefix_copy_and_type_errors() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn log_softmax_token_logprobs_and_argmax() {
     let g = gpu();
     let mut rng = Rng::new(fresh_seed("softmax"));
@@ -581,7 +581,7 @@ fn lora_reference(
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn lora_merge_and_segmented_unmerged_apply() {
     let g = gpu();
     let mut rng = Rng::new(fresh_seed("lora"));
@@ -688,7 +688,7 @@ fn lora_merge_and_segmented_unmerged_apply() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU (or scripts/fake-gpu.sh): run with --include-ignored, as scripts/gpu-check.sh does"]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn model_lora_update_matches_the_cpu_backend() {
     // The engine's unmerged-adapter path (`Backend::lora_update`): the SGMV kernels on the
     // GPU, two matrix products on the CPU. 1536 inputs = 3 shrink chunks, 37 rows = 3 row

@@ -517,14 +517,14 @@ fn bench_first_token_is_the_prefill_argmax() {
     let dir = tmpdir("bench-first-token");
     let w = make_weights(&cfg, &mut Rng(5));
     write_checkpoint(&dir, &cfg_json, &w, safetensors::Dtype::F32);
-    let prompt = palr::bench::prompt_ids(20, cfg.vocab_size);
+    let prompt = palr::bench::engine::prompt_ids(20, cfg.vocab_size);
     let want_logits = reference_logits(&cfg, &w, &prompt, false);
     let last = want_logits.last().unwrap();
     let want =
         (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best }) as u32;
     // A report that never set the field would read 0: make sure that cannot pass.
     assert_ne!(want, 0, "choose weights whose argmax is not token 0");
-    let args = palr::bench::EngineBenchArgs {
+    let args = palr::bench::engine::EngineBenchOptions {
         model: dir.clone(),
         prompt_tokens: 20,
         decode_tokens: 3,
@@ -533,9 +533,8 @@ fn bench_first_token_is_the_prefill_argmax() {
         threads: 2,
         warmup: 0,
         runs: 2,
-        json: true,
     };
-    let report = palr::bench::run_engine(&args).unwrap();
+    let report = palr::bench::engine::run(&args).unwrap();
     assert_eq!(report.first_token, want);
     assert_eq!(report.prefill_runs_s.len(), 2);
     let json = serde_json::to_value(&report).unwrap();

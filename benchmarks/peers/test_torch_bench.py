@@ -14,7 +14,7 @@ import torch_bench  # noqa: E402
 
 class PromptIds(unittest.TestCase):
     def test_matches_palr(self):
-        # Same values as src/bench.rs `prompt_ids_are_pinned` and the candle harness.
+        # Same values as src/bench/engine.rs `prompt_ids_are_pinned` and the candle harness.
         self.assertEqual(torch_bench.prompt_ids(5, 49152), [3501, 8310, 8502, 19572, 35564])
         self.assertEqual(torch_bench.prompt_ids(5, 49152), torch_bench.PINNED_49152)
 

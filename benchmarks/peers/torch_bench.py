@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer benchmark: Hugging Face transformers' LLaMA on PyTorch (CPU, f32 or bf16).
 
-Measures with the protocol of `palr bench engine` (src/bench.rs in the palr crate) and
+Measures with the protocol of `palr bench engine` (src/bench/engine.rs in the palr crate) and
 prints the same JSON object, so the numbers sit side by side with palr's and candle's:
 
 - load `config.json` + safetensors weights with
@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 
-# The first ids of prompt_ids(n, 49152), pinned in src/bench.rs's tests too.
+# The first ids of prompt_ids(n, 49152), pinned in src/bench/engine.rs's tests too.
 PINNED_49152 = [3501, 8310, 8502, 19572, 35564]
 
 MASK64 = (1 << 64) - 1
@@ -97,7 +97,7 @@ def peak_rss_mib() -> float:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if prompt_ids(5, 49152) != PINNED_49152:
-        raise SystemExit("prompt generator drifted from palr's (src/bench.rs): fix prompt_ids")
+        raise SystemExit("prompt generator drifted from palr's (src/bench/engine.rs): fix prompt_ids")
 
     import torch
     import transformers

@@ -8,7 +8,7 @@ kubernetes-validate. The rendered Deployment is then checked against configs/pal
 pod would read it (the mounted ConfigMap, then the PALR_* variables, as src/service/config.rs
 layers them): ports, probes, shutdown timing, resources, device, and the image's layout.
 
-    scripts/deploy-venv.sh        # .cache/deploy-venv, pinned (scripts/test.sh does this)
+    scripts/setup/deploy-venv.sh        # .cache/deploy-venv, pinned (scripts/test.sh does this)
     .cache/deploy-venv/bin/python -m unittest discover -s deploy/tests -v
 
 Without PyYAML or kubernetes-validate every test here reports itself skipped, with the reason.
@@ -42,7 +42,7 @@ try:
     import kubernetes_validate
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise unittest.SkipTest(
-        f"{e.name} is not installed, so no manifest is validated: run scripts/deploy-venv.sh "
+        f"{e.name} is not installed, so no manifest is validated: run scripts/setup/deploy-venv.sh "
         "and these tests with its interpreter (scripts/test.sh does)"
     ) from None
 
@@ -302,7 +302,7 @@ class KubernetesManifests(unittest.TestCase):
         stages = re.split(r"^FROM ", containerfile, flags=re.M)[1:]
         build = [s for s in stages if " AS build" in s.splitlines()[0]]
         self.assertEqual(len(build), 1)
-        self.assertIn("scripts/prepare.sh", build[0], "the image must build as the tests do")
+        self.assertIn("scripts/setup/prepare.sh", build[0], "the image must build as the tests do")
         self.assertIn(f"deploy/stage.sh {IMAGE_ROOT}", build[0])
         finals = [s for s in stages if s.splitlines()[0].split()[-1] in ("cpu", "cuda")]
         self.assertEqual(len(finals), 2)

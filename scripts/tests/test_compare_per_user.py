@@ -1,4 +1,4 @@
-"""Tests of scripts/compare-per-user.py (paired per-user comparison of two eval reports)."""
+"""Tests of scripts/results/compare_per_user.py (paired per-user comparison of two eval reports)."""
 
 import importlib.util
 import math
@@ -6,7 +6,7 @@ import unittest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("compare_per_user", ROOT / "scripts" / "compare-per-user.py")
+spec = importlib.util.spec_from_file_location("compare_per_user", ROOT / "scripts" / "results" / "compare_per_user.py")
 cmp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cmp)
 

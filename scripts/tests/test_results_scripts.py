@@ -1,4 +1,4 @@
-"""Unit tests of scripts/results-table.py and the RecBole-free parts of scripts/sasrec_recbole.py.
+"""Unit tests of scripts/results/results_table.py and the RecBole-free parts of scripts/results/sasrec_recbole.py.
 
 Standard library only (the plot test runs where matplotlib is installed):
     python3 -m unittest discover -s scripts/tests -v
@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(name, file):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / file)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "results" / file)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
-table = load("results_table", "results-table.py")
+table = load("results_table", "results_table.py")
 sasrec = load("sasrec_recbole", "sasrec_recbole.py")
 
 

@@ -1,8 +1,8 @@
 //! The `palr` command line: one subcommand per job, for people and for checks.
-//! The only place (with `main.rs`) that uses `anyhow`.
+//! The only place (with `main.rs`) that uses `clap` and `anyhow`.
 
 pub mod admin;
-pub mod bench_retrieve;
+pub mod bench;
 pub mod connect;
 pub mod data;
 pub mod eval;
@@ -69,23 +69,11 @@ pub enum Command {
     Plugin(plugin::PluginCmd),
     /// Benchmarks.
     #[command(subcommand)]
-    Bench(BenchCmd),
+    Bench(bench::BenchCmd),
     /// Offline evaluation (leave-one-out, full ranking) of retrievers and retriever + LLM.
     Eval(Box<eval::EvalArgs>),
     /// Instruction-tuning data (PALR tasks) from the training histories, as chat JSONL.
     SftData(Box<sft::SftArgs>),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCmd {
-    /// Prefill and decode throughput of the engine.
-    Engine(crate::bench::EngineBenchArgs),
-    /// End-to-end Recommend latency of a running server (p50/p99, per-stage times).
-    Recommend(crate::service::bench::RecommendBenchArgs),
-    /// CUDA backend timings next to their physical floors (needs a GPU).
-    Gpu(crate::bench_gpu::GpuBenchArgs),
-    /// Per-call latency of retriever plugins and fusions (one caller, one core).
-    Retrieve(bench_retrieve::RetrieveBenchArgs),
 }
 
 /// Runs the parsed command line.
@@ -102,39 +90,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Eval(args) => eval::run(&args),
         Command::SftData(args) => sft::run(&args),
-        Command::Bench(BenchCmd::Engine(args)) => {
-            let report = crate::bench::run_engine(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                report.print_table();
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Recommend(args)) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = rt.block_on(crate::service::bench::run(&args))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                report.print_table();
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Retrieve(args)) => {
-            let report = bench_retrieve::run(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                report.print_table();
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Gpu(args)) => {
-            crate::bench_gpu::run(&args)?;
-            Ok(())
-        }
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

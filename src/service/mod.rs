@@ -22,14 +22,13 @@
 //! - [`conn`]: connection limits, idle timeouts, per-caller rate limits, token checks;
 //! - [`security`]: TLS / mutual TLS of the listener and bearer tokens;
 //! - [`metrics`]: the Prometheus registry and `/metrics`;
-//! - [`client`]: a typed client over the generated one, for the CLI and benchmarks;
-//! - [`bench`]: `palr bench recommend`, end-to-end latency against a running server.
+//! - [`client`]: a typed client over the generated one, for the CLI and `palr bench
+//!   recommend` (`crate::bench::recommend`).
 //!
 //! The layers below (engine, rank, retrieval, data) know nothing of gRPC.
 
 pub mod admin;
 pub mod admission;
-pub mod bench;
 pub mod bulkhead;
 pub mod client;
 pub mod config;

@@ -1641,4 +1641,18 @@ mod tests {
         assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
         assert_eq!(train.n_items(), 5);
     }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("generate".parse::<Mode>().unwrap(), Mode::Generate);
+        for m in Mode::ALL {
+            assert_eq!(m.name().parse::<Mode>().unwrap(), m);
+        }
+        assert!(
+            "llm"
+                .parse::<Mode>()
+                .unwrap_err()
+                .contains("score, generate or retriever")
+        );
+    }
 }

@@ -26,7 +26,7 @@ pub fn gpu() -> CudaBackend {
     CudaBackend::new(ordinal()).unwrap_or_else(|e| {
         panic!(
             "the CUDA backend failed to start: {e} (GPU tests need an NVIDIA GPU, or the \
-             emulator of scripts/fake-gpu.sh)"
+             emulator of scripts/gpu/fake-gpu.sh)"
         )
     })
 }

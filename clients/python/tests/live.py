@@ -35,7 +35,10 @@ def require_server() -> None:
     """Skips (see skip) naming what a live server lacks."""
     missing = [str(p) for p in (BIN, MODEL, DATA) if not p.exists()]
     if missing:
-        skip(f"no live palr server: missing {', '.join(missing)} (scripts/prepare.sh makes them)")
+        skip(
+            f"no live palr server: missing {', '.join(missing)} "
+            "(scripts/setup/prepare.sh makes them)"
+        )
 
 
 def catalog() -> dict[str, str]:

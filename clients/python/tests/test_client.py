@@ -1,7 +1,7 @@
 """palr-client against live palr servers (tests/live.py): answers, errors, deadlines, tokens, TLS.
 
 Run from the repository root in the client's environment:
-    "$(scripts/client-venv.sh | tail -n 1)" -m unittest discover -s clients/python/tests -v
+    "$(scripts/setup/client-venv.sh | tail -n 1)" -m unittest discover -s clients/python/tests -v
 """
 
 from __future__ import annotations

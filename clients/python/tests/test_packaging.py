@@ -24,7 +24,7 @@ class Packaging(unittest.TestCase):
         try:
             import build  # noqa: F401
         except ImportError:
-            skip("no `build` module here (scripts/client-venv.sh installs it)")
+            skip("no `build` module here (scripts/setup/client-venv.sh installs it)")
         with tempfile.TemporaryDirectory(prefix="palr-client-dist-") as out:
             # Without isolation: the environment's pinned setuptools and grpcio-tools build it,
             # first the sdist, then the wheel from the unpacked sdist (away from the repository).

@@ -1,5 +1,5 @@
 //! Peer benchmark: candle's LLaMA (`candle_transformers::models::llama`) on the CPU,
-//! measured with the protocol of `palr bench engine` (src/bench.rs in the palr crate)
+//! measured with the protocol of `palr bench engine` (src/bench/engine.rs in the palr crate)
 //! and printing the same JSON object, so the numbers sit side by side.
 //!
 //! Protocol (kept identical to palr's on purpose; change both or neither):
@@ -315,7 +315,7 @@ fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// Pinned in palr's src/bench.rs and in torch_bench.py too: every engine must be
+    /// Pinned in palr's src/bench/engine.rs and in torch_bench.py too: every engine must be
     /// fed the same prompt.
     #[test]
     fn prompt_matches_palr() {
