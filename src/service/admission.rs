@@ -4,8 +4,9 @@
 //! (the measured ranking time × the queue ahead of it ÷ the slots) plus its own expected
 //! ranking time passes the deadline — is refused up front, so slots go to requests that can
 //! still finish in time. A waiter whose turn comes too late to finish (the jobs ahead ran
-//! long) hands the slot on at once instead of starting. Waiting is FIFO (tokio's semaphore is
-//! fair).
+//! long) hands the slot on at once instead of starting. An idle ranker admits whatever
+//! comes (a probe that corrects a stale estimate), and a job stopped at its deadline still
+//! teaches the estimate a lower bound. Waiting is FIFO (tokio's semaphore is fair).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,6 +133,15 @@ impl Admission {
             });
     }
 
+    /// Records a job stopped (deadline, caller gone) after running `ran`: its whole time is
+    /// at least that, so the estimate rises to meet it, never falls. Without this a server
+    /// whose every job is stopped (a fresh one under tight deadlines) never learns a time.
+    pub fn record_at_least(&self, ran: Duration) {
+        if self.service_time().is_none_or(|t| ran > t) {
+            self.record(ran);
+        }
+    }
+
     /// The mean ranking time of a job, once one was measured.
     pub fn service_time(&self) -> Option<Duration> {
         match self.service_us.load(Ordering::Relaxed) {
@@ -165,7 +175,14 @@ impl Admission {
     /// Whether a request with this deadline could still be answered if it joined the queue
     /// now (`own`: its expected ranking time): callers ask before spending work on a request
     /// (retrieval) that [`Admission::acquire`] would refuse anyway.
+    /// When the ranker is idle (every slot free, nobody waiting) the request is admitted
+    /// whatever the estimate says: it costs nobody else anything, and its outcome corrects an
+    /// estimate that only requests let through can correct — without it, an estimate above
+    /// the deadlines callers send would refuse every call for good.
     pub fn in_time(&self, deadline: Option<Instant>, own: Option<Duration>) -> Result<(), Refused> {
+        if self.slots.available_permits() == self.n_slots && self.waiting() == 0 {
+            return Ok(());
+        }
         if let (Some(d), Some(expected)) = (deadline, self.expected(own)) {
             let left = d.saturating_duration_since(Instant::now());
             if expected > left {
@@ -374,6 +391,32 @@ mod tests {
             // ...and the slot went on to the next waiter at once.
             patient.await.unwrap().unwrap();
             assert_eq!(a.waiting(), 0);
+        });
+    }
+
+    #[test]
+    fn an_idle_ranker_admits_a_probe_and_stopped_jobs_teach_a_lower_bound() {
+        rt().block_on(async {
+            let a = Admission::new(1, 10, None, IntGauge::new("q", "q").unwrap());
+            // An estimate far above the deadlines callers send (e.g. learnt while starved).
+            a.record(Duration::from_millis(500));
+            let soon = Some(Instant::now() + Duration::from_millis(100));
+            // Idle: admitted all the same, so its outcome can correct the estimate...
+            let probe = a.acquire(soon, None).await.unwrap();
+            // ...while busy, the estimate decides.
+            let e = a.acquire(soon, None).await.unwrap_err();
+            assert!(matches!(e, Refused::TooLate { .. }), "{e:?}");
+            drop(probe);
+            // A job stopped after 800 ms ran at least that long: the estimate rises...
+            a.record_at_least(Duration::from_millis(800));
+            assert_eq!(a.service_time(), Some(Duration::from_millis(560)));
+            // ...a stopped job shorter than the estimate says nothing...
+            a.record_at_least(Duration::from_millis(100));
+            assert_eq!(a.service_time(), Some(Duration::from_millis(560)));
+            // ...and a fresh admission learns from its first stopped job.
+            let fresh = Admission::new(1, 10, None, IntGauge::new("q", "q").unwrap());
+            fresh.record_at_least(Duration::from_millis(290));
+            assert_eq!(fresh.service_time(), Some(Duration::from_millis(290)));
         });
     }
 

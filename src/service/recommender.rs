@@ -1291,11 +1291,14 @@ impl Recommender {
                         .rank_deadline_stops
                         .with_label_values(&[stage])
                         .inc();
+                    // A stopped job ran at least this long: a lower bound for the estimate.
+                    me.admission.record_at_least(started.elapsed());
                 }
                 Err(RankError::Cancelled(stage)) => {
                     tracing::info!(stage, "ranking stopped: the caller went away");
+                    me.admission.record_at_least(started.elapsed());
                 }
-                // Only whole jobs measure the ranking time the admission estimates use.
+                // Whole jobs measure the ranking time the admission estimates use.
                 Ok(_) => {
                     let took = started.elapsed();
                     me.admission.record(took);
