@@ -19,16 +19,7 @@ use palr::service::client::ConnectOptions;
 use palr::service::{Metrics, Mode, Recommender, RunningServer, ServerConfig};
 
 fn data_dir() -> PathBuf {
-    let mut dir = palr::data::default_data_dir().join("ml-100k");
-    if dir.is_relative() {
-        dir = common::repo().join(dir);
-    }
-    assert!(
-        dir.join("ml-100k.item").exists(),
-        "MovieLens-100k not found at {}: run `palr data fetch ml-100k` (scripts/test.sh does) or set PALR_DATA_DIR",
-        dir.display()
-    );
-    dir
+    common::ml100k_dir()
 }
 
 /// The default configuration on loopback ports, no warm-up, plus a plugin that sleeps 3 s

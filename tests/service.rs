@@ -30,16 +30,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// MovieLens-100k's directory; fails with what to run when missing.
 fn data_dir() -> PathBuf {
-    let mut dir = palr::data::default_data_dir().join("ml-100k");
-    if dir.is_relative() {
-        dir = common::repo().join(dir);
-    }
-    assert!(
-        dir.join("ml-100k.item").exists(),
-        "MovieLens-100k not found at {}: run `palr data fetch ml-100k` (scripts/test.sh does) or set PALR_DATA_DIR",
-        dir.display()
-    );
-    dir
+    common::ml100k_dir()
 }
 
 /// The demo configuration on loopback ports, with three misbehaving plugins added and a

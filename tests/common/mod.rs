@@ -23,6 +23,21 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// MovieLens-100k's directory (`$PALR_DATA_DIR/ml-100k` or data/ml-100k); fails the test
+/// with what to run when it is missing: CI fetches it first.
+pub fn ml100k_dir() -> PathBuf {
+    let mut dir = palr::data::default_data_dir().join("ml-100k");
+    if dir.is_relative() {
+        dir = repo().join(dir);
+    }
+    assert!(
+        dir.join("ml-100k.item").exists(),
+        "MovieLens-100k not found at {}: run `palr data fetch ml-100k` (scripts/test.sh does) or set PALR_DATA_DIR",
+        dir.display()
+    );
+    dir
+}
+
 /// The SmolLM2 reference fixture (see tests/fixtures/README.md).
 pub fn reference() -> serde_json::Value {
     let text =
