@@ -50,6 +50,7 @@ fn options(addrs: Vec<String>, requests: usize) -> RecommendBenchOptions {
         warmup: 2,
         load: Load::Closed { concurrency: 2 },
         deadline: None,
+        backoff: None,
         history_len: 20,
         num_candidates: 20,
         k: 10,
@@ -133,6 +134,19 @@ fn spreads_over_two_servers_and_counts_refusals_by_code() {
             "{e}"
         );
         palr::cli::bench::check_failures(&report, true).unwrap();
+
+        // A closed loop that backs off after each failure: against the refusing server, 2
+        // workers for 0.5 s with 100 ms back-off send a handful of calls, not thousands.
+        let mut polite = options(addrs[1..].to_vec(), usize::MAX);
+        polite.duration = Some(std::time::Duration::from_millis(500));
+        polite.backoff = Some(std::time::Duration::from_millis(100));
+        let report = run(&polite).await.unwrap();
+        assert!(
+            (2..=14).contains(&report.outcomes.calls),
+            "{} calls",
+            report.outcomes.calls
+        );
+        assert_eq!(report.outcomes.answered(), 0);
 
         // One server, open loop: all answered, nothing to complain about.
         let mut one = options(addrs[..1].to_vec(), 6);

@@ -64,6 +64,9 @@ pub struct RecommendBenchOptions {
     pub load: Load,
     /// Sent with every timed call as its gRPC timeout.
     pub deadline: Option<Duration>,
+    /// Closed loop: after a failed call a worker waits this long before its next, as a
+    /// well-behaved client (gRPC retry back-off) does; `None`: at once.
+    pub backoff: Option<Duration>,
     /// History items per request.
     pub history_len: usize,
     /// Candidates retrieved and ranked.
@@ -216,6 +219,8 @@ pub struct RecommendBenchReport {
     pub duration_s: Option<f64>,
     pub load: Load,
     pub deadline_ms: Option<f64>,
+    /// Closed loop: a worker's wait after a failed call.
+    pub backoff_ms: Option<f64>,
     pub history_len: usize,
     pub num_candidates: u32,
     pub k: u32,
@@ -412,7 +417,10 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
         until: opts.duration.map(|d| t0 + d),
     });
     let (calls, max_send_lag_ms) = match opts.load {
-        Load::Closed { concurrency } => (closed_loop(&timed, &all, concurrency).await, None),
+        Load::Closed { concurrency } => (
+            closed_loop(&timed, &all, concurrency, opts.backoff).await,
+            None,
+        ),
         Load::Open { rate_rps } => {
             let (calls, lag) = open_loop(&timed, &all, rate_rps).await;
             (calls, Some(lag * 1e3))
@@ -460,6 +468,7 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
         duration_s: opts.duration.map(|d| d.as_secs_f64()),
         load: opts.load,
         deadline_ms: opts.deadline.map(|d| d.as_secs_f64() * 1e3),
+        backoff_ms: opts.backoff.map(|d| d.as_secs_f64() * 1e3),
         history_len: opts.history_len,
         num_candidates: opts.num_candidates,
         k: opts.k,
@@ -492,8 +501,14 @@ async fn joined<T>(h: tokio::task::JoinHandle<T>) -> T {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// `concurrency` workers take the next request as each finishes its last.
-async fn closed_loop(clients: &[Client], all: &Arc<Requests>, concurrency: usize) -> Vec<Call> {
+/// `concurrency` workers take the next request as each finishes its last (after `backoff`
+/// when it failed).
+async fn closed_loop(
+    clients: &[Client],
+    all: &Arc<Requests>,
+    concurrency: usize,
+    backoff: Option<Duration>,
+) -> Vec<Call> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -507,7 +522,12 @@ async fn closed_loop(clients: &[Client], all: &Arc<Requests>, concurrency: usize
                     return done;
                 };
                 let a = addr_of(i, clients.len());
-                done.push(call(&mut clients[a], a, &params).await);
+                let c = call(&mut clients[a], a, &params).await;
+                let failed = c.result.is_err();
+                done.push(c);
+                if let (true, Some(b)) = (failed, backoff) {
+                    tokio::time::sleep(b).await;
+                }
             }
         }));
     }
@@ -551,7 +571,10 @@ impl RecommendBenchReport {
     /// Prints the report as tables.
     pub fn print_table(&self) {
         let load = match self.load {
-            Load::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
+            Load::Closed { concurrency } => match self.backoff_ms {
+                Some(b) => format!("closed loop, concurrency {concurrency}, {b} ms back-off"),
+                None => format!("closed loop, concurrency {concurrency}"),
+            },
             Load::Open { rate_rps } => format!("open loop at {rate_rps} requests/s"),
         };
         let deadline = self
@@ -785,6 +808,7 @@ mod tests {
             warmup: 0,
             load: Load::Closed { concurrency: 1 },
             deadline: None,
+            backoff: None,
             history_len: 20,
             num_candidates: 20,
             k: 10,

@@ -166,6 +166,10 @@ pub struct RecommendBenchArgs {
     /// late, errors at or after it as timed out.
     #[arg(long, value_name = "MS")]
     pub deadline_ms: Option<u64>,
+    /// Closed loop: after a failed call each worker waits this long before its next (a
+    /// well-behaved client; without it, refused clients resend at once).
+    #[arg(long, value_name = "MS", conflicts_with = "rate")]
+    pub backoff_ms: Option<u64>,
     /// Exit 0 even when calls fail (overload and fault runs, where refusals are the point);
     /// the report counts them by code either way.
     #[arg(long)]
@@ -209,6 +213,7 @@ impl RecommendBenchArgs {
                 },
             },
             deadline: self.deadline_ms.map(Duration::from_millis),
+            backoff: self.backoff_ms.map(Duration::from_millis),
             history_len: self.history_len,
             num_candidates: self.num_candidates,
             k: self.k,
