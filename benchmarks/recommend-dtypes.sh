@@ -15,6 +15,8 @@
 # OUT_DIR/table.md (also printed). OUT_DIR defaults to target/recommend-dtypes/<UTC time>.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benchmarks/machine.sh
+. "$ROOT/benchmarks/machine.sh"
 OUT=${1:-$ROOT/target/recommend-dtypes/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 PALR=$ROOT/target/release/palr
@@ -58,12 +60,7 @@ for n in $(seq 1 "$ROUNDS"); do
 done
 
 {
-    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-    echo "isa: $(grep -o -w -E 'avx2|fma|avx512f|avx512bw|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-    echo "cores: $(nproc)"
-    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "palr: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    machine_facts
 } >"$OUT/machine.txt"
 
 python3 - "$OUT" "$ROUNDS" <<'EOF' | tee "$OUT/table.md"

@@ -23,6 +23,8 @@
 # OUT_DIR defaults to target/replicas/<UTC time>.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benchmarks/machine.sh
+. "$ROOT/benchmarks/machine.sh"
 OUT=${1:-$ROOT/target/replicas/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 PALR=${PALR:-$ROOT/target/release/palr}
@@ -87,13 +89,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 {
-    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/^model name\s*: //')"
-    echo "isa: $(grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-    echo "cores: $CORES"
+    machine_facts
     echo "settings: requests $REQUESTS, ${LOAD[*]#--}, mode $MODE, threads $THREADS, pin $PIN, serve args '${SERVE_ARGS:-}'"
-    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "palr: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } >"$OUT/machine.txt"
 
 python3 - "$OUT" "$ROUNDS" <<'EOF' | tee "$OUT/table.md"
