@@ -8,7 +8,8 @@
 # test.
 # Usage: scripts/train-sasrec-ml100k.sh [STAGE...]   (default: valid test all)
 # Needs: the release binary (cargo build --release) and the ml-100k data (scripts/run.sh
-# fetches it). On 2 cores: ~15 minutes for the three valid runs, ~5 each for test and all.
+# fetches it). On 2 cores of an Intel Xeon (AVX-512, AMX), lightly loaded: ~15 minutes for the
+# three valid runs, ~5 each for test and all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="$(scripts/train-venv.sh)"

@@ -1561,7 +1561,7 @@ fn huge_names_are_refused_with_a_short_message() {
 /// is answered in time (without admission by time, 3 of 408 such requests were). The figure
 /// itself is measured by `palr bench recommend --deadline-ms` and recorded in
 /// benchmarks/README.md; the bound here is loose because other tests share the machine (on
-/// a 2-core machine loaded with builds it measured 42-118%).
+/// a 2-core Intel Xeon loaded with builds it measured 42-118%).
 #[test]
 fn tight_deadlines_keep_the_ranker_busy_with_requests_that_finish() {
     let _llm = llm_lock();
