@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use palr::engine::{self, AdapterSpec, LanguageModel, LoadOptions, Logits, WeightDtype};
+use palr::engine::{
+    self, AdapterRef, AdapterSpec, EngineError, LanguageModel, LoadOptions, Logits, WeightDtype,
+};
 
 fn fixture() -> PathBuf {
     repo().join("tests/fixtures/lora-peft")
@@ -49,11 +51,18 @@ fn rel_err(ours: &[f32], want: &serde_json::Value) -> f64 {
     (num / vals.iter().map(|w| w * w).sum::<f64>()).sqrt()
 }
 
+/// `name`'s adapter pinned (None for the base model and for the adapter merged into it).
+fn pin(model: &Arc<dyn LanguageModel>, name: Option<&str>) -> Option<AdapterRef> {
+    name.filter(|n| model.merged_adapter() != Some(*n))
+        .map(|n| model.adapter(n).unwrap())
+}
+
 fn check(model: &Arc<dyn LanguageModel>, adapter: Option<&str>, key: &str, tol: f64) {
+    let pinned = pin(model, adapter);
     for case in reference()["cases"].as_array().unwrap() {
         let tokens = ids(&case["ids"]);
         let mut s = model.clone().new_session(tokens.len()).unwrap();
-        s.set_adapter(adapter).unwrap();
+        s.set_adapter(pinned.as_ref()).unwrap();
         let logits = s.feed(&tokens, Logits::Last).unwrap();
         let want = &case[key];
         let err = rel_err(logits, want);
@@ -72,23 +81,30 @@ fn check(model: &Arc<dyn LanguageModel>, adapter: Option<&str>, key: &str, tol: 
 #[test]
 fn unmerged_adapter_matches_peft_and_base_stays_base() {
     let model = load(vec![spec("fx", &fixture(), false)], WeightDtype::F32);
-    assert_eq!(model.adapters(), ["fx".to_string()]);
+    let names: Vec<String> = model
+        .adapters()
+        .iter()
+        .map(|a| a.name().to_owned())
+        .collect();
+    assert_eq!(names, ["fx"]);
     check(&model, Some("fx"), "merged", 1e-3);
     check(&model, Some("fx"), "unmerged", 1e-3);
     // The same model without the adapter is the base model.
     check(&model, None, "base", 1e-3);
-    let err = model
-        .clone()
-        .new_session(4)
-        .unwrap()
-        .set_adapter(Some("nope"))
-        .unwrap_err()
-        .to_string();
+    let err = model.adapter("nope").unwrap_err().to_string();
     assert!(err.contains("nope") && err.contains("fx"), "{err}");
     // A cache belongs to one adapter.
-    let mut s = model.new_session(8).unwrap();
+    let fx = model.adapter("fx").unwrap();
+    let mut s = model.clone().new_session(8).unwrap();
     s.feed(&[1, 2], Logits::None).unwrap();
-    assert!(s.set_adapter(Some("fx")).is_err());
+    assert!(s.set_adapter(Some(&fx)).is_err());
+    // An adapter of another model is refused, even one of the same shapes.
+    let other = load(vec![spec("fx", &fixture(), false)], WeightDtype::F32);
+    let mut s = model.new_session(8).unwrap();
+    let err = s
+        .set_adapter(Some(&other.adapter("fx").unwrap()))
+        .unwrap_err();
+    assert!(err.to_string().contains("another model"), "{err}");
 }
 
 #[test]
@@ -107,10 +123,11 @@ fn adapters_work_with_bf16_weights() {
     let unmerged = load(vec![spec("fx", &fixture(), false)], WeightDtype::Bf16);
     let merged = load(vec![spec("fx", &fixture(), true)], WeightDtype::Bf16);
     for (model, adapter) in [(&unmerged, Some("fx")), (&merged, None)] {
+        let pinned = pin(model, adapter);
         for case in reference()["cases"].as_array().unwrap() {
             let tokens = ids(&case["ids"]);
             let mut s = model.clone().new_session(tokens.len()).unwrap();
-            s.set_adapter(adapter).unwrap();
+            s.set_adapter(pinned.as_ref()).unwrap();
             let logits = s.feed(&tokens, Logits::Last).unwrap();
             let near = rel_err(logits, &case["merged"]);
             let far = rel_err(logits, &case["base"]);
@@ -121,6 +138,104 @@ fn adapters_work_with_bf16_weights() {
             );
         }
     }
+}
+
+/// The logits of each reference case on `s` (emptied first) and whether they are PEFT's
+/// adapted ones (else the base model's), within `tol`.
+fn adapted(model: &Arc<dyn LanguageModel>, adapter: Option<&AdapterRef>) -> Vec<bool> {
+    reference()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            let tokens = ids(&case["ids"]);
+            let mut s = model.clone().new_session(tokens.len()).unwrap();
+            s.set_adapter(adapter).unwrap();
+            let logits = s.feed(&tokens, Logits::Last).unwrap();
+            let (near, base) = (
+                rel_err(logits, &case["merged"]),
+                rel_err(logits, &case["base"]),
+            );
+            assert!(
+                near < 1e-3 || base < 1e-3,
+                "neither: {near:.2e} / {base:.2e}"
+            );
+            near < 1e-3
+        })
+        .collect()
+}
+
+/// Adapters come and go while the model serves (the admin API's LoadAdapter and
+/// UnloadAdapter): one loaded later equals one loaded at start (PEFT's logits); a session
+/// pinned to it keeps running on it through an unload and a replacement, and its weights
+/// go with the last pin; names are unique unless replaced; a bad directory changes nothing.
+#[test]
+fn adapters_load_and_unload_while_the_model_serves() {
+    let model = load(Vec::new(), WeightDtype::F32);
+    assert!(model.adapters().is_empty());
+    // A session made before any adapter existed (its LoRA scratch grows on demand).
+    let mut early = model.clone().new_session(64).unwrap();
+    let (fx, replaced) = model.load_adapter("fx", &fixture(), false).unwrap();
+    assert!(replaced.is_none());
+    assert_eq!(fx.info().rank, 4);
+    // layers_to_transform = [0, 1, 14, 28, 29], all seven projections of each.
+    assert_eq!(fx.info().projections, 5 * 7);
+    check(&model, Some("fx"), "unmerged", 1e-3);
+    early.set_adapter(Some(&fx)).unwrap();
+    let case = &reference()["cases"][0];
+    let tokens = ids(&case["ids"]);
+    let before = early.feed(&tokens, Logits::Last).unwrap().to_vec();
+    assert!(rel_err(&before, &case["merged"]) < 1e-3);
+
+    // The name is taken; a broken directory fails and leaves the table as it was.
+    let e = model.load_adapter("fx", &fixture(), false).unwrap_err();
+    assert!(matches!(e, EngineError::AdapterExists(_)), "{e}");
+    let bad = broken("live", |c, _| c["use_dora"] = true.into());
+    assert!(model.load_adapter("fx", &bad, true).is_err());
+    assert!(model.load_adapter("other", &bad, false).is_err());
+    assert_eq!(model.adapter("fx").unwrap().generation(), fx.generation());
+    assert_eq!(model.adapters().len(), 1);
+
+    // Unloaded: no new pin, but the pinned session runs on (same logits as before).
+    let pins = fx.pins();
+    let gone = model.unload_adapter("fx").unwrap();
+    assert_eq!(gone.generation(), fx.generation());
+    drop(gone);
+    assert_eq!(fx.pins(), pins - 1, "the table let go of it");
+    assert!(matches!(
+        model.adapter("fx"),
+        Err(EngineError::UnknownAdapter { .. })
+    ));
+    assert!(matches!(
+        model.unload_adapter("fx"),
+        Err(EngineError::UnknownAdapter { .. })
+    ));
+    early.truncate(0).unwrap();
+    let after = early.feed(&tokens, Logits::Last).unwrap().to_vec();
+    assert_eq!(before, after);
+    early.truncate(0).unwrap();
+    early.set_adapter(None).unwrap();
+    assert_eq!(fx.pins(), 1, "only this test's pin is left");
+
+    // Loaded again: a new generation; replaced: the old pin keeps the old weights.
+    let (fx2, _) = model.load_adapter("fx", &fixture(), false).unwrap();
+    assert!(fx2.generation() > fx.generation());
+    let other = broken("scaled", |c, _| {
+        c["lora_alpha"] = 0.into();
+        c["alpha_pattern"] = serde_json::json!({});
+    });
+    let (zero, old) = model.load_adapter("fx", &other, true).unwrap();
+    assert_eq!(old.unwrap().generation(), fx2.generation());
+    assert!(zero.generation() > fx2.generation());
+    assert_eq!(model.adapters().len(), 1);
+    // alpha = 0 scales the update to nothing: the base model's logits.
+    let n = reference()["cases"].as_array().unwrap().len();
+    assert_eq!(adapted(&model, Some(&zero)), vec![false; n]);
+    assert_eq!(adapted(&model, Some(&fx2)), vec![true; n]);
+    assert_eq!(
+        adapted(&model, Some(&model.adapter("fx").unwrap())),
+        vec![false; n]
+    );
 }
 
 /// Copies the fixture adapter into a temp dir, with `edit` applied to its config and tensors.

@@ -409,7 +409,9 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
         .unwrap(),
     );
     let mut per_adapter = Vec::new();
-    for adapter in [None, Some("fx"), None, Some("fx")] {
+    for name in [None, Some("fx"), None, Some("fx")] {
+        let pinned = name.map(|n| ranker.adapter(n).unwrap().expect("unmerged"));
+        let adapter = pinned.as_ref();
         let run = || {
             ranker
                 .rank(&RankRequest {
@@ -455,21 +457,56 @@ fn real_model_ranks_and_prefix_cache_is_exact() {
         per_adapter[0], per_adapter[1],
         "the adapter changes the ranking scores"
     );
-    let err = ranker
-        .rank(&RankRequest {
-            history: &history,
-            candidates: &candidates,
-            k: 3,
-            mode: RankMode::Score,
-            adapter: Some("missing"),
-            deadline: None,
-            cancel: None,
-        })
-        .unwrap_err();
+    let err = ranker.adapter("missing").unwrap_err();
     assert!(
         err.to_string().contains("unknown adapter \"missing\""),
         "{err}"
     );
+
+    // Unloading the adapter: a request holding its pin still ranks as before (its prefix
+    // computed for it alone), the ranker drops what it cached with it, and nothing keeps
+    // the weights but the pins of requests.
+    let fx = ranker.adapter("fx").unwrap().unwrap();
+    let with_fx = |a: &palr::engine::AdapterRef| {
+        ranker
+            .rank(&RankRequest {
+                history: &history,
+                candidates: &candidates,
+                k: candidates.len(),
+                mode: RankMode::Score,
+                adapter: Some(a),
+                deadline: None,
+                cancel: None,
+            })
+            .unwrap()
+            .items
+    };
+    let cached = ranker.cached_prefixes();
+    model.unload_adapter("fx").unwrap();
+    ranker.forget_adapter(fx.generation());
+    assert_eq!(
+        ranker.cached_prefixes(),
+        cached - 1,
+        "fx's score prefix dropped"
+    );
+    assert_eq!(
+        with_fx(&fx),
+        per_adapter[1],
+        "a pinned request ranks as before"
+    );
+    assert_eq!(
+        ranker.cached_prefixes(),
+        cached - 1,
+        "and caches nothing for fx"
+    );
+    assert_eq!(fx.pins(), 1, "only the test's pin holds the weights");
+    assert!(!ranker.has_adapter("fx"));
+    // Loaded again: a new load, a new prefix, the same scores.
+    let (again, _) = model
+        .load_adapter("fx", &repo().join("tests/fixtures/lora-peft"), false)
+        .unwrap();
+    assert_eq!(with_fx(&again), per_adapter[1]);
+    assert_eq!(ranker.cached_prefixes(), cached);
 }
 
 #[test]

@@ -416,13 +416,13 @@ fn model(ordinal: usize, name: &str, args: &GpuBenchOptions, out: &mut Out) -> R
 }
 
 /// The 7B-shaped forward with one rank-16 adapter on all projections, unmerged,
-/// against the same weights with the adapter off (`State::adapter`).
+/// against the same weights with the adapter off (`Llama::set_adapter`).
 fn model_lora(ordinal: usize, name: &str, args: &GpuBenchOptions, out: &mut Out) -> Result<()> {
     let cfg = synthetic::preset(name)?;
     let rank = 16;
     let backend = CudaBackend::new(ordinal)?;
     let llama = synthetic::llama(cfg.clone(), backend, 11)?;
-    let llama = synthetic::attach_random_lora(llama, rank, 5)?;
+    let lora = std::sync::Arc::new(synthetic::random_lora(&llama, rank, 5)?);
     let vocab = cfg.vocab_size as u32;
     let n = if args.quick { 8 } else { args.prompt_tokens };
     let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -434,8 +434,9 @@ fn model_lora(ordinal: usize, name: &str, args: &GpuBenchOptions, out: &mut Out)
     let mut st = llama.new_state(n + decode_tokens, n)?;
     let b = &llama.backend;
     let mut figures = Vec::new();
-    for adapter in [None, Some(0)] {
-        st.adapter = adapter;
+    for adapter in [None, Some(lora)] {
+        st.len = 0;
+        llama.set_adapter(&mut st, adapter)?;
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());
         for run in 0..=args.runs.min(5) {
             st.len = 0;

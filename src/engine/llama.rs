@@ -14,9 +14,11 @@
 //! checkpoint. The KV cache and scratch buffers live apart, in [`State`], and are
 //! allocated once per session: a forward pass allocates nothing.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
-use crate::model::lora::{Adapter, MODULES};
+use crate::model::lora::{Adapter, MODULES, module_shape};
 use crate::model::{Checkpoint, LlamaConfig};
 
 use super::backend::{Backend, Heads, KvLayer};
@@ -33,16 +35,25 @@ pub struct Lora<B: Backend> {
 pub struct Linear<B: Backend> {
     pub w: B::Mat,
     pub bias: Option<B::Buf>,
-    /// One slot per unmerged adapter (None where that adapter leaves the layer alone).
-    pub lora: Vec<Option<Lora<B>>>,
 }
 
-/// Adapters to apply while loading: `merged` is folded into the weights, `unmerged`
-/// are kept apart and chosen per session.
-#[derive(Clone, Copy, Default)]
-pub struct Adapters<'a> {
-    pub merged: Option<&'a Adapter>,
-    pub unmerged: &'a [Adapter],
+/// The weights of one unmerged LoRA adapter on one model: per block, one slot per
+/// projection of [`MODULES`] (None where the adapter leaves it alone). Held apart from the
+/// base weights, so adapters can be loaded and dropped while the model serves: a session
+/// pins the one it runs with ([`State::adapter`]) and the weights go when the last pin does.
+pub struct LoraWeights<B: Backend> {
+    pub layers: Vec<[Option<Lora<B>>; MODULES.len()]>,
+    /// Largest rank of any adapted projection (sizes a session's LoRA scratch).
+    pub max_rank: usize,
+    /// Adapted projections, and the parameters of their A and B matrices.
+    pub projections: usize,
+    pub parameters: usize,
+}
+
+impl<B: Backend> LoraWeights<B> {
+    fn get(&self, layer: usize, module: usize) -> Option<&Lora<B>> {
+        self.layers.get(layer).and_then(|l| l[module].as_ref())
+    }
 }
 
 /// `w (out, inp) += scale · b (out, r) · a (r, inp)`, as PEFT's merge does.
@@ -70,7 +81,7 @@ impl<B: Backend> Linear<B> {
         out: usize,
         inp: usize,
         bias: bool,
-        adapters: Adapters<'_>,
+        merged: Option<&Adapter>,
     ) -> Result<Self> {
         let m = MODULES
             .iter()
@@ -80,7 +91,7 @@ impl<B: Backend> Linear<B> {
         let group = if m < 4 { "self_attn" } else { "mlp" };
         let name = format!("model.layers.{layer}.{group}.{module}");
         let t = ck.get_shaped(&format!("{name}.weight"), &[out, inp])?;
-        let merged = match adapters.merged {
+        let merged = match merged {
             Some(ad) => ad.pair(layer, m, out, inp)?,
             None => None,
         };
@@ -104,35 +115,21 @@ impl<B: Backend> Linear<B> {
         } else {
             None
         };
-        let mut lora = Vec::with_capacity(adapters.unmerged.len());
-        for ad in adapters.unmerged {
-            lora.push(match ad.pair(layer, m, out, inp)? {
-                Some(p) => Some(Lora {
-                    a: b.load_mat(&p.a)?,
-                    b: b.load_mat(&p.b)?,
-                    scale: p.scale,
-                }),
-                None => None,
-            });
-        }
-        Ok(Linear { w, bias, lora })
+        Ok(Linear { w, bias })
     }
 
-    /// `out = x·Wᵀ (+ b)`, plus the active adapter's update; `tmp` holds `(rows, r)`.
+    /// `out = x·Wᵀ (+ b)`, plus `lora`'s update; `tmp` holds `(rows, r)`.
     fn forward(
         &self,
         b: &B,
         x: &B::Buf,
         rows: usize,
         out: &mut B::Buf,
-        adapter: Option<usize>,
+        lora: Option<&Lora<B>>,
         tmp: &mut B::Buf,
     ) -> Result<()> {
         b.linear(x, rows, &self.w, self.bias.as_ref(), out)?;
-        if let Some(l) = adapter
-            .and_then(|i| self.lora.get(i))
-            .and_then(Option::as_ref)
-        {
+        if let Some(l) = lora {
             b.lora_update(x, rows, &l.a, &l.b, l.scale, tmp, out)?;
         }
         Ok(())
@@ -167,7 +164,6 @@ pub struct Llama<B: Backend> {
     pub norm: B::Buf,            // (dim)
     pub lm_head: Option<B::Mat>, // (vocab, dim); None when tied to `embed`
     inv_freq: Vec<f64>,          // (head_dim / 2)
-    max_lora_rank: usize,        // largest r of the unmerged adapters (0 without)
 }
 
 /// Which logits a forward pass produces.
@@ -199,21 +195,23 @@ pub struct State<B: Backend> {
     gate: B::Buf,            // (max_rows, hidden_dim)
     up: B::Buf,              // (max_rows, hidden_dim)
     rope: B::Buf,            // (max_rows, head_dim / 2, 2)
-    lora: B::Buf,            // (max_rows, max LoRA rank)
-    /// Unmerged adapter applied to this session's tokens.
-    pub adapter: Option<usize>,
+    lora: B::Buf,            // (max_rows, lora_rank)
+    lora_rank: usize,        // ranks the LoRA scratch holds (grown by `set_adapter`)
+    /// Unmerged adapter applied to this session's tokens (set with [`Llama::set_adapter`]).
+    adapter: Option<Arc<LoraWeights<B>>>,
     last: B::Buf,       // (1, dim)
     pub logits: B::Buf, // (max_rows, vocab) when all-position logits were asked for, else (1, vocab)
     logits_rows: usize,
 }
 
 impl<B: Backend> Llama<B> {
-    /// Loads every weight named by `cfg` from `ck` onto `backend`, with `adapters`.
+    /// Loads every weight named by `cfg` from `ck` onto `backend`, with adapter `merged`
+    /// folded into the projections.
     pub fn load(
         cfg: LlamaConfig,
         ck: &Checkpoint,
         backend: B,
-        adapters: Adapters<'_>,
+        merged: Option<&Adapter>,
     ) -> Result<Self> {
         let (d, hd) = (cfg.dim, cfg.hidden_dim);
         let b = &backend;
@@ -223,7 +221,7 @@ impl<B: Backend> Llama<B> {
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = format!("model.layers.{i}");
-            let lin = |n: &str, out, inp, bias| Linear::load(b, ck, i, n, out, inp, bias, adapters);
+            let lin = |n: &str, out, inp, bias| Linear::load(b, ck, i, n, out, inp, bias, merged);
             blocks.push(Block {
                 attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
                 attn: Attention {
@@ -248,14 +246,7 @@ impl<B: Backend> Llama<B> {
             Some(b.load_mat(&ck.get_shaped("lm_head.weight", &[cfg.vocab_size, d])?)?)
         };
         let inv_freq = cfg.rope_inv_freq();
-        let max_lora_rank = adapters
-            .unmerged
-            .iter()
-            .map(Adapter::max_rank)
-            .max()
-            .unwrap_or(0);
         Ok(Llama {
-            max_lora_rank,
             cfg,
             backend,
             embed,
@@ -285,16 +276,68 @@ impl<B: Backend> Llama<B> {
             norm,
             lm_head,
             inv_freq,
-            max_lora_rank: 0,
         }
     }
 
-    /// Declares the largest rank among the unmerged adapters attached to the
-    /// blocks' linears (for [`Llama::from_parts`] models; sizes each state's
-    /// LoRA scratch).
-    pub fn with_max_lora_rank(mut self, rank: usize) -> Self {
-        self.max_lora_rank = rank;
-        self
+    /// Uploads the unmerged weights of `ad` (checked against this model's shapes when it
+    /// was opened) for sessions to run with.
+    pub fn load_lora(&self, ad: &Adapter) -> Result<LoraWeights<B>> {
+        let b = &self.backend;
+        let mut weights = LoraWeights {
+            layers: Vec::with_capacity(self.cfg.n_layers),
+            max_rank: 0,
+            projections: 0,
+            parameters: 0,
+        };
+        for layer in 0..self.cfg.n_layers {
+            let mut slots: [Option<Lora<B>>; MODULES.len()] = Default::default();
+            for (m, slot) in slots.iter_mut().enumerate() {
+                let (out, inp) = module_shape(&self.cfg, m);
+                if let Some(p) = ad.pair(layer, m, out, inp)? {
+                    let r = p.a.shape[0];
+                    weights.max_rank = weights.max_rank.max(r);
+                    weights.projections += 1;
+                    weights.parameters += r * (out + inp);
+                    *slot = Some(Lora {
+                        a: b.load_mat(&p.a)?,
+                        b: b.load_mat(&p.b)?,
+                        scale: p.scale,
+                    });
+                }
+            }
+            weights.layers.push(slots);
+        }
+        Ok(weights)
+    }
+
+    /// Runs `st`'s tokens from now on with `adapter` (None: the base weights), growing
+    /// the state's LoRA scratch to the adapter's rank. The cache must be empty: keys and
+    /// values computed under one adapter are wrong under another.
+    pub fn set_adapter(
+        &self,
+        st: &mut State<B>,
+        adapter: Option<Arc<LoraWeights<B>>>,
+    ) -> Result<()> {
+        if st.len > 0 {
+            return Err(EngineError::Invalid(
+                "set_adapter needs an empty session (truncate it to 0 first)".into(),
+            ));
+        }
+        if let Some(w) = &adapter {
+            if w.layers.len() != self.cfg.n_layers {
+                return Err(EngineError::Invalid(format!(
+                    "adapter weights for {} layers on a model of {}",
+                    w.layers.len(),
+                    self.cfg.n_layers
+                )));
+            }
+            if w.max_rank > st.lora_rank {
+                st.lora = self.backend.alloc(st.max_rows * w.max_rank)?;
+                st.lora_rank = w.max_rank;
+            }
+        }
+        st.adapter = adapter;
+        Ok(())
     }
 
     pub fn heads(&self) -> Heads {
@@ -332,7 +375,8 @@ impl<B: Backend> Llama<B> {
             gate: b.alloc(max_rows * c.hidden_dim)?,
             up: b.alloc(max_rows * c.hidden_dim)?,
             rope: b.alloc(max_rows * c.head_dim)?,
-            lora: b.alloc(max_rows * self.max_lora_rank.max(1))?,
+            lora: b.alloc(max_rows)?,
+            lora_rank: 1,
             adapter: None,
             last: b.alloc(c.dim)?,
             logits: b.alloc(c.vocab_size)?,
@@ -362,7 +406,8 @@ impl<B: Backend> Llama<B> {
         debug_assert!(rows <= st.max_rows);
         let heads = self.heads();
         let (dim, hidden) = (c.dim, c.hidden_dim);
-        let ad = st.adapter;
+        // A clone of the pin, so the state's buffers can be borrowed mutably below.
+        let ad = st.adapter.clone();
 
         b.embed(&self.embed, tokens, &mut st.x)?; // x: (rows, dim)
         b.rope_table(&self.inv_freq, start, rows, &mut st.rope)?;
@@ -373,31 +418,39 @@ impl<B: Backend> Llama<B> {
             if stop() {
                 return Err(EngineError::Interrupted);
             }
+            // The adapter's pair for projection `m` (index into MODULES) of this block, if any.
+            let pair = |m: usize| ad.as_deref().and_then(|w| w.get(i, m));
             // Attention (h = attn_norm(x) on entry).
             let lora = &mut st.lora;
-            blk.attn.q.forward(b, &st.h, rows, &mut st.q, ad, lora)?;
-            blk.attn.k.forward(b, &st.h, rows, &mut st.k, ad, lora)?;
-            blk.attn.v.forward(b, &st.h, rows, &mut st.v, ad, lora)?;
+            blk.attn
+                .q
+                .forward(b, &st.h, rows, &mut st.q, pair(0), lora)?;
+            blk.attn
+                .k
+                .forward(b, &st.h, rows, &mut st.k, pair(1), lora)?;
+            blk.attn
+                .v
+                .forward(b, &st.h, rows, &mut st.v, pair(2), lora)?;
             b.rope(&mut st.q, rows, c.n_heads, c.head_dim, &st.rope)?;
             b.rope(&mut st.k, rows, c.n_kv_heads, c.head_dim, &st.rope)?;
             b.kv_store(&st.k, &st.v, rows, start, heads, st.capacity, kv)?;
             b.attention(&st.q, kv, rows, start, heads, st.capacity, &mut st.att)?;
             blk.attn
                 .o
-                .forward(b, &st.att, rows, &mut st.h, ad, &mut st.lora)?;
+                .forward(b, &st.att, rows, &mut st.h, pair(3), &mut st.lora)?;
             // x += attention; h = mlp_norm(x).
             b.add_rms_norm(&mut st.x, &mut st.h, &blk.mlp_norm, rows, dim, c.norm_eps)?;
             // SwiGLU MLP.
             blk.mlp
                 .gate
-                .forward(b, &st.h, rows, &mut st.gate, ad, &mut st.lora)?;
+                .forward(b, &st.h, rows, &mut st.gate, pair(4), &mut st.lora)?;
             blk.mlp
                 .up
-                .forward(b, &st.h, rows, &mut st.up, ad, &mut st.lora)?;
+                .forward(b, &st.h, rows, &mut st.up, pair(5), &mut st.lora)?;
             b.silu_mul(&mut st.gate, &st.up, rows * hidden)?;
             blk.mlp
                 .down
-                .forward(b, &st.gate, rows, &mut st.h, ad, &mut st.lora)?;
+                .forward(b, &st.gate, rows, &mut st.h, pair(6), &mut st.lora)?;
             // x += mlp; h = the next block's attn_norm(x).
             match self.blocks.get(i + 1) {
                 Some(next) => {

@@ -4,6 +4,12 @@
 //! to a model through the object-safe [`LanguageModel`] and [`Session`] traits and
 //! never learns which device it runs on. A session owns one sequence's KV cache;
 //! sessions of one model may run concurrently on different threads.
+//!
+//! Unmerged LoRA adapters live in a table of the model that can change while it serves
+//! ([`LanguageModel::load_adapter`], [`LanguageModel::unload_adapter`]): a caller looks an
+//! adapter up once ([`LanguageModel::adapter`]) and gets an [`AdapterRef`], a pin on those
+//! weights; a session set to it ([`Session::set_adapter`]) keeps running on them whatever
+//! the table holds meanwhile, and unloaded weights are freed when the last pin goes.
 
 pub mod backend;
 pub mod cpu;
@@ -11,15 +17,17 @@ pub mod cuda;
 pub mod llama;
 
 use std::any::Any;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use crate::model::lora::Adapter;
 use crate::model::{Checkpoint, LlamaConfig, ModelError};
 
 pub use backend::Backend;
 pub use cpu::{CpuBackend, WeightDtype};
-pub use llama::{Adapters, Llama, Logits};
+pub use llama::{Llama, Logits, LoraWeights};
 
 /// A LoRA adapter to load with the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +58,8 @@ pub enum EngineError {
     Invalid(String),
     #[error("unknown adapter {name:?}; loaded: {loaded:?}")]
     UnknownAdapter { name: String, loaded: Vec<String> },
+    #[error("an adapter named {0:?} is loaded already (unload it first, or replace it)")]
+    AdapterExists(String),
     #[error(transparent)]
     Cuda(cuda::CudaError),
     /// [`Session::feed_until`]'s stop condition held between two layers: the positions of
@@ -127,14 +137,112 @@ pub trait LanguageModel: Send + Sync {
     fn describe(&self) -> String;
     /// A new empty sequence whose cache holds `capacity` positions.
     fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>>;
-    /// Names of the adapters sessions may pick (unmerged), in load order.
-    fn adapters(&self) -> &[String] {
-        &[]
+    /// The adapters sessions may pick (unmerged), in load order.
+    fn adapters(&self) -> Vec<AdapterRef> {
+        Vec::new()
+    }
+    /// The unmerged adapter `name`, pinned: its weights stay while the reference does,
+    /// whatever is loaded or unloaded meanwhile.
+    fn adapter(&self, name: &str) -> Result<AdapterRef> {
+        Err(EngineError::UnknownAdapter {
+            name: name.to_owned(),
+            loaded: self
+                .merged_adapter()
+                .map(str::to_owned)
+                .into_iter()
+                .collect(),
+        })
     }
     /// The adapter folded into the weights, if any.
     fn merged_adapter(&self) -> Option<&str> {
         None
     }
+    /// Loads a PEFT adapter directory, unmerged, as `name` while the model serves. With
+    /// `replace`, an adapter of that name already loaded is swapped for the new one
+    /// (sessions running on the old one finish on it); without, that is an error.
+    /// Returns the new adapter and the one it replaced.
+    fn load_adapter(
+        &self,
+        name: &str,
+        dir: &Path,
+        replace: bool,
+    ) -> Result<(AdapterRef, Option<AdapterRef>)> {
+        let _ = (dir, replace);
+        Err(EngineError::Invalid(format!(
+            "this model cannot load adapters (asked to load {name:?})"
+        )))
+    }
+    /// Takes the unmerged adapter `name` out of the table: no new session can pick it;
+    /// sessions running on it finish on it. Returns it.
+    fn unload_adapter(&self, name: &str) -> Result<AdapterRef> {
+        Err(self.adapter(name).err().unwrap_or_else(|| {
+            EngineError::Invalid(format!("this model cannot unload adapters ({name:?})"))
+        }))
+    }
+}
+
+/// What one loaded (unmerged) adapter is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInfo {
+    /// The name sessions pick it by.
+    pub name: String,
+    /// The PEFT directory it was read from.
+    pub dir: PathBuf,
+    /// Unique per load in this process, increasing: an adapter loaded again under the same
+    /// name gets a new one (caches of computed state key on it, not on the name).
+    pub generation: u64,
+    /// Largest rank of its projections, how many projections it adapts and the parameters
+    /// of their A and B matrices.
+    pub rank: usize,
+    pub projections: usize,
+    pub parameters: usize,
+    pub loaded_at: SystemTime,
+}
+
+/// A pinned unmerged adapter of one model: its description and its weights, which stay
+/// on the device while any reference does. Cheap to clone.
+#[derive(Clone)]
+pub struct AdapterRef {
+    info: Arc<AdapterInfo>,
+    /// `LoraWeights<B>` of the model's backend.
+    weights: Arc<dyn Any + Send + Sync>,
+    /// The model it belongs to (its `Model::id`).
+    model: u64,
+}
+
+impl AdapterRef {
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.info.generation
+    }
+
+    pub fn info(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    /// References to its weights now: the model's table (while loaded), sessions running
+    /// on it, caches computed with it, and callers' pins like this one.
+    pub fn pins(&self) -> usize {
+        Arc::strong_count(&self.weights)
+    }
+}
+
+impl std::fmt::Debug for AdapterRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterRef")
+            .field("name", &self.info.name)
+            .field("generation", &self.info.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adapter generations and model ids: one counter for the process.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One sequence being run: its KV cache and its scratch buffers.
@@ -170,20 +278,20 @@ pub trait Session: Send {
     /// Replaces this session's contents with the first `len` positions of `other`
     /// (a session of the same model), so a shared prefix is computed once.
     fn copy_prefix_from(&mut self, other: &dyn Session, len: usize) -> Result<()>;
-    /// Applies the named unmerged adapter (or none) to the tokens fed from now on.
-    /// The session must be empty: a cache is only valid for one adapter. Naming the
-    /// merged adapter is the same as naming none.
-    fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
-        match name {
+    /// Applies `adapter` (an unmerged adapter of this session's model, or none) to the
+    /// tokens fed from now on; the session holds the pin until set otherwise. The session
+    /// must be empty: a cache is only valid for one adapter.
+    fn set_adapter(&mut self, adapter: Option<&AdapterRef>) -> Result<()> {
+        match adapter {
             None => Ok(()),
-            Some(n) => Err(EngineError::UnknownAdapter {
-                name: n.to_string(),
-                loaded: Vec::new(),
-            }),
+            Some(a) => Err(EngineError::Invalid(format!(
+                "adapter {:?} is not of this session's model",
+                a.name()
+            ))),
         }
     }
     /// The unmerged adapter in use.
-    fn adapter(&self) -> Option<&str> {
+    fn adapter(&self) -> Option<&AdapterRef> {
         None
     }
     fn as_any(&self) -> &dyn Any;
@@ -206,7 +314,6 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
     let cfg = LlamaConfig::from_dir(dir)?;
     let ck = Checkpoint::open(dir)?;
     let mut merged = None;
-    let mut unmerged = Vec::new();
     for (i, spec) in opts.adapters.iter().enumerate() {
         if spec.name.is_empty() || opts.adapters[..i].iter().any(|s| s.name == spec.name) {
             return Err(EngineError::Invalid(format!(
@@ -214,54 +321,46 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
                 spec.name
             )));
         }
-        let ad = Adapter::open(&spec.name, &spec.dir, &cfg)?;
         if spec.merge {
             if merged.is_some() {
                 return Err(EngineError::Invalid(
                     "at most one adapter can be merged into the weights".into(),
                 ));
             }
-            merged = Some(ad);
-        } else {
-            unmerged.push(ad);
+            merged = Some(Adapter::open(&spec.name, &spec.dir, &cfg)?);
         }
     }
-    let adapters = Adapters {
-        merged: merged.as_ref(),
-        unmerged: &unmerged,
-    };
-    let names = unmerged.iter().map(|a| a.name.clone()).collect();
-    let merged_name = merged.as_ref().map(|a| a.name.clone());
-    match opts.device {
+    let max_rows = opts.max_batch_rows.max(1);
+    let model: Arc<dyn LanguageModel> = match opts.device {
         Device::Cpu => {
             let backend = CpuBackend::new(opts.threads, opts.dtype)?;
-            Ok(Arc::new(Model {
-                llama: Llama::load(cfg, &ck, backend, adapters)?,
-                max_rows: opts.max_batch_rows.max(1),
-                adapters: names,
-                merged: merged_name,
-            }))
+            let llama = Llama::load(cfg, &ck, backend, merged.as_ref())?;
+            Arc::new(Model::new(llama, max_rows).with_merged(merged.map(|a| a.name)))
         }
         Device::Cuda(ordinal) => {
             check_device_dtype(opts.device, opts.dtype)
                 .map_err(|e| EngineError::Invalid(format!("{e}; load with dtype bf16")))?;
             let backend = cuda::CudaBackend::new(ordinal)?;
-            Ok(Arc::new(Model {
-                llama: Llama::load(cfg, &ck, backend, adapters)?,
-                max_rows: opts.max_batch_rows.max(1),
-                adapters: names,
-                merged: merged_name,
-            }))
+            let llama = Llama::load(cfg, &ck, backend, merged.as_ref())?;
+            Arc::new(Model::new(llama, max_rows).with_merged(merged.map(|a| a.name)))
         }
+    };
+    // The unmerged ones go through the same path as an adapter loaded while serving.
+    for spec in opts.adapters.iter().filter(|s| !s.merge) {
+        model.load_adapter(&spec.name, &spec.dir, false)?;
     }
+    Ok(model)
 }
 
 /// A [`Llama`] on backend `B`, behind the object-safe traits.
 pub struct Model<B: Backend> {
     pub llama: Llama<B>,
     max_rows: usize,
-    adapters: Vec<String>,
+    /// Unmerged adapters, in load order; replaced entries keep their place.
+    adapters: RwLock<Vec<AdapterRef>>,
     merged: Option<String>,
+    /// Tells this model's adapter references from another's.
+    id: u64,
 }
 
 impl<B: Backend> Model<B> {
@@ -270,8 +369,81 @@ impl<B: Backend> Model<B> {
         Model {
             llama,
             max_rows,
-            adapters: Vec::new(),
+            adapters: RwLock::new(Vec::new()),
             merged: None,
+            id: next_id(),
+        }
+    }
+
+    /// Records the name of the adapter folded into `llama`'s weights.
+    fn with_merged(mut self, merged: Option<String>) -> Self {
+        self.merged = merged;
+        self
+    }
+
+    /// Adds already-uploaded adapter weights as `name` (e.g. synthetic ones for
+    /// benchmarks), as [`LanguageModel::load_adapter`] adds those it reads.
+    pub fn add_adapter_weights(
+        &self,
+        name: &str,
+        dir: PathBuf,
+        weights: LoraWeights<B>,
+        replace: bool,
+    ) -> Result<(AdapterRef, Option<AdapterRef>)> {
+        if name.is_empty() {
+            return Err(EngineError::Invalid("an adapter needs a name".into()));
+        }
+        if self.merged.as_deref() == Some(name) {
+            return Err(EngineError::Invalid(format!(
+                "{name:?} is the adapter merged into the weights; pick another name"
+            )));
+        }
+        let new = AdapterRef {
+            info: Arc::new(AdapterInfo {
+                name: name.to_owned(),
+                dir,
+                generation: next_id(),
+                rank: weights.max_rank,
+                projections: weights.projections,
+                parameters: weights.parameters,
+                loaded_at: SystemTime::now(),
+            }),
+            weights: Arc::new(weights),
+            model: self.id,
+        };
+        let mut table = self.adapters.write().unwrap_or_else(|p| p.into_inner());
+        match table.iter_mut().find(|a| a.name() == name) {
+            Some(_) if !replace => Err(EngineError::AdapterExists(name.to_owned())),
+            Some(slot) => Ok((new.clone(), Some(std::mem::replace(slot, new)))),
+            None => {
+                table.push(new.clone());
+                Ok((new, None))
+            }
+        }
+    }
+
+    fn weights_of(&self, a: &AdapterRef) -> Result<Arc<LoraWeights<B>>> {
+        if a.model != self.id {
+            return Err(EngineError::Invalid(format!(
+                "adapter {:?} was loaded on another model",
+                a.name()
+            )));
+        }
+        a.weights
+            .clone()
+            .downcast::<LoraWeights<B>>()
+            .map_err(|_| EngineError::Invalid(format!("adapter {:?}: foreign weights", a.name())))
+    }
+
+    fn unknown(&self, name: &str) -> EngineError {
+        EngineError::UnknownAdapter {
+            name: name.to_owned(),
+            loaded: self
+                .adapters()
+                .iter()
+                .map(|a| a.name().to_owned())
+                .chain(self.merged.clone())
+                .collect(),
         }
     }
 }
@@ -285,12 +457,52 @@ impl<B: Backend> LanguageModel for Model<B> {
         self.llama.backend.describe()
     }
 
-    fn adapters(&self) -> &[String] {
-        &self.adapters
+    fn adapters(&self) -> Vec<AdapterRef> {
+        self.adapters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn adapter(&self, name: &str) -> Result<AdapterRef> {
+        let table = self.adapters.read().unwrap_or_else(|p| p.into_inner());
+        match table.iter().find(|a| a.name() == name) {
+            Some(a) => Ok(a.clone()),
+            None => {
+                drop(table);
+                Err(self.unknown(name))
+            }
+        }
     }
 
     fn merged_adapter(&self) -> Option<&str> {
         self.merged.as_deref()
+    }
+
+    fn load_adapter(
+        &self,
+        name: &str,
+        dir: &Path,
+        replace: bool,
+    ) -> Result<(AdapterRef, Option<AdapterRef>)> {
+        if !replace && self.adapter(name).is_ok() {
+            // Before reading anything (the check is made again when it goes in).
+            return Err(EngineError::AdapterExists(name.to_owned()));
+        }
+        let ad = Adapter::open(name, dir, &self.llama.cfg)?;
+        let weights = self.llama.backend.install(|| self.llama.load_lora(&ad))?;
+        self.add_adapter_weights(name, dir.to_path_buf(), weights, replace)
+    }
+
+    fn unload_adapter(&self, name: &str) -> Result<AdapterRef> {
+        let mut table = self.adapters.write().unwrap_or_else(|p| p.into_inner());
+        match table.iter().position(|a| a.name() == name) {
+            Some(i) => Ok(table.remove(i)),
+            None => {
+                drop(table);
+                Err(self.unknown(name))
+            }
+        }
     }
 
     fn new_session(self: Arc<Self>, capacity: usize) -> Result<Box<dyn Session>> {
@@ -304,6 +516,7 @@ impl<B: Backend> LanguageModel for Model<B> {
         Ok(Box::new(ModelSession {
             model: self,
             state,
+            adapter: None,
             logits: vec![0.0; vocab],
         }))
     }
@@ -312,6 +525,8 @@ impl<B: Backend> LanguageModel for Model<B> {
 struct ModelSession<B: Backend> {
     model: Arc<Model<B>>,
     state: llama::State<B>,
+    /// The pin of the adapter the state runs with (the state holds its weights).
+    adapter: Option<AdapterRef>,
     /// Host copy of the logits handed out by `feed`.
     logits: Vec<f32>,
 }
@@ -404,6 +619,15 @@ impl<B: Backend> Session for ModelSession<B> {
             .ok_or_else(|| {
                 EngineError::Invalid("copy_prefix_from needs a session of the same model".into())
             })?;
+        let generation = |a: &Option<AdapterRef>| a.as_ref().map(AdapterRef::generation);
+        if generation(&other.adapter) != generation(&self.adapter) {
+            // Keys and values computed under one adapter are wrong under another.
+            return Err(EngineError::Invalid(format!(
+                "copy_prefix_from: the sessions run different adapters ({:?} and {:?})",
+                other.adapter.as_ref().map(AdapterRef::name),
+                self.adapter.as_ref().map(AdapterRef::name)
+            )));
+        }
         if len > other.state.len || len > self.state.capacity {
             return Err(EngineError::Invalid(format!(
                 "cannot copy {len} positions from a session of {} into one holding {}",
@@ -426,28 +650,15 @@ impl<B: Backend> Session for ModelSession<B> {
         Ok(())
     }
 
-    fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
-        if self.state.len > 0 {
-            return Err(EngineError::Invalid(
-                "set_adapter needs an empty session (truncate it to 0 first)".into(),
-            ));
-        }
-        let m = &self.model;
-        self.state.adapter = match name {
-            None => None,
-            Some(n) if m.merged.as_deref() == Some(n) => None,
-            Some(n) => Some(m.adapters.iter().position(|a| a == n).ok_or_else(|| {
-                EngineError::UnknownAdapter {
-                    name: n.to_string(),
-                    loaded: m.adapters.iter().chain(&m.merged).cloned().collect(),
-                }
-            })?),
-        };
+    fn set_adapter(&mut self, adapter: Option<&AdapterRef>) -> Result<()> {
+        let weights = adapter.map(|a| self.model.weights_of(a)).transpose()?;
+        self.model.llama.set_adapter(&mut self.state, weights)?;
+        self.adapter = adapter.cloned();
         Ok(())
     }
 
-    fn adapter(&self) -> Option<&str> {
-        self.state.adapter.map(|i| self.model.adapters[i].as_str())
+    fn adapter(&self) -> Option<&AdapterRef> {
+        self.adapter.as_ref()
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -574,12 +574,17 @@ impl Backend for LocalBackend {
             .get(&adapter.map(str::to_owned))
             .or_else(|| self.rankers.get(&None))
             .ok_or_else(|| EvalError::Config(format!("no ranker for adapter {adapter:?}")))?;
+        let pinned = adapter
+            .map(|a| ranker.adapter(a))
+            .transpose()
+            .map_err(|e| EvalError::Config(e.to_string()))?
+            .flatten();
         let out = ranker.rank(&RankRequest {
             history,
             candidates,
             k: candidates.len(),
             mode,
-            adapter,
+            adapter: pinned.as_ref(),
             deadline: None,
             cancel: None,
         })?;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatTemplate;
 use crate::data::{Catalog, TitleStyle};
-use crate::engine::{EngineError, LanguageModel, Logits, Session};
+use crate::engine::{AdapterRef, EngineError, LanguageModel, Logits, Session};
 use crate::generate::{FinishReason, GenerateError, GenerateParams, generate_in};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -309,8 +309,9 @@ pub struct RankRequest<'a> {
     /// Items to return.
     pub k: usize,
     pub mode: RankMode,
-    /// LoRA adapter to rank with (None: the model as loaded).
-    pub adapter: Option<&'a str>,
+    /// LoRA adapter to rank with, pinned by [`Ranker::adapter`] (None: the model as
+    /// loaded, merged adapter included).
+    pub adapter: Option<&'a AdapterRef>,
     /// Work stops with [`RankError::DeadlineExceeded`] once this passes.
     pub deadline: Option<Instant>,
     /// Work stops with [`RankError::Cancelled`] once this is set.
@@ -348,10 +349,11 @@ pub struct RankOutput {
     pub timings: RankTimings,
 }
 
-/// A shared prefix is per rank mode and adapter.
-type PrefixKey = (RankMode, Option<String>);
-/// A user profile is per adapter and (shown) history.
-type ProfileKey = (Option<String>, Vec<u32>);
+/// A shared prefix is per rank mode and adapter load (its generation: an adapter loaded
+/// again under the same name is another adapter).
+type PrefixKey = (RankMode, Option<u64>);
+/// A user profile is per adapter load and (shown) history.
+type ProfileKey = (Option<u64>, Vec<u32>);
 /// A lazily computed prefix session, locked while it is filled or copied from.
 type PrefixSlot = Arc<Mutex<Option<Box<dyn Session>>>>;
 
@@ -369,6 +371,9 @@ pub struct Ranker {
     answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
     /// User profiles by (adapter, history), when `user_profile` is on.
     profiles: Mutex<HashMap<ProfileKey, Arc<str>>>,
+    /// Generations of adapters unloaded or replaced: nothing computed with them is cached
+    /// any more (one number per admin call).
+    retired: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Ranker {
@@ -432,6 +437,7 @@ impl Ranker {
             pool: Mutex::new(Vec::new()),
             answer_tokens: RwLock::new(HashMap::new()),
             profiles: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Default::default()),
         })
     }
 
@@ -441,7 +447,41 @@ impl Ranker {
 
     /// Whether requests may name adapter `name` (loaded unmerged, or merged into the weights).
     pub fn has_adapter(&self, name: &str) -> bool {
-        self.model.adapters().iter().any(|a| a == name) || self.model.merged_adapter() == Some(name)
+        self.adapter(name).is_ok()
+    }
+
+    /// The adapter a request naming `name` ranks with, pinned for the request: `None` for
+    /// the adapter merged into the weights, else the unmerged one loaded under `name` now.
+    pub fn adapter(&self, name: &str) -> Result<Option<AdapterRef>, EngineError> {
+        if self.model.merged_adapter() == Some(name) {
+            return Ok(None);
+        }
+        self.model.adapter(name).map(Some)
+    }
+
+    /// Drops what was computed with adapter load `generation` (shared prefixes, user
+    /// profiles): called when it is unloaded or replaced, so its weights can go once the
+    /// requests running on it end.
+    pub fn forget_adapter(&self, generation: u64) {
+        // Held throughout, so no request still on that adapter caches anything after this.
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.insert(generation);
+        self.prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, g), _| *g != Some(generation));
+        self.profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(g, _), _| *g != Some(generation));
+    }
+
+    /// Shared prompt prefixes held (one per rank mode and adapter used).
+    pub fn cached_prefixes(&self) -> usize {
+        self.prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The model the ranker runs.
@@ -497,7 +537,8 @@ impl Ranker {
     }
 
     fn return_session(&self, mut s: Box<dyn Session>) {
-        if s.truncate(0).is_ok() {
+        // A pooled session pins no adapter: an unloaded one is freed when its requests end.
+        if s.truncate(0).is_ok() && s.set_adapter(None).is_ok() {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < self.cfg.session_pool {
                 pool.push(s);
@@ -618,7 +659,7 @@ impl Ranker {
         hist: &[u32],
         hist_refs: &[&str],
     ) -> Result<Arc<str>, RankError> {
-        let key = (req.adapter.map(str::to_owned), hist.to_vec());
+        let key = (req.adapter.map(AdapterRef::generation), hist.to_vec());
         if let Some(p) = self
             .profiles
             .lock()
@@ -664,11 +705,14 @@ impl Ranker {
         self.return_session(s);
         let profile: Arc<str> = result?.into();
         tracing::debug!(profile = %profile, history_items = hist.len(), "user profile generated");
-        let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.cfg.profile_cache.max(1) {
-            cache.clear();
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if !key.0.is_some_and(|g| retired.contains(&g)) {
+            let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= self.cfg.profile_cache.max(1) {
+                cache.clear();
+            }
+            cache.insert(key, profile.clone());
         }
-        cache.insert(key, profile.clone());
         Ok(profile)
     }
 
@@ -696,16 +740,29 @@ impl Ranker {
         if prefix.is_empty() {
             return Ok(0);
         }
-        let key = (mode, s.adapter().map(str::to_string));
+        let adapter = s.adapter().cloned();
+        let key = (mode, adapter.as_ref().map(AdapterRef::generation));
         let slot = {
-            let mut map = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(key.clone()).or_default().clone()
+            // Lock order: retired, then the map (as `forget_adapter`).
+            let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            if key.1.is_some_and(|g| retired.contains(&g)) {
+                None
+            } else {
+                let mut map = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+                Some(map.entry(key).or_default().clone())
+            }
+        };
+        let Some(slot) = slot else {
+            // An adapter unloaded or replaced while this request runs on it: its prefix is
+            // computed for this request alone, not cached.
+            s.feed(prefix, Logits::None)?;
+            return Ok(0);
         };
         // Only requests with the same (mode, adapter) wait on each other here.
         let mut p = slot.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_none() {
             let mut fresh = self.model.clone().new_session(prefix.len())?;
-            fresh.set_adapter(key.1.as_deref())?;
+            fresh.set_adapter(adapter.as_ref())?;
             fresh.feed(prefix, Logits::None)?;
             *p = Some(fresh);
         }

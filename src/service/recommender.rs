@@ -307,6 +307,15 @@ pub struct ReloadReport {
     pub took: Duration,
 }
 
+/// The adapter a request named (or the default), pinned when the request was checked.
+#[derive(Debug, Clone)]
+struct RequestAdapter {
+    /// As requests and metrics name it.
+    name: String,
+    /// `None` for the adapter merged into the weights.
+    pinned: Option<crate::engine::AdapterRef>,
+}
+
 /// Everything a request needs, loaded once at start-up and shared by all requests; the
 /// retriever set can be reloaded while serving.
 pub struct Recommender {
@@ -656,7 +665,7 @@ impl Recommender {
                 candidates: &[1, 2],
                 k: 1,
                 mode,
-                adapter: default.as_deref(),
+                adapter: default.as_ref().and_then(|a| a.pinned.as_ref()),
                 deadline: None,
                 cancel: None,
             })?;
@@ -754,8 +763,10 @@ impl Recommender {
         self.catalog.id(i).unwrap_or_default().to_owned()
     }
 
-    /// The adapter a request runs with (`None`: the model as loaded), or NOT_FOUND.
-    fn check_adapter(&self, adapter: &str) -> Result<Option<String>> {
+    /// The adapter a request runs with (`None`: the model as loaded), pinned for the
+    /// request's whole life (an unload or replacement meanwhile does not touch it), or
+    /// NOT_FOUND.
+    fn check_adapter(&self, adapter: &str) -> Result<Option<RequestAdapter>> {
         let name = if adapter.is_empty() {
             self.cfg.model.default_adapter.as_str()
         } else {
@@ -764,8 +775,11 @@ impl Recommender {
         if name.is_empty() {
             return Ok(None);
         }
-        if self.ranker.has_adapter(name) {
-            return Ok(Some(name.to_owned()));
+        if let Ok(pinned) = self.ranker.adapter(name) {
+            return Ok(Some(RequestAdapter {
+                name: name.to_owned(),
+                pinned,
+            }));
         }
         let loaded = self.adapter_names();
         Err(ServiceError::NotFound(if loaded.is_empty() {
@@ -783,12 +797,13 @@ impl Recommender {
     }
 
     /// What a response reports as its adapter.
-    fn adapter_used(&self, mode: Mode, adapter: &Option<String>) -> String {
+    fn adapter_used(&self, mode: Mode, adapter: &Option<RequestAdapter>) -> String {
         if mode.rank_mode().is_none() {
             return String::new();
         }
         adapter
-            .clone()
+            .as_ref()
+            .map(|a| a.name.clone())
             .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
             .unwrap_or_default()
     }
@@ -799,19 +814,14 @@ impl Recommender {
         let m = self.ranker.model();
         m.adapters()
             .iter()
-            .map(|a| (a.clone(), false))
+            .map(|a| (a.name().to_owned(), false))
             .chain(m.merged_adapter().map(|a| (a.to_owned(), true)))
             .collect()
     }
 
     /// Names requests may use in `adapter` (unmerged and merged).
     pub fn adapter_names(&self) -> Vec<String> {
-        let m = self.ranker.model();
-        m.adapters()
-            .iter()
-            .cloned()
-            .chain(m.merged_adapter().map(str::to_owned))
-            .collect()
+        self.adapters().into_iter().map(|(name, _)| name).collect()
     }
 
     /// Catalog indices of `ids`, or an error naming the first unknown id and where it is.
@@ -1248,14 +1258,15 @@ impl Recommender {
         candidates: Vec<u32>,
         k: usize,
         mode: RankMode,
-        adapter: Option<String>,
+        adapter: Option<RequestAdapter>,
         respond_by: Option<Instant>,
         timings: &mut Timings,
     ) -> Result<RankOutput> {
         let t = Instant::now();
         let own = self.rank_time(mode);
         let adapter_label = adapter
-            .clone()
+            .as_ref()
+            .map(|a| a.name.clone())
             .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
             .unwrap_or_else(|| BASE_MODEL_LABEL.to_owned());
         let permit = by(
@@ -1281,7 +1292,7 @@ impl Recommender {
                 candidates: &candidates,
                 k,
                 mode,
-                adapter: adapter.as_deref(),
+                adapter: adapter.as_ref().and_then(|a| a.pinned.as_ref()),
                 deadline: respond_by,
                 cancel: Some(&flag),
             });
@@ -1363,7 +1374,7 @@ impl Recommender {
         candidates: &[(u32, f32)],
         k: usize,
         mode: Mode,
-        adapter: Option<String>,
+        adapter: Option<RequestAdapter>,
         respond_by: Option<Instant>,
         timings: &mut Timings,
     ) -> Result<Vec<Recommended>> {

@@ -6,9 +6,10 @@
 //! scale through the layers), norms in `1 ± 0.3`, embeddings in `±1`.
 
 use crate::engine::backend::Backend;
-use crate::engine::llama::{Attention, Block, Linear, Llama, Lora, Mlp};
+use crate::engine::llama::{Attention, Block, Linear, Llama, Lora, LoraWeights, Mlp};
 use crate::engine::{EngineError, Result};
 use crate::model::LlamaConfig;
+use crate::model::lora::MODULES;
 
 use super::{CudaBackend, CudaBuf};
 
@@ -83,11 +84,7 @@ pub fn llama(cfg: LlamaConfig, backend: CudaBackend, seed: u64) -> Result<Llama<
         } else {
             None
         };
-        Ok(Linear {
-            w,
-            bias,
-            lora: Vec::new(),
-        })
+        Ok(Linear { w, bias })
     };
     let norm = |s: u64| -> Result<CudaBuf> {
         let mut v = b.alloc(d)?;
@@ -128,42 +125,52 @@ pub fn llama(cfg: LlamaConfig, backend: CudaBackend, seed: u64) -> Result<Llama<
     ))
 }
 
-/// Attaches one random unmerged LoRA adapter of rank `rank` (scale 2, as alpha = 2r)
-/// to every projection of every block, as adapter 0 of the model's sessions
-/// (`State::adapter = Some(0)` applies it; `None` runs the base model).
-pub fn attach_random_lora(
-    llama: Llama<CudaBackend>,
+/// One random unmerged LoRA adapter of rank `rank` (scale 2, as alpha = 2r) on every
+/// projection of every block of `llama`, for its sessions to run with
+/// ([`Llama::set_adapter`]).
+pub fn random_lora(
+    llama: &Llama<CudaBackend>,
     rank: usize,
     seed: u64,
-) -> Result<Llama<CudaBackend>> {
-    let mut llama = llama;
+) -> Result<LoraWeights<CudaBackend>> {
     let b = &llama.backend;
     let mut n = 0u64;
-    for blk in &mut llama.blocks {
+    let mut weights = LoraWeights {
+        layers: Vec::with_capacity(llama.blocks.len()),
+        max_rank: rank,
+        projections: 0,
+        parameters: 0,
+    };
+    for blk in &llama.blocks {
+        // In MODULES order.
         let linears = [
-            &mut blk.attn.q,
-            &mut blk.attn.k,
-            &mut blk.attn.v,
-            &mut blk.attn.o,
-            &mut blk.mlp.gate,
-            &mut blk.mlp.up,
-            &mut blk.mlp.down,
+            &blk.attn.q,
+            &blk.attn.k,
+            &blk.attn.v,
+            &blk.attn.o,
+            &blk.mlp.gate,
+            &blk.mlp.up,
+            &blk.mlp.down,
         ];
-        for lin in linears {
+        let mut slots: [Option<Lora<CudaBackend>>; MODULES.len()] = Default::default();
+        for (lin, slot) in linears.into_iter().zip(&mut slots) {
             let (out, inp) = (lin.w.rows(), lin.w.cols());
             n += 1;
             let s = seed.wrapping_mul(1_000_003).wrapping_add(n);
             let a = b.random_mat(rank, inp, s, 1.0 / (inp as f32).sqrt())?;
             let bm = b.random_mat(out, rank, s ^ 0x5eed, 1.0 / (rank as f32).sqrt())?;
-            lin.lora = vec![Some(Lora {
+            weights.projections += 1;
+            weights.parameters += rank * (out + inp);
+            *slot = Some(Lora {
                 a,
                 b: bm,
                 scale: 2.0,
-            })];
+            });
         }
+        weights.layers.push(slots);
     }
     b.synchronize()?;
-    Ok(llama.with_max_lora_rank(rank))
+    Ok(weights)
 }
 
 #[cfg(test)]
