@@ -11,8 +11,39 @@ pub enum AdminCmd {
     /// re-opened and re-fitted, swapped in together; on any failure the running ones stay.
     /// (SIGHUP to `palr serve` does the same.)
     ReloadRetrievers(AdminArgs),
-    /// List the model's LoRA adapters (merged or not, the default).
+    /// List the model's LoRA adapters (merged or not, the default, rank, generation).
     ListAdapters(AdminArgs),
+    /// Load a PEFT LoRA directory on the server as an adapter requests may name, without a
+    /// restart (the directory must lie inside one of [model] adapter_dirs).
+    LoadAdapter {
+        /// The name requests will use in `adapter`.
+        name: String,
+        /// The adapter directory, as a path on the server.
+        dir: String,
+        /// Swap an adapter already loaded under NAME for this one (requests running keep
+        /// the old one).
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+    /// Unload an adapter: later requests naming it are refused; running ones finish on it.
+    UnloadAdapter {
+        name: String,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+}
+
+impl AdminCmd {
+    fn args(&self) -> &AdminArgs {
+        match self {
+            AdminCmd::ReloadRetrievers(args)
+            | AdminCmd::ListAdapters(args)
+            | AdminCmd::LoadAdapter { args, .. }
+            | AdminCmd::UnloadAdapter { args, .. } => args,
+        }
+    }
 }
 
 /// What every admin command takes.
@@ -45,7 +76,7 @@ fn list(names: &[String]) -> String {
 }
 
 async fn run_async(cmd: &AdminCmd) -> anyhow::Result<()> {
-    let (AdminCmd::ReloadRetrievers(args) | AdminCmd::ListAdapters(args)) = cmd;
+    let args = cmd.args();
     let mut client = AdminClient::connect_with(&args.addr, &args.connect.options()).await?;
     match cmd {
         AdminCmd::ReloadRetrievers(_) => {
@@ -95,13 +126,53 @@ async fn run_async(cmd: &AdminCmd) -> anyhow::Result<()> {
                 println!("no adapters: requests rank with the model as loaded");
                 return Ok(());
             }
-            println!("{:<24} {:<7} default", "name", "merged");
+            println!(
+                "{:<24} {:<7} {:<7} {:>4} {:>10}  dir",
+                "name", "merged", "default", "rank", "generation"
+            );
             for a in &adapters {
                 println!(
-                    "{:<24} {:<7} {}",
+                    "{:<24} {:<7} {:<7} {:>4} {:>10}  {}",
                     a.name,
                     if a.merged { "yes" } else { "no" },
-                    if a.is_default { "yes" } else { "no" }
+                    if a.is_default { "yes" } else { "no" },
+                    a.rank,
+                    a.generation,
+                    a.dir
+                );
+            }
+        }
+        AdminCmd::LoadAdapter {
+            name, dir, replace, ..
+        } => {
+            let c = client.load_adapter(name, dir, *replace).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&c)?);
+                return Ok(());
+            }
+            if let Some(a) = &c.adapter {
+                println!(
+                    "loaded {} (generation {}, rank {}, {} projections) from {} in {:.0} ms",
+                    a.name, a.generation, a.rank, a.projections, a.dir, c.took_ms
+                );
+            }
+            if let Some(r) = &c.replaced {
+                println!(
+                    "replaced generation {} (from {}): requests running on it finish on it",
+                    r.generation, r.dir
+                );
+            }
+        }
+        AdminCmd::UnloadAdapter { name, .. } => {
+            let c = client.unload_adapter(name).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&c)?);
+                return Ok(());
+            }
+            if let Some(a) = &c.adapter {
+                println!(
+                    "unloaded {} (generation {}): requests running on it finish on it",
+                    a.name, a.generation
                 );
             }
         }

@@ -15,7 +15,7 @@ use crate::proto::admin::v1::admin_server::Admin;
 
 use super::conn::Caller;
 use super::error::ServiceError;
-use super::recommender::{Recommender, ReloadReport};
+use super::recommender::{AdapterChange, AdapterListing, Recommender, ReloadReport};
 
 /// The gRPC face of the admin operations on a [`Recommender`].
 #[derive(Debug, Clone)]
@@ -87,13 +87,9 @@ impl Admin for AdminService {
         let default = self.core.config().model.default_adapter.clone();
         let adapters = self
             .core
-            .adapters()
+            .adapter_listing()
             .into_iter()
-            .map(|(name, merged)| pb::Adapter {
-                is_default: name == default,
-                merged,
-                name,
-            })
+            .map(adapter_to_proto)
             .collect();
         self.core
             .metrics()
@@ -105,5 +101,56 @@ impl Admin for AdminService {
             adapters,
             default_adapter: default,
         }))
+    }
+
+    async fn load_adapter(
+        &self,
+        request: Request<pb::LoadAdapterRequest>,
+    ) -> Result<Response<pb::LoadAdapterResponse>, Status> {
+        let trigger = format!("admin API, caller {:?}", caller(&request));
+        let r = request.into_inner();
+        let core = self.core.clone();
+        // Reading and uploading the weights blocks; the core serialises admin calls.
+        let change = tokio::task::spawn_blocking(move || {
+            core.load_adapter(&r.name, std::path::Path::new(&r.dir), r.replace, &trigger)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("adapter load thread failed: {e}")))??;
+        Ok(Response::new(pb::LoadAdapterResponse {
+            took_ms: change.took.as_secs_f64() * 1e3,
+            adapter: Some(adapter_to_proto(change.adapter)),
+            replaced: change.replaced.map(adapter_to_proto),
+        }))
+    }
+
+    async fn unload_adapter(
+        &self,
+        request: Request<pb::UnloadAdapterRequest>,
+    ) -> Result<Response<pb::UnloadAdapterResponse>, Status> {
+        let trigger = format!("admin API, caller {:?}", caller(&request));
+        let name = request.into_inner().name;
+        let core = self.core.clone();
+        // Waits on the admin lock, which a load may hold for a while.
+        let AdapterChange { adapter, .. } =
+            tokio::task::spawn_blocking(move || core.unload_adapter(&name, &trigger))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("adapter unload thread failed: {e}")))??;
+        Ok(Response::new(pb::UnloadAdapterResponse {
+            adapter: Some(adapter_to_proto(adapter)),
+        }))
+    }
+}
+
+fn adapter_to_proto(a: AdapterListing) -> pb::Adapter {
+    pb::Adapter {
+        name: a.name,
+        merged: a.merged,
+        is_default: a.is_default,
+        dir: a.dir,
+        generation: a.generation,
+        rank: a.rank as u32,
+        projections: a.projections as u32,
+        parameters: a.parameters as u64,
+        loaded_unix_ms: a.loaded_unix_ms as i64,
     }
 }

@@ -443,6 +443,38 @@ pub struct AdapterSummary {
     pub name: String,
     pub merged: bool,
     pub is_default: bool,
+    pub dir: String,
+    pub generation: u64,
+    pub rank: u32,
+    pub projections: u32,
+    pub parameters: u64,
+    pub loaded_unix_ms: i64,
+}
+
+impl From<admin_pb::Adapter> for AdapterSummary {
+    fn from(a: admin_pb::Adapter) -> Self {
+        Self {
+            name: a.name,
+            merged: a.merged,
+            is_default: a.is_default,
+            dir: a.dir,
+            generation: a.generation,
+            rank: a.rank,
+            projections: a.projections,
+            parameters: a.parameters,
+            loaded_unix_ms: a.loaded_unix_ms,
+        }
+    }
+}
+
+/// What LoadAdapter or UnloadAdapter changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdapterChangeSummary {
+    /// The adapter loaded (or unloaded).
+    pub adapter: Option<AdapterSummary>,
+    /// The adapter a load replaced.
+    pub replaced: Option<AdapterSummary>,
+    pub took_ms: f64,
 }
 
 /// A connection to a palr server's admin API (`server.admin_addr`; the token must have the
@@ -497,15 +529,46 @@ impl AdminClient {
             .list_adapters(admin_pb::ListAdaptersRequest {})
             .await?
             .into_inner();
-        let adapters = r
-            .adapters
-            .into_iter()
-            .map(|a| AdapterSummary {
-                name: a.name,
-                merged: a.merged,
-                is_default: a.is_default,
-            })
-            .collect();
+        let adapters = r.adapters.into_iter().map(AdapterSummary::from).collect();
         Ok((adapters, r.default_adapter))
+    }
+
+    /// Loads the adapter directory `dir` (a path on the server) as `name`.
+    pub async fn load_adapter(
+        &mut self,
+        name: &str,
+        dir: &str,
+        replace: bool,
+    ) -> Result<AdapterChangeSummary> {
+        let r = self
+            .inner
+            .load_adapter(admin_pb::LoadAdapterRequest {
+                name: name.to_owned(),
+                dir: dir.to_owned(),
+                replace,
+            })
+            .await?
+            .into_inner();
+        Ok(AdapterChangeSummary {
+            adapter: r.adapter.map(AdapterSummary::from),
+            replaced: r.replaced.map(AdapterSummary::from),
+            took_ms: r.took_ms,
+        })
+    }
+
+    /// Unloads adapter `name`.
+    pub async fn unload_adapter(&mut self, name: &str) -> Result<AdapterChangeSummary> {
+        let r = self
+            .inner
+            .unload_adapter(admin_pb::UnloadAdapterRequest {
+                name: name.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(AdapterChangeSummary {
+            adapter: r.adapter.map(AdapterSummary::from),
+            replaced: None,
+            took_ms: 0.0,
+        })
     }
 }

@@ -288,6 +288,35 @@ pub struct ModelSection {
     pub default_adapter: String,
     /// LoRA adapters (PEFT format), `[[model.adapters]]`.
     pub adapters: Vec<AdapterEntry>,
+    /// Most unmerged adapters held at once, those of `adapters` and those the admin API
+    /// loads (each holds its weights in memory).
+    pub max_adapters: usize,
+    /// Largest LoRA rank an adapter may have (bounds its memory and each session's LoRA
+    /// scratch).
+    pub max_adapter_rank: usize,
+    /// Directories the admin API's LoadAdapter may read adapters from: an adapter directory
+    /// must lie inside one of them (after symbolic links are resolved).
+    pub adapter_dirs: Vec<PathBuf>,
+}
+
+/// Whether `name` can name an adapter: 1 to 64 ASCII letters, digits, `-`, `_` or `.`
+/// (names are metric labels and log fields). The error says what is wrong.
+pub fn check_adapter_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!(
+            "adapter name {:?} must have 1 to 64 characters",
+            name.chars().take(80).collect::<String>()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "adapter name {name:?} has {c:?}: use ASCII letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
 }
 
 /// `[[model.adapters]]`: one LoRA adapter.
@@ -316,6 +345,9 @@ impl Default for ModelSection {
             max_batch_rows: 512,
             default_adapter: String::new(),
             adapters: Vec::new(),
+            max_adapters: 8,
+            max_adapter_rank: 64,
+            adapter_dirs: vec![PathBuf::from("adapters")],
         }
     }
 }
@@ -625,6 +657,21 @@ impl ServerConfig {
         }
         if self.server.max_concurrent_rank == 0 {
             return bad("server.max_concurrent_rank must be at least 1".into());
+        }
+        let m = &self.model;
+        for a in &m.adapters {
+            check_adapter_name(&a.name).or_else(|e| bad(format!("[[model.adapters]]: {e}")))?;
+        }
+        let unmerged = m.adapters.iter().filter(|a| !a.merge).count();
+        if unmerged > m.max_adapters {
+            return bad(format!(
+                "[[model.adapters]] lists {unmerged} unmerged adapters but model.max_adapters = {}: \
+                 raise it or list fewer",
+                m.max_adapters
+            ));
+        }
+        if m.max_adapter_rank == 0 {
+            return bad("model.max_adapter_rank must be at least 1".into());
         }
         // Checked here, before the data, the plugins or the GPU driver are touched.
         if let Err(e) = crate::engine::check_device_dtype(self.model.device, self.model.dtype) {

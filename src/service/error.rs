@@ -78,6 +78,13 @@ pub enum ServiceError {
     /// configuration, which leaves what runs untouched.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// It would create what exists already (ALREADY_EXISTS): an adapter name in use.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A bound of the server's configuration is reached (RESOURCE_EXHAUSTED), e.g.
+    /// `model.max_adapters`.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A server fault (INTERNAL).
     #[error("internal error: {0}")]
     Internal(String),
@@ -136,6 +143,8 @@ impl ServiceError {
             | Self::RetrieverQuarantined { .. } => Code::Unavailable,
             Self::FusionMember { source, .. } => source.code(),
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
     }

@@ -29,7 +29,12 @@ pub const RPCS: [&str; 5] = [
     "GetModelInfo",
 ];
 /// The admin API's methods (`palr.admin.v1.Admin`), as metric labels.
-pub const ADMIN_RPCS: [&str; 2] = ["ReloadRetrievers", "ListAdapters"];
+pub const ADMIN_RPCS: [&str; 4] = [
+    "ReloadRetrievers",
+    "ListAdapters",
+    "LoadAdapter",
+    "UnloadAdapter",
+];
 /// The `outcome` labels of `palr_admin_calls_total`.
 pub const ADMIN_OUTCOMES: [&str; 2] = ["ok", "error"];
 /// The request stages, as metric labels.
@@ -108,6 +113,9 @@ pub struct Metrics {
     /// `palr_retriever_info{retriever,plugin,version,abi}` = 1 per loaded plugin: its
     /// configured name, the plugin's own name and version, the ABI version it speaks.
     pub retriever_info: IntGaugeVec,
+    /// `palr_adapter_info{adapter,generation,rank,merged}` = 1 per adapter requests may
+    /// name: unmerged ones follow the admin API's loads and unloads.
+    pub adapter_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -345,6 +353,18 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            adapter_info: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "palr_adapter_info",
+                        "LoRA adapters requests may name: name, load generation, rank, whether \
+                         merged into the weights (value 1)",
+                    ),
+                    &["adapter", "generation", "rank", "merged"],
+                )
+                .expect("valid gauge"),
+            ),
             registry,
         };
         // Known series start at zero, so dashboards and rate() see them before the first
@@ -413,6 +433,22 @@ impl Metrics {
             let abi = p.abi_version.to_string();
             self.retriever_info
                 .with_label_values(&[&p.name, &p.plugin_name, &p.plugin_version, &abi])
+                .set(1);
+        }
+    }
+
+    /// Sets `palr_adapter_info` to exactly the adapters given, as `(name, generation, rank,
+    /// merged)` (a merged adapter has generation and rank 0): call it after every change.
+    pub fn set_adapter_info(&self, adapters: &[(String, u64, usize, bool)]) {
+        self.adapter_info.reset();
+        for (name, generation, rank, merged) in adapters {
+            self.adapter_info
+                .with_label_values(&[
+                    name,
+                    &generation.to_string(),
+                    &rank.to_string(),
+                    &merged.to_string(),
+                ])
                 .set(1);
         }
     }

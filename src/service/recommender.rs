@@ -8,7 +8,7 @@
 //! the same instant, stops at its next check and frees its slot.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -307,6 +307,78 @@ pub struct ReloadReport {
     pub took: Duration,
 }
 
+/// One adapter requests may name, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterListing {
+    pub name: String,
+    /// Folded into the weights at start-up (the fields below are then 0).
+    pub merged: bool,
+    /// `model.default_adapter`.
+    pub is_default: bool,
+    /// The directory it was read from.
+    pub dir: String,
+    /// Unique per load, increasing.
+    pub generation: u64,
+    pub rank: usize,
+    /// Projections it adapts, and the parameters of their A and B matrices.
+    pub projections: usize,
+    pub parameters: usize,
+    /// When it was loaded (Unix time, milliseconds).
+    pub loaded_unix_ms: u64,
+}
+
+impl AdapterListing {
+    fn unmerged(i: &engine::AdapterInfo, default: &str) -> Self {
+        Self {
+            name: i.name.clone(),
+            merged: false,
+            is_default: i.name == default,
+            dir: i.dir.display().to_string(),
+            generation: i.generation,
+            rank: i.rank,
+            projections: i.projections,
+            parameters: i.parameters,
+            loaded_unix_ms: i
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+}
+
+/// What a LoadAdapter or UnloadAdapter changed: the adapter loaded (or unloaded) and the
+/// one it replaced.
+#[derive(Debug, Clone)]
+pub struct AdapterChange {
+    pub adapter: AdapterListing,
+    pub replaced: Option<AdapterListing>,
+    pub took: Duration,
+}
+
+/// `dir` resolved (symbolic links and `..` included) if it lies inside one of `roots`, the
+/// existing ones of `model.adapter_dirs`; else the error says what to change.
+fn inside_adapter_dirs(dir: &Path, roots: &[PathBuf]) -> std::result::Result<PathBuf, String> {
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| format!("adapter directory {} cannot be opened: {e}", dir.display()))?;
+    if roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .any(|r| real.starts_with(r))
+    {
+        return Ok(real);
+    }
+    Err(format!(
+        "adapter directory {} is outside model.adapter_dirs ({}): put the adapter inside one of \
+         them, or add its parent there and restart",
+        dir.display(),
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 /// The adapter a request named (or the default), pinned when the request was checked.
 #[derive(Debug, Clone)]
 struct RequestAdapter {
@@ -548,8 +620,20 @@ fn load_ranker(
     )?)
 }
 
-/// Refuses a `model.default_adapter` the ranker does not have.
-fn check_default_adapter(m: &ModelSection, ranker: &Ranker) -> std::result::Result<(), StartError> {
+/// Refuses a `model.default_adapter` the ranker does not have, and adapters of a rank over
+/// `model.max_adapter_rank`.
+fn check_adapters(m: &ModelSection, ranker: &Ranker) -> std::result::Result<(), StartError> {
+    for a in ranker.model().adapters() {
+        if a.info().rank > m.max_adapter_rank {
+            return Err(StartError::Config(ConfigError::Invalid(format!(
+                "adapter {:?} ({}) has rank {}, over model.max_adapter_rank = {}",
+                a.name(),
+                a.info().dir.display(),
+                a.info().rank,
+                m.max_adapter_rank
+            ))));
+        }
+    }
     let default_adapter = &m.default_adapter;
     if !default_adapter.is_empty() && !ranker.has_adapter(default_adapter) {
         return Err(StartError::Config(ConfigError::Invalid(format!(
@@ -613,7 +697,7 @@ impl Recommender {
             load_ms = t.elapsed().as_millis() as u64,
             "model loaded"
         );
-        check_default_adapter(&cfg.model, &ranker)?;
+        check_adapters(&cfg.model, &ranker)?;
         check_default_candidates(&cfg.limits, &ranker)?;
         set_build_info(&metrics, model.as_ref());
         let me = Self {
@@ -647,6 +731,7 @@ impl Recommender {
         }
         self.metrics.init_loaded(&plugins, &sources, &adapters);
         self.metrics.set_retriever_info(&self.retrievers());
+        self.publish_adapters();
         // The quarantine gauge follows the breakers even where no server reports health.
         self.on_retriever_health(Arc::new(|_: &str, _: bool| {}));
     }
@@ -822,6 +907,201 @@ impl Recommender {
     /// Names requests may use in `adapter` (unmerged and merged).
     pub fn adapter_names(&self) -> Vec<String> {
         self.adapters().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// Every adapter requests may name, with what it is (unmerged ones first, in load
+    /// order; then the merged one).
+    pub fn adapter_listing(&self) -> Vec<AdapterListing> {
+        let m = self.ranker.model();
+        let default = &self.cfg.model.default_adapter;
+        let mut out: Vec<AdapterListing> = m
+            .adapters()
+            .iter()
+            .map(|a| AdapterListing::unmerged(a.info(), default))
+            .collect();
+        if let Some(name) = m.merged_adapter() {
+            let dir = self.cfg.model.adapters.iter().find(|a| a.name == name);
+            out.push(AdapterListing {
+                name: name.to_owned(),
+                merged: true,
+                is_default: default == name,
+                dir: dir.map(|a| a.dir.display().to_string()).unwrap_or_default(),
+                generation: 0,
+                rank: 0,
+                projections: 0,
+                parameters: 0,
+                loaded_unix_ms: 0,
+            });
+        }
+        out
+    }
+
+    /// Loads the PEFT adapter directory `dir` as `name`, unmerged, while serving (the admin
+    /// API's LoadAdapter): checked against the base model and `[model]`'s bounds
+    /// (`adapter_dirs`, `max_adapters`, `max_adapter_rank`), then put in the model's table
+    /// at once. With `replace`, an adapter of that name is swapped for the new one; requests
+    /// already holding it finish on it. Serialised with the other admin calls, logged (with
+    /// `trigger`: who asked) and counted. Anything refused leaves the adapters as they were.
+    ///
+    /// Blocking (reads and uploads the weights): call it on a blocking thread.
+    pub fn load_adapter(
+        &self,
+        name: &str,
+        dir: &Path,
+        replace: bool,
+        trigger: &str,
+    ) -> Result<AdapterChange> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = Instant::now();
+        let out = self.load_adapter_locked(name, dir, replace, t);
+        self.adapter_call_done("LoadAdapter", name, trigger, &out);
+        out
+    }
+
+    fn load_adapter_locked(
+        &self,
+        name: &str,
+        dir: &Path,
+        replace: bool,
+        t: Instant,
+    ) -> Result<AdapterChange> {
+        let m = &self.cfg.model;
+        let model = self.ranker.model();
+        super::config::check_adapter_name(name).map_err(ServiceError::InvalidArgument)?;
+        if model.merged_adapter() == Some(name) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "adapter {name:?} is merged into the weights (model.adapters): it cannot be \
+                 replaced while serving; load the new one under another name"
+            )));
+        }
+        let dir = inside_adapter_dirs(dir, &m.adapter_dirs).map_err(ServiceError::InvalidArgument)?;
+        let loaded = model.adapters();
+        let exists = loaded.iter().any(|a| a.name() == name);
+        if exists && !replace {
+            return Err(ServiceError::AlreadyExists(format!(
+                "adapter {name:?} is loaded already: unload it first, or load with replace"
+            )));
+        }
+        if !exists && loaded.len() >= m.max_adapters {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "{} adapters are loaded, model.max_adapters = {}: unload one first ({})",
+                loaded.len(),
+                m.max_adapters,
+                loaded.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        // The rank from the adapter's own config, before any weight is read.
+        let base = model.config();
+        let ad = crate::model::lora::Adapter::open(name, &dir, base).map_err(|e| {
+            ServiceError::InvalidArgument(format!("adapter {name:?} cannot be loaded: {e}"))
+        })?;
+        let rank = ad.max_rank();
+        drop(ad);
+        if rank > m.max_adapter_rank {
+            return Err(ServiceError::InvalidArgument(format!(
+                "adapter {name:?} has rank {rank}, over model.max_adapter_rank = {}",
+                m.max_adapter_rank
+            )));
+        }
+        let (new, old) = model
+            .load_adapter(name, &dir, replace)
+            .map_err(|e| match e {
+                engine::EngineError::AdapterExists(_) => ServiceError::AlreadyExists(e.to_string()),
+                engine::EngineError::OutOfMemory(_) => ServiceError::ResourceExhausted(format!(
+                    "adapter {name:?} does not fit in memory: {e}"
+                )),
+                e => ServiceError::InvalidArgument(format!("adapter {name:?} cannot be loaded: {e}")),
+            })?;
+        if let Some(old) = &old {
+            self.ranker.forget_adapter(old.generation());
+        }
+        self.metrics.init_loaded(&[], &[], &[name.to_owned()]);
+        self.publish_adapters();
+        let default = &self.cfg.model.default_adapter;
+        Ok(AdapterChange {
+            adapter: AdapterListing::unmerged(new.info(), default),
+            replaced: old.map(|o| AdapterListing::unmerged(o.info(), default)),
+            took: t.elapsed(),
+        })
+    }
+
+    /// Takes the unmerged adapter `name` out of service (the admin API's UnloadAdapter): new
+    /// requests naming it are NOT_FOUND; requests already holding it finish on it, and its
+    /// memory is freed when the last of them ends. `model.default_adapter` and a merged
+    /// adapter cannot be unloaded. Serialised, logged and counted as LoadAdapter is.
+    pub fn unload_adapter(&self, name: &str, trigger: &str) -> Result<AdapterChange> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = Instant::now();
+        let out = self.unload_adapter_locked(name, t);
+        self.adapter_call_done("UnloadAdapter", name, trigger, &out);
+        out
+    }
+
+    fn unload_adapter_locked(&self, name: &str, t: Instant) -> Result<AdapterChange> {
+        let model = self.ranker.model();
+        if model.merged_adapter() == Some(name) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "adapter {name:?} is merged into the weights: it is the model served, and goes \
+                 only with a restart without it in model.adapters"
+            )));
+        }
+        if self.cfg.model.default_adapter == name {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "adapter {name:?} is model.default_adapter, used by every request naming none: \
+                 change the default (and restart) before unloading it"
+            )));
+        }
+        let gone = model.unload_adapter(name).map_err(|_| {
+            let loaded: Vec<String> = model.adapters().iter().map(|a| a.name().to_owned()).collect();
+            ServiceError::NotFound(format!(
+                "no adapter {:?} is loaded (loaded: {})",
+                clip(name),
+                if loaded.is_empty() { "none".to_owned() } else { loaded.join(", ") }
+            ))
+        })?;
+        self.ranker.forget_adapter(gone.generation());
+        self.publish_adapters();
+        Ok(AdapterChange {
+            adapter: AdapterListing::unmerged(gone.info(), &self.cfg.model.default_adapter),
+            replaced: None,
+            took: t.elapsed(),
+        })
+    }
+
+    /// Counts and logs an adapter call's outcome.
+    fn adapter_call_done(&self, call: &str, name: &str, trigger: &str, out: &Result<AdapterChange>) {
+        let outcome = if out.is_ok() { "ok" } else { "error" };
+        self.metrics.admin_calls.with_label_values(&[call, outcome]).inc();
+        match out {
+            Ok(c) => tracing::info!(
+                trigger,
+                call,
+                adapter = %c.adapter.name,
+                dir = %c.adapter.dir,
+                generation = c.adapter.generation,
+                rank = c.adapter.rank,
+                replaced_generation = c.replaced.as_ref().map(|r| r.generation),
+                took_ms = c.took.as_millis() as u64,
+                "adapters changed"
+            ),
+            Err(e) => tracing::warn!(
+                trigger,
+                call,
+                adapter = %clip(name),
+                error = %e,
+                "adapter call refused; the adapters in use are unchanged"
+            ),
+        }
+    }
+
+    /// Sets `palr_adapter_info` to the adapters requests may name now.
+    fn publish_adapters(&self) {
+        let info: Vec<(String, u64, usize, bool)> = self
+            .adapter_listing()
+            .into_iter()
+            .map(|a| (a.name, a.generation, a.rank, a.merged))
+            .collect();
+        self.metrics.set_adapter_info(&info);
     }
 
     /// Catalog indices of `ids`, or an error naming the first unknown id and where it is.
