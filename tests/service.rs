@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -2480,6 +2480,11 @@ impl AdminFixture {
     /// Starts a server whose configuration file holds `[server]` (loopback, any port, the
     /// tokens of `token_lines`), the model and data and `retrieval`.
     async fn start(token_lines: &str, retrieval: &str) -> Self {
+        Self::start_with(token_lines, "", retrieval).await
+    }
+
+    /// [`AdminFixture::start`] with `model` (TOML lines) added to `[model]`.
+    async fn start_with(token_lines: &str, model: &str, retrieval: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");
         std::fs::write(&tokens, token_lines).unwrap();
@@ -2487,7 +2492,7 @@ impl AdminFixture {
         let head = format!(
             "[server]\naddr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n\
              admin_addr = \"127.0.0.1:0\"\nwarmup = false\n\
-             [server.auth]\ntokens_file = {:?}\n[model]\ndir = {:?}\n[data]\ndir = {:?}\n",
+             [server.auth]\ntokens_file = {:?}\n[model]\ndir = {:?}\n{model}[data]\ndir = {:?}\n",
             tokens.display().to_string(),
             common::model_dir().display().to_string(),
             data_dir().display().to_string(),
@@ -3062,6 +3067,340 @@ fn reloads_under_load_lose_no_request() {
             reloads as f64
         );
         eprintln!("{total} calls, {during} of them during {reloads} reloads");
+        fx.shutdown().await;
+    });
+}
+
+// --- Adapters loaded and unloaded while serving (LoadAdapter, UnloadAdapter) ---
+
+async fn load_adapter(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    dir: &Path,
+    replace: bool,
+) -> Result<admin_pb::LoadAdapterResponse, tonic::Status> {
+    admin
+        .load_adapter(bearer(
+            admin_pb::LoadAdapterRequest {
+                name: name.into(),
+                dir: dir.display().to_string(),
+                replace,
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn unload_adapter(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+) -> Result<admin_pb::UnloadAdapterResponse, tonic::Status> {
+    admin
+        .unload_adapter(bearer(
+            admin_pb::UnloadAdapterRequest { name: name.into() },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn adapter_names(admin: &mut AdminClient<Channel>) -> Vec<String> {
+    admin
+        .list_adapters(bearer(admin_pb::ListAdaptersRequest {}, ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .adapters
+        .into_iter()
+        .map(|a| a.name)
+        .collect()
+}
+
+/// A copy of the PEFT fixture adapter at `dir`.
+fn copy_fixture_adapter(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = common::repo().join("tests/fixtures/lora-peft");
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+}
+
+/// LoadAdapter and UnloadAdapter change what requests may name without a restart, under
+/// load: score-mode Recommend calls naming an adapter run without pause while it is
+/// replaced again and again and another is unloaded and loaded; every call naming the one
+/// always loaded succeeds, calls naming the other succeed or are NOT_FOUND while it is out
+/// (never anything else). Around that: each refusal with its code and what to change (the
+/// name taken, a directory outside `model.adapter_dirs`, a broken adapter, `max_adapters`,
+/// the default adapter, an unknown name, no admin scope), nothing changed by a refusal,
+/// the metrics and `palr admin`'s commands.
+#[test]
+fn adapters_load_and_unload_under_load_without_losing_a_request() {
+    let _llm = llm_lock();
+    block_on(async {
+        let root = tempfile::tempdir().unwrap();
+        let root_dir = root.path().canonicalize().unwrap();
+        for name in ["fx", "fx2", "boot"] {
+            copy_fixture_adapter(&root_dir.join(name));
+        }
+        let broken = root_dir.join("broken");
+        copy_fixture_adapter(&broken);
+        std::fs::write(broken.join("adapter_config.json"), "{ not json").unwrap();
+        let model = format!(
+            "default_adapter = \"boot\"\nmax_adapters = 3\nadapter_dirs = [{:?}]\n\
+             [[model.adapters]]\nname = \"boot\"\ndir = {:?}\n",
+            root_dir.display().to_string(),
+            root_dir.join("boot").display().to_string(),
+        );
+        let retrieval = retrieval_toml("markov", &[("markov", "palr_retriever_markov", "{}")], "");
+        let fx = AdminFixture::start_with(
+            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
+            // [model] ends where [data] begins: the lines go in before it.
+            &model,
+            &retrieval,
+        )
+        .await;
+        let mut admin = fx.admin().await;
+        let mut rec = fx.recommender().await;
+        assert_eq!(adapter_names(&mut admin).await, ["boot"]);
+
+        // Loaded: listed with what it is, and requests may name it.
+        let r = load_adapter(&mut admin, "fx", &root_dir.join("fx"), false)
+            .await
+            .unwrap();
+        let a = r.adapter.unwrap();
+        assert_eq!((a.name.as_str(), a.rank, a.projections), ("fx", 4, 35));
+        assert!(
+            a.generation > 0 && a.loaded_unix_ms > 0 && !a.merged,
+            "{a:?}"
+        );
+        assert!(r.replaced.is_none());
+        let mut req = recommend(history(), 3, 10, pb::RankMode::Score);
+        req.adapter = "fx".into();
+        let answer = rec
+            .recommend(bearer(req.clone(), SVC_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.adapter, "fx");
+
+        // Refusals, each leaving the adapters as they were.
+        assert_status(
+            load_adapter(&mut admin, "fx", &root_dir.join("fx"), false).await,
+            Code::AlreadyExists,
+            &["\"fx\" is loaded already", "replace"],
+        );
+        assert_status(
+            load_adapter(
+                &mut admin,
+                "other",
+                &common::repo().join("tests/fixtures/lora-peft"),
+                false,
+            )
+            .await,
+            Code::InvalidArgument,
+            &["outside model.adapter_dirs"],
+        );
+        assert_status(
+            load_adapter(&mut admin, "other", &root_dir.join("../escape"), false).await,
+            Code::InvalidArgument,
+            &["cannot be opened"],
+        );
+        assert_status(
+            load_adapter(&mut admin, "two words", &root_dir.join("fx"), false).await,
+            Code::InvalidArgument,
+            &["letters, digits"],
+        );
+        assert_status(
+            load_adapter(&mut admin, "fx", &broken, true).await,
+            Code::InvalidArgument,
+            &["\"fx\" cannot be loaded", "adapter_config.json"],
+        );
+        assert_eq!(adapter_names(&mut admin).await, ["boot", "fx"]);
+        let same = rec
+            .recommend(bearer(req.clone(), SVC_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(same.items, answer.items, "fx still the one loaded first");
+        load_adapter(&mut admin, "fx2", &root_dir.join("fx2"), false)
+            .await
+            .unwrap();
+        assert_status(
+            load_adapter(&mut admin, "fx3", &root_dir.join("fx2"), false).await,
+            Code::ResourceExhausted,
+            &["model.max_adapters = 3", "unload one first"],
+        );
+        assert_status(
+            unload_adapter(&mut admin, "boot").await,
+            Code::FailedPrecondition,
+            &["model.default_adapter"],
+        );
+        assert_status(
+            unload_adapter(&mut admin, "nope").await,
+            Code::NotFound,
+            &["no adapter \"nope\"", "boot, fx, fx2"],
+        );
+        assert_status(
+            admin
+                .load_adapter(bearer(
+                    admin_pb::LoadAdapterRequest {
+                        name: "fx3".into(),
+                        dir: root_dir.join("fx2").display().to_string(),
+                        replace: false,
+                    },
+                    SVC_TOKEN,
+                ))
+                .await,
+            Code::PermissionDenied,
+            &["scope \"admin\""],
+        );
+
+        // Under load: clients name fx (always loaded, replaced meanwhile) or fx2 (unloaded
+        // and loaded again meanwhile).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let not_found = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut clients = Vec::new();
+        for i in 0..4 {
+            let (stop, ok, not_found, failures) = (
+                stop.clone(),
+                ok.clone(),
+                not_found.clone(),
+                failures.clone(),
+            );
+            let mut rec = fx.recommender().await;
+            let mut req = req.clone();
+            req.adapter = ["fx", "fx2"][i % 2].into();
+            clients.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match rec.recommend(bearer(req.clone(), SVC_TOKEN)).await {
+                        Ok(r)
+                            if r.get_ref().items.len() == 3
+                                && r.get_ref().adapter == req.adapter =>
+                        {
+                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(s)
+                            if req.adapter == "fx2"
+                                && s.code() == Code::NotFound
+                                && s.message().contains("unknown adapter \"fx2\"") =>
+                        {
+                            not_found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // As a client backs off from a refusal.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            }));
+        }
+        let mut generation = a.generation;
+        let rounds = 3;
+        for _ in 0..rounds {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = load_adapter(&mut admin, "fx", &root_dir.join("fx"), true)
+                .await
+                .unwrap();
+            assert_eq!(r.replaced.unwrap().generation, generation);
+            generation = r.adapter.unwrap().generation;
+            unload_adapter(&mut admin, "fx2").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            load_adapter(&mut admin, "fx2", &root_dir.join("fx2"), false)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        let failures = failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        let ok = ok.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(ok >= 4, "only {ok} calls answered during the changes");
+        eprintln!(
+            "{ok} calls answered, {} NOT_FOUND while fx2 was out, during {rounds} rounds",
+            not_found.load(std::sync::atomic::Ordering::Relaxed)
+        );
+
+        // Unloaded: refused by name from then on.
+        let r = unload_adapter(&mut admin, "fx").await.unwrap();
+        assert_eq!(r.adapter.unwrap().generation, generation);
+        assert_status(
+            rec.recommend(bearer(req.clone(), SVC_TOKEN)).await,
+            Code::NotFound,
+            &["unknown adapter \"fx\"", "loaded: boot, fx2"],
+        );
+        assert_status(
+            unload_adapter(&mut admin, "fx").await,
+            Code::NotFound,
+            &["no adapter \"fx\""],
+        );
+        assert_eq!(adapter_names(&mut admin).await, ["boot", "fx2"]);
+
+        let text = fx.core.metrics().render();
+        let count = |call: &str, outcome: &str| {
+            series(
+                &text,
+                &format!(r#"palr_admin_calls_total{{call="{call}",outcome="{outcome}"}}"#),
+            )
+        };
+        assert_eq!(count("LoadAdapter", "ok"), (2 + 2 * rounds) as f64);
+        assert_eq!(count("LoadAdapter", "error"), 6.0);
+        assert_eq!(count("UnloadAdapter", "ok"), (rounds + 1) as f64);
+        assert_eq!(count("UnloadAdapter", "error"), 3.0);
+        let info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("palr_adapter_info{"))
+            .collect();
+        assert_eq!(info.len(), 2, "{info:?}");
+        assert!(
+            info.iter()
+                .any(|l| l.contains("adapter=\"fx2\"") && l.contains("rank=\"4\"")),
+            "{info:?}"
+        );
+        assert!(
+            series(
+                &text,
+                r#"palr_ranked_requests_total{adapter="fx",mode="score"}"#
+            ) >= ok as f64 / 2.0
+        );
+
+        // `palr admin load-adapter` / `unload-adapter`.
+        let admin_addr = fx.server.admin_addr.unwrap();
+        let cli = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_palr"))
+                .arg("admin")
+                .args(args)
+                .args(["--addr", &format!("http://{admin_addr}")])
+                .env("RUST_BACKTRACE", "0")
+                .env("PALR_TOKEN", ADMIN_TOKEN)
+                .output()
+                .unwrap()
+        };
+        let dir = root_dir.join("fx").display().to_string();
+        let out = cli(&["load-adapter", "cli", &dir, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["adapter"]["name"], "cli", "{v}");
+        assert_eq!(v["adapter"]["rank"], 4, "{v}");
+        let out = cli(&["load-adapter", "cli", &dir]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ALREADY_EXISTS"), "{err}");
+        let out = cli(&["list-adapters"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("cli") && text.contains("fx2"), "{text}");
+        let out = cli(&["unload-adapter", "cli"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("unloaded cli"));
         fx.shutdown().await;
     });
 }

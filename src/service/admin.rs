@@ -134,7 +134,9 @@ impl Admin for AdminService {
         let AdapterChange { adapter, .. } =
             tokio::task::spawn_blocking(move || core.unload_adapter(&name, &trigger))
                 .await
-                .map_err(|e| ServiceError::Internal(format!("adapter unload thread failed: {e}")))??;
+                .map_err(|e| {
+                    ServiceError::Internal(format!("adapter unload thread failed: {e}"))
+                })??;
         Ok(Response::new(pb::UnloadAdapterResponse {
             adapter: Some(adapter_to_proto(adapter)),
         }))

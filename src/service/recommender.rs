@@ -974,7 +974,8 @@ impl Recommender {
                  replaced while serving; load the new one under another name"
             )));
         }
-        let dir = inside_adapter_dirs(dir, &m.adapter_dirs).map_err(ServiceError::InvalidArgument)?;
+        let dir =
+            inside_adapter_dirs(dir, &m.adapter_dirs).map_err(ServiceError::InvalidArgument)?;
         let loaded = model.adapters();
         let exists = loaded.iter().any(|a| a.name() == name);
         if exists && !replace {
@@ -987,7 +988,11 @@ impl Recommender {
                 "{} adapters are loaded, model.max_adapters = {}: unload one first ({})",
                 loaded.len(),
                 m.max_adapters,
-                loaded.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+                loaded
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         // The rank from the adapter's own config, before any weight is read.
@@ -1010,7 +1015,9 @@ impl Recommender {
                 engine::EngineError::OutOfMemory(_) => ServiceError::ResourceExhausted(format!(
                     "adapter {name:?} does not fit in memory: {e}"
                 )),
-                e => ServiceError::InvalidArgument(format!("adapter {name:?} cannot be loaded: {e}")),
+                e => {
+                    ServiceError::InvalidArgument(format!("adapter {name:?} cannot be loaded: {e}"))
+                }
             })?;
         if let Some(old) = &old {
             self.ranker.forget_adapter(old.generation());
@@ -1052,11 +1059,19 @@ impl Recommender {
             )));
         }
         let gone = model.unload_adapter(name).map_err(|_| {
-            let loaded: Vec<String> = model.adapters().iter().map(|a| a.name().to_owned()).collect();
+            let loaded: Vec<String> = model
+                .adapters()
+                .iter()
+                .map(|a| a.name().to_owned())
+                .collect();
             ServiceError::NotFound(format!(
                 "no adapter {:?} is loaded (loaded: {})",
                 clip(name),
-                if loaded.is_empty() { "none".to_owned() } else { loaded.join(", ") }
+                if loaded.is_empty() {
+                    "none".to_owned()
+                } else {
+                    loaded.join(", ")
+                }
             ))
         })?;
         self.ranker.forget_adapter(gone.generation());
@@ -1069,9 +1084,18 @@ impl Recommender {
     }
 
     /// Counts and logs an adapter call's outcome.
-    fn adapter_call_done(&self, call: &str, name: &str, trigger: &str, out: &Result<AdapterChange>) {
+    fn adapter_call_done(
+        &self,
+        call: &str,
+        name: &str,
+        trigger: &str,
+        out: &Result<AdapterChange>,
+    ) {
         let outcome = if out.is_ok() { "ok" } else { "error" };
-        self.metrics.admin_calls.with_label_values(&[call, outcome]).inc();
+        self.metrics
+            .admin_calls
+            .with_label_values(&[call, outcome])
+            .inc();
         match out {
             Ok(c) => tracing::info!(
                 trigger,
