@@ -299,6 +299,30 @@ pub struct ModelSection {
     pub adapter_dirs: Vec<PathBuf>,
 }
 
+/// `dir` resolved (symbolic links and `..` included) if it lies inside one of `roots`, the
+/// existing ones of `model.adapter_dirs`; else the error says what to change.
+pub fn inside_adapter_dirs(dir: &Path, roots: &[PathBuf]) -> std::result::Result<PathBuf, String> {
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| format!("adapter directory {} cannot be opened: {e}", dir.display()))?;
+    if roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .any(|r| real.starts_with(r))
+    {
+        return Ok(real);
+    }
+    Err(format!(
+        "adapter directory {} is outside model.adapter_dirs ({}): put the adapter inside one of \
+         them, or add its parent there and restart",
+        dir.display(),
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 /// Whether `name` can name an adapter: 1 to 64 ASCII letters, digits, `-`, `_` or `.`
 /// (names are metric labels and log fields). The error says what is wrong.
 pub fn check_adapter_name(name: &str) -> std::result::Result<(), String> {
@@ -1198,5 +1222,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn adapter_names_and_directories_are_checked() {
+        for ok in ["fx", "ml100k-markov_score.v2", &"a".repeat(64)] {
+            assert!(check_adapter_name(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("", "1 to 64"),
+            (&*"a".repeat(65), "1 to 64"),
+            ("two words", "' '"),
+            ("../x", "'/'"),
+            ("ümlaut", "'ü'"),
+        ] {
+            let e = check_adapter_name(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("adapters");
+        let outside = root.path().join("elsewhere");
+        std::fs::create_dir_all(allowed.join("fx")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let roots = vec![allowed.clone(), root.path().join("missing")];
+        let inside = inside_adapter_dirs(&allowed.join("fx"), &roots).unwrap();
+        assert_eq!(inside, allowed.join("fx").canonicalize().unwrap());
+        // `..` and a symbolic link out of an allowed directory are outside.
+        let e = inside_adapter_dirs(&allowed.join("../elsewhere"), &roots).unwrap_err();
+        assert!(e.contains("outside model.adapter_dirs"), "{e}");
+        std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+        let e = inside_adapter_dirs(&allowed.join("link"), &roots).unwrap_err();
+        assert!(e.contains("outside model.adapter_dirs"), "{e}");
+        let e = inside_adapter_dirs(&allowed.join("nope"), &roots).unwrap_err();
+        assert!(e.contains("cannot be opened"), "{e}");
     }
 }

@@ -8,7 +8,7 @@
 //! the same instant, stops at its next check and frees its slot.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -353,30 +353,6 @@ pub struct AdapterChange {
     pub adapter: AdapterListing,
     pub replaced: Option<AdapterListing>,
     pub took: Duration,
-}
-
-/// `dir` resolved (symbolic links and `..` included) if it lies inside one of `roots`, the
-/// existing ones of `model.adapter_dirs`; else the error says what to change.
-fn inside_adapter_dirs(dir: &Path, roots: &[PathBuf]) -> std::result::Result<PathBuf, String> {
-    let real = std::fs::canonicalize(dir)
-        .map_err(|e| format!("adapter directory {} cannot be opened: {e}", dir.display()))?;
-    if roots
-        .iter()
-        .filter_map(|r| std::fs::canonicalize(r).ok())
-        .any(|r| real.starts_with(r))
-    {
-        return Ok(real);
-    }
-    Err(format!(
-        "adapter directory {} is outside model.adapter_dirs ({}): put the adapter inside one of \
-         them, or add its parent there and restart",
-        dir.display(),
-        roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
 }
 
 /// The adapter a request named (or the default), pinned when the request was checked.
@@ -974,8 +950,8 @@ impl Recommender {
                  replaced while serving; load the new one under another name"
             )));
         }
-        let dir =
-            inside_adapter_dirs(dir, &m.adapter_dirs).map_err(ServiceError::InvalidArgument)?;
+        let dir = super::config::inside_adapter_dirs(dir, &m.adapter_dirs)
+            .map_err(ServiceError::InvalidArgument)?;
         let loaded = model.adapters();
         let exists = loaded.iter().any(|a| a.name() == name);
         if exists && !replace {
