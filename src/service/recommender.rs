@@ -421,10 +421,7 @@ pub struct Recommender {
     health_hook: std::sync::Mutex<Option<HealthHook>>,
     set_hook: std::sync::Mutex<Option<RetrieverSetHook>>,
     model: Arc<dyn LanguageModel>,
-    /// The model directory's tokenizer and chat template, loaded once: every snapshot's
-    /// ranker is made with them.
-    tok: Arc<Tokenizer>,
-    chat: Option<ChatTemplate>,
+    prompting: Prompting,
     admission: Admission,
     /// Mean ranking time per mode (score, generate), microseconds; 0 = none measured yet.
     rank_us: [std::sync::atomic::AtomicU64; 2],
@@ -622,34 +619,43 @@ fn load_model(m: &ModelSection) -> std::result::Result<Arc<dyn LanguageModel>, S
     engine::load(&m.dir, &engine_options(m)).map_err(|e| engine_error(m, e))
 }
 
-/// The model directory's tokenizer and chat template (if it has one), which every ranker
-/// uses.
-type Prompting = (Arc<Tokenizer>, Option<ChatTemplate>);
-
-/// Reads the tokenizer and chat template of `[model]`'s directory.
-fn load_prompting(m: &ModelSection) -> std::result::Result<Prompting, StartError> {
-    let dir = &m.dir;
-    let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| model_error(dir, e.to_string()))?;
-    let chat = ChatTemplate::from_model_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
-    Ok((Arc::new(tok), chat))
+/// The model directory's tokenizer and chat template (if it has one): loaded once, every
+/// snapshot's ranker is made with them.
+struct Prompting {
+    tok: Arc<Tokenizer>,
+    chat: Option<ChatTemplate>,
 }
 
-/// The ranker: `model` with the tokenizer and chat template, over `catalog`, configured by
-/// `[ranking]`.
-fn new_ranker(
-    cfg: &ServerConfig,
-    model: Arc<dyn LanguageModel>,
-    (tok, chat): (&Arc<Tokenizer>, Option<&ChatTemplate>),
-    catalog: Arc<Catalog>,
-) -> std::result::Result<Ranker, StartError> {
-    Ok(Ranker::new(
-        model,
-        tok.clone(),
-        chat,
-        catalog,
-        cfg.ranking.clone(),
-    )?)
+impl Prompting {
+    /// Reads the tokenizer and chat template of `[model]`'s directory.
+    fn load(m: &ModelSection) -> std::result::Result<Self, StartError> {
+        let dir = &m.dir;
+        let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| model_error(dir, e.to_string()))?;
+        let chat =
+            ChatTemplate::from_model_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
+        Ok(Self {
+            tok: Arc::new(tok),
+            chat,
+        })
+    }
+
+    /// A ranker: `model` with this tokenizer and chat template, over `catalog`, configured
+    /// by `[ranking]`.
+    fn ranker(
+        &self,
+        cfg: &ServerConfig,
+        model: Arc<dyn LanguageModel>,
+        catalog: Arc<Catalog>,
+    ) -> std::result::Result<Ranker, StartError> {
+        Ok(Ranker::new(
+            model,
+            self.tok.clone(),
+            self.chat.as_ref(),
+            catalog,
+            cfg.ranking.clone(),
+        )?)
+    }
 }
 
 /// Refuses a `model.default_adapter` the ranker does not have.
@@ -711,8 +717,8 @@ impl Recommender {
         let set = RetrieverSet::load(&cfg.retrieval, view.clone())?;
         let t = Instant::now();
         let model = load_model(&cfg.model)?;
-        let (tok, chat) = load_prompting(&cfg.model)?;
-        let ranker = new_ranker(cfg, model.clone(), (&tok, chat.as_ref()), catalog.clone())?;
+        let prompting = Prompting::load(&cfg.model)?;
+        let ranker = prompting.ranker(cfg, model.clone(), catalog.clone())?;
         tracing::info!(
             model = %model.config().name,
             backend = %model.describe(),
@@ -738,8 +744,7 @@ impl Recommender {
             health_hook: std::sync::Mutex::new(None),
             set_hook: std::sync::Mutex::new(None),
             model,
-            tok,
-            chat,
+            prompting,
             metrics,
         };
         me.init_metrics();
@@ -1453,13 +1458,10 @@ impl Recommender {
             )),
             e => refused(e.to_string()),
         })?;
-        let ranker = new_ranker(
-            &self.cfg,
-            self.model.clone(),
-            (&self.tok, self.chat.as_ref()),
-            catalog.clone(),
-        )
-        .map_err(|e| refused(e.to_string()))?;
+        let ranker = self
+            .prompting
+            .ranker(&self.cfg, self.model.clone(), catalog.clone())
+            .map_err(|e| refused(e.to_string()))?;
         let new = Arc::new(Served {
             catalog,
             view,
