@@ -2480,11 +2480,25 @@ impl AdminFixture {
     /// Starts a server whose configuration file holds `[server]` (loopback, any port, the
     /// tokens of `token_lines`), the model and data and `retrieval`.
     async fn start(token_lines: &str, retrieval: &str) -> Self {
-        Self::start_with(token_lines, "", retrieval).await
+        Self::start_full(token_lines, "", retrieval, &data_dir()).await
+    }
+
+    /// [`AdminFixture::start`] with the data set in `data` (a directory the test may change).
+    async fn start_on(token_lines: &str, retrieval: &str, data: &std::path::Path) -> Self {
+        Self::start_full(token_lines, "", retrieval, data).await
     }
 
     /// [`AdminFixture::start`] with `model` (TOML lines) added to `[model]`.
     async fn start_with(token_lines: &str, model: &str, retrieval: &str) -> Self {
+        Self::start_full(token_lines, model, retrieval, &data_dir()).await
+    }
+
+    async fn start_full(
+        token_lines: &str,
+        model: &str,
+        retrieval: &str,
+        data: &std::path::Path,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");
         std::fs::write(&tokens, token_lines).unwrap();
@@ -2495,7 +2509,7 @@ impl AdminFixture {
              [server.auth]\ntokens_file = {:?}\n[model]\ndir = {:?}\n{model}[data]\ndir = {:?}\n",
             tokens.display().to_string(),
             common::model_dir().display().to_string(),
-            data_dir().display().to_string(),
+            data.display().to_string(),
         );
         std::fs::write(&file, format!("{head}{retrieval}")).unwrap();
         let source = ConfigSource::file(&file);
@@ -2737,6 +2751,27 @@ fn admin_api_needs_an_admin_token_and_is_off_without_one() {
                 && text.contains("reloaded in"),
             "{text}"
         );
+        // The same data again: nothing added, the same view, the retrievers re-fitted.
+        let out = cli(&["reload-data"], Some(ADMIN_TOKEN));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            text.contains("1682")
+                && text.contains("items added 0, removed 0")
+                && text.contains("re-fitted markov")
+                && text.contains("reloaded in"),
+            "{text}"
+        );
+        let out = cli(&["reload-data", "--json"], Some(ADMIN_TOKEN));
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["after"]["items"], 1682, "{v}");
+        assert_eq!(v["before"], v["after"], "{v}");
+        assert_eq!(
+            v["training_view_fingerprint"], v["previous_training_view_fingerprint"],
+            "{v}"
+        );
+        assert_eq!(v["retrievers"][0]["name"], "markov", "{v}");
         let out = cli(&["list-adapters", "--json"], Some(ADMIN_TOKEN));
         assert!(out.status.success(), "{out:?}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -2969,6 +3004,512 @@ fn reload_retrievers_serves_a_changed_config_and_keeps_the_running_set_on_errors
         };
         assert_eq!(count("ok"), 3.0);
         assert_eq!(count("error"), broken.len() as f64);
+        fx.shutdown().await;
+    });
+}
+
+// --- ReloadData ---
+
+/// A copy of MovieLens-100k in a temporary directory, for the tests that change the data.
+fn data_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(data_dir()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    dir
+}
+
+/// The item the data tests add, and its title.
+const NEW_ITEM: &str = "1683";
+const NEW_TITLE: &str = "The Reloaded Movie";
+
+/// The data set in `dir` (RecBole files) with [`NEW_ITEM`] added — as the first item when
+/// `first`, so every other item's catalog index moves by one — and `users` new users who
+/// each watched item 1682 (rated once in MovieLens-100k) and then the new item.
+fn add_item_and_users(dir: &std::path::Path, users: usize, first: bool) {
+    let items = dir.join("ml-100k.item");
+    let text = std::fs::read_to_string(&items).unwrap();
+    let (header, rows) = text.split_once('\n').unwrap();
+    let line = format!("{NEW_ITEM}\t{NEW_TITLE}\t2025\tDrama\n");
+    let text = if first {
+        format!("{header}\n{line}{rows}")
+    } else {
+        format!("{text}{line}")
+    };
+    std::fs::write(&items, text).unwrap();
+    let inter = dir.join("ml-100k.inter");
+    let mut text = std::fs::read_to_string(&inter).unwrap();
+    for u in 0..users {
+        let t = 900_000_000 + 10 * u;
+        text.push_str(&format!(
+            "new{u}\t1682\t4\t{t}\nnew{u}\t{NEW_ITEM}\t5\t{}\n",
+            t + 1
+        ));
+    }
+    std::fs::write(&inter, text).unwrap();
+}
+
+async fn reload_data(
+    admin: &mut AdminClient<Channel>,
+) -> Result<admin_pb::ReloadDataResponse, tonic::Status> {
+    admin
+        .reload_data(bearer(admin_pb::ReloadDataRequest {}, ADMIN_TOKEN))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn model_info(c: &mut RecommenderClient<Channel>) -> pb::ModelInfo {
+    c.get_model_info(bearer(pb::GetModelInfoRequest {}, SVC_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Retrieve with retriever `name` for `history`: (id, title) of the top `n`.
+async fn retrieved(
+    c: &mut RecommenderClient<Channel>,
+    name: &str,
+    history: &[&str],
+    n: u32,
+) -> Vec<(String, String)> {
+    let r = c
+        .retrieve(bearer(
+            pb::RetrieveRequest {
+                history: history.iter().map(|s| s.to_string()).collect(),
+                num_candidates: n,
+                retriever: name.into(),
+                ..Default::default()
+            },
+            SVC_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    r.items.into_iter().map(|i| (i.item_id, i.title)).collect()
+}
+
+/// ReloadData re-reads the data directory: an item and users added to the files are served
+/// after it — the item resolves in requests and is ranked by the LLM, the Markov retriever
+/// (re-fitted) proposes it after the item the new users watched before it, GetModelInfo and
+/// the data gauges follow, a pre-trained retriever (SASRec) that now serves an older snapshot
+/// says so. It needs the admin token. A bad file — unparseable, an unknown item, no
+/// interactions, an empty catalog — is FAILED_PRECONDITION naming the file and what is wrong,
+/// and the data served stays as it was. Every call is counted.
+#[test]
+fn reload_data_serves_new_items_and_interactions_and_keeps_the_running_data_on_bad_files() {
+    let _llm = llm_lock();
+    block_on(async {
+        let data = data_copy();
+        let weights = common::repo().join("plugins/sasrec/weights/ml100k");
+        let sasrec = format!(r#"{{"weights": {:?}}}"#, weights.display().to_string());
+        let retrieval = retrieval_toml(
+            "markov",
+            &[
+                ("markov", "palr_retriever_markov", "{}"),
+                ("popularity", "palr_retriever_popularity", "{}"),
+                ("sasrec", "palr_retriever_sasrec", &sasrec),
+            ],
+            "",
+        );
+        let fx = AdminFixture::start_on(
+            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
+            &retrieval,
+            data.path(),
+        )
+        .await;
+        let mut admin = fx.admin().await;
+        let mut rec = fx.recommender().await;
+        assert_status(
+            admin.reload_data(admin_pb::ReloadDataRequest {}).await,
+            Code::Unauthenticated,
+            &["Bearer TOKEN"],
+        );
+        assert_status(
+            admin
+                .reload_data(bearer(admin_pb::ReloadDataRequest {}, SVC_TOKEN))
+                .await,
+            Code::PermissionDenied,
+            &["\"svc\"", "scope \"admin\""],
+        );
+        let first = model_info(&mut rec).await;
+        assert_eq!(first.catalog_items, 1682);
+        let with_new = || {
+            recommend(
+                vec!["1682".into(), NEW_ITEM.into()],
+                3,
+                5,
+                pb::RankMode::Score,
+            )
+        };
+        assert_status(
+            rec.recommend(bearer(with_new(), SVC_TOKEN)).await,
+            Code::InvalidArgument,
+            &["\"1683\"", "not an item id"],
+        );
+
+        add_item_and_users(data.path(), 50, false);
+        let r = reload_data(&mut admin).await.unwrap();
+        let (before, after) = (r.before.unwrap(), r.after.unwrap());
+        assert_eq!(
+            (before.items, before.users, before.interactions),
+            (1682, 943, 100_000)
+        );
+        assert_eq!(
+            (after.items, after.users, after.interactions),
+            (1683, 993, 100_100)
+        );
+        assert_eq!((r.items_added, r.items_removed), (1, 0));
+        assert_eq!(r.training_view_stage, "all");
+        assert_eq!(
+            r.previous_training_view_fingerprint,
+            first.training_view_fingerprint
+        );
+        assert_ne!(r.training_view_fingerprint, first.training_view_fingerprint);
+        let names: Vec<&str> = r.retrievers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["markov", "popularity", "sasrec"]);
+        // SASRec's weights were trained on the data before: an older snapshot, said so.
+        for l in &r.retrievers {
+            assert_eq!(l.stale_snapshot, l.name == "sasrec", "{l:?}");
+        }
+        let sas = r.retrievers.iter().find(|l| l.name == "sasrec").unwrap();
+        assert!(sas.note.contains("older snapshot"), "{sas:?}");
+        let info = model_info(&mut rec).await;
+        assert_eq!(info.catalog_items, 1683);
+        assert_eq!(info.training_view_fingerprint, r.training_view_fingerprint);
+        // The re-fitted Markov chain learnt 1682 -> new item from the new users.
+        let top = retrieved(&mut rec, "markov", &["1682"], 3).await;
+        assert_eq!(top[0], (NEW_ITEM.into(), NEW_TITLE.into()), "{top:?}");
+        // The new item resolves, and the LLM ranks with its title in the history.
+        let answer = rec
+            .recommend(bearer(with_new(), SVC_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.items.len(), 3);
+        let stale = rec
+            .list_retrievers(bearer(pb::ListRetrieversRequest {}, SVC_TOKEN))
+            .await
+            .unwrap()
+            .into_inner()
+            .retrievers
+            .into_iter()
+            .filter(|r| r.stale_snapshot)
+            .map(|r| r.name)
+            .collect::<Vec<_>>();
+        assert_eq!(stale, ["sasrec"]);
+        let text = fx.core.metrics().render();
+        assert_eq!(series(&text, "palr_data_items"), 1683.0);
+        assert_eq!(series(&text, "palr_data_users"), 993.0);
+        assert_eq!(series(&text, "palr_data_interactions"), 100_100.0);
+        assert_eq!(
+            series(
+                &text,
+                &format!(
+                    r#"palr_training_view_info{{fingerprint="{}",stage="all"}}"#,
+                    r.training_view_fingerprint
+                )
+            ),
+            1.0
+        );
+
+        // Bad files: refused, naming the file and the problem; nothing changes.
+        let items_file = data.path().join("ml-100k.item");
+        let inter_file = data.path().join("ml-100k.inter");
+        let items = std::fs::read_to_string(&items_file).unwrap();
+        let inter = std::fs::read_to_string(&inter_file).unwrap();
+        let next_line = format!("ml-100k.inter:{}", inter.lines().count() + 1);
+        let header = inter.lines().next().unwrap();
+        let broken: [(&PathBuf, String, Vec<&str>); 4] = [
+            (
+                &inter_file,
+                format!("{inter}new0\t1\n"),
+                vec![&next_line, "expected 4 tab-separated fields"],
+            ),
+            (
+                &inter_file,
+                format!("{inter}new0\t99999\t3\t900000100\n"),
+                vec![&next_line, "`99999` is not in the catalog", "skip"],
+            ),
+            (
+                &inter_file,
+                format!("{header}\n"),
+                vec!["ml-100k.inter", "no interactions"],
+            ),
+            (&items_file, String::new(), vec!["ml-100k.item", "empty"]),
+        ];
+        let served = (model_info(&mut rec).await, listed(&mut rec).await.0);
+        for (file, text, needles) in &broken {
+            std::fs::write(file, text).unwrap();
+            let mut needles = needles.clone();
+            needles.push("unchanged");
+            assert_status(
+                reload_data(&mut admin).await,
+                Code::FailedPrecondition,
+                &needles,
+            );
+            assert_eq!(
+                (model_info(&mut rec).await, listed(&mut rec).await.0),
+                served,
+                "after {needles:?}"
+            );
+            let top = retrieved(&mut rec, "markov", &["1682"], 1).await;
+            assert_eq!(top[0].0, NEW_ITEM, "after {needles:?}");
+            std::fs::write(&items_file, &items).unwrap();
+            std::fs::write(&inter_file, &inter).unwrap();
+        }
+        let text = fx.core.metrics().render();
+        assert_eq!(series(&text, "palr_data_items"), 1683.0);
+        let count = |outcome: &str| {
+            series(
+                &text,
+                &format!(r#"palr_admin_calls_total{{call="ReloadData",outcome="{outcome}"}}"#),
+            )
+        };
+        assert_eq!(count("ok"), 1.0);
+        assert_eq!(count("error"), broken.len() as f64);
+        assert_eq!(
+            series(
+                &text,
+                r#"palr_requests_total{code="PERMISSION_DENIED",rpc="ReloadData"}"#
+            ),
+            1.0
+        );
+        fx.shutdown().await;
+    });
+}
+
+/// A retriever that cannot serve the new data makes ReloadData fail, naming it and what to
+/// do: SASRec on the validation view has weights for that view only, so new interactions
+/// (a view it has no weights for) are refused, and everything keeps running on the data it
+/// had. Dropping the retriever (ReloadRetrievers) lets the data reload.
+#[test]
+fn reload_data_refuses_a_retriever_that_cannot_serve_the_new_data() {
+    let _llm = llm_lock();
+    block_on(async {
+        let data = data_copy();
+        let weights = common::repo().join("plugins/sasrec/weights/ml100k");
+        let sasrec = format!(r#"{{"weights": {:?}}}"#, weights.display().to_string());
+        let both = retrieval_toml(
+            "markov",
+            &[
+                ("markov", "palr_retriever_markov", "{}"),
+                ("sasrec", "palr_retriever_sasrec", &sasrec),
+            ],
+            "",
+        )
+        .replace("[retrieval]\n", "[retrieval]\ntraining = \"valid\"\n");
+        let fx = AdminFixture::start_on(
+            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
+            &both,
+            data.path(),
+        )
+        .await;
+        let mut admin = fx.admin().await;
+        let mut rec = fx.recommender().await;
+        let first = model_info(&mut rec).await;
+        assert_eq!(first.training_view_stage, "valid");
+        let sasrec_top = retrieved(&mut rec, "sasrec", &["1", "2", "3"], 5).await;
+
+        add_item_and_users(data.path(), 20, false);
+        assert_status(
+            reload_data(&mut admin).await,
+            Code::FailedPrecondition,
+            &[
+                "unchanged",
+                "`sasrec`",
+                "no weights fitted on this view (stage valid",
+                "train weights",
+                "remove it from [retrieval]",
+            ],
+        );
+        assert_eq!(model_info(&mut rec).await, first);
+        assert_eq!(
+            retrieved(&mut rec, "sasrec", &["1", "2", "3"], 5).await,
+            sasrec_top
+        );
+
+        // Without SASRec the new data loads.
+        fx.rewrite_retrieval(
+            &retrieval_toml("markov", &[("markov", "palr_retriever_markov", "{}")], "")
+                .replace("[retrieval]\n", "[retrieval]\ntraining = \"valid\"\n"),
+        );
+        reload(&mut admin).await.unwrap();
+        let r = reload_data(&mut admin).await.unwrap();
+        assert_eq!(r.items_added, 1);
+        assert_eq!(r.training_view_stage, "valid");
+        assert_eq!(model_info(&mut rec).await.catalog_items, 1683);
+        fx.shutdown().await;
+    });
+}
+
+/// Data reloads under load lose no request, and no request mixes two data sets: clients
+/// call Recommend (retriever mode on a plugin and a fusion, and score mode through the LLM)
+/// without pause while the data is reloaded again and again, alternating the original files
+/// with files where a new item comes first — so every other item's catalog index moves by
+/// one between the two, and an index resolved in one catalog names another item in the
+/// other. Every call succeeds, every item answered carries its own title, and every answer
+/// is one the same call gets from either data set alone (score mode: items among the
+/// candidates either data set's retriever proposes).
+#[test]
+fn data_reloads_under_load_lose_no_request_and_mix_no_catalogs() {
+    let _llm = llm_lock();
+    block_on(async {
+        let data = data_copy();
+        let fusion =
+            "[[retrieval.fusions]]\nname = \"mix\"\nmembers = [\"markov\", \"popularity\"]\n";
+        let retrieval = retrieval_toml(
+            "markov",
+            &[
+                ("markov", "palr_retriever_markov", "{}"),
+                ("popularity", "palr_retriever_popularity", "{}"),
+            ],
+            fusion,
+        );
+        let fx = AdminFixture::start_on(
+            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
+            &retrieval,
+            data.path(),
+        )
+        .await;
+        let files: Vec<(PathBuf, String)> = ["ml-100k.item", "ml-100k.inter"]
+            .iter()
+            .map(|f| {
+                let p = data.path().join(f);
+                let text = std::fs::read_to_string(&p).unwrap();
+                (p, text)
+            })
+            .collect();
+        add_item_and_users(data.path(), 30, true);
+        let grown: Vec<String> = files
+            .iter()
+            .map(|(p, _)| std::fs::read_to_string(p).unwrap())
+            .collect();
+        let mut admin = fx.admin().await;
+        let mut rec = fx.recommender().await;
+        // What each retriever-mode call answers on either data set alone (by retriever), and
+        // the candidates score mode ranks on either.
+        let names = ["", "popularity", "mix"];
+        let mut answers: HashMap<&str, HashSet<Vec<String>>> = HashMap::new();
+        let mut candidates: HashSet<String> = HashSet::new();
+        let h = history();
+        let h: Vec<&str> = h.iter().map(String::as_str).collect();
+        for grow in [false, true] {
+            if grow {
+                reload_data(&mut admin).await.unwrap();
+            }
+            for name in names {
+                let mut req = recommend(history(), 3, 5, pb::RankMode::Retriever);
+                req.retriever = name.into();
+                let r = rec.recommend(bearer(req, SVC_TOKEN)).await.unwrap();
+                let ids = r.get_ref().items.iter().map(|i| i.item_id.clone());
+                answers.entry(name).or_default().insert(ids.collect());
+            }
+            let markov = retrieved(&mut rec, "markov", &h, 5).await;
+            candidates.extend(markov.into_iter().map(|c| c.0));
+        }
+        let (answers, candidates) = (Arc::new(answers), Arc::new(candidates));
+        // Every id's title, the new item's included.
+        let titles: Arc<HashMap<String, String>> = Arc::new({
+            let mut m: HashMap<String, String> = fx
+                .core
+                .catalog()
+                .items()
+                .iter()
+                .map(|it| (it.id.clone(), it.title.clone()))
+                .collect();
+            m.insert(NEW_ITEM.into(), NEW_TITLE.into());
+            m
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut clients = Vec::new();
+        for i in 0..8 {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            let titles = titles.clone();
+            let (answers, candidates) = (answers.clone(), candidates.clone());
+            let mut rec = fx.recommender().await;
+            clients.push(tokio::spawn(async move {
+                // Two of the eight rank with the LLM.
+                let (mode, names) = if i < 2 {
+                    (pb::RankMode::Score, &["markov"][..])
+                } else {
+                    (pb::RankMode::Retriever, &["", "popularity", "mix"][..])
+                };
+                let mut n = i;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = names[n % names.len()];
+                    let mut req = recommend(history(), 3, 5, mode);
+                    req.retriever = name.into();
+                    n += 1;
+                    let expected = |items: &[pb::RankedItem]| {
+                        let ids: Vec<String> = items.iter().map(|i| i.item_id.clone()).collect();
+                        items.len() == 3
+                            && items
+                                .iter()
+                                .all(|it| titles.get(&it.item_id) == Some(&it.title))
+                            && if mode == pb::RankMode::Score {
+                                ids.iter().all(|id| candidates.contains(id))
+                            } else {
+                                answers[name].contains(&ids)
+                            }
+                    };
+                    match rec.recommend(bearer(req, SVC_TOKEN)).await {
+                        Ok(r) if expected(&r.get_ref().items) => {
+                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let at_first_reload = ok.load(std::sync::atomic::Ordering::Relaxed);
+        // Served now: the grown files.
+        let reloads = 6;
+        for i in 0..reloads {
+            let grow = i % 2 == 1;
+            for (k, (path, original)) in files.iter().enumerate() {
+                std::fs::write(path, if grow { &grown[k] } else { original }).unwrap();
+            }
+            let r = reload_data(&mut admin).await.unwrap();
+            assert_eq!(
+                r.after.unwrap().items,
+                if grow { 1683 } else { 1682 },
+                "reload {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let at_last_reload = ok.load(std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        let failures = failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        let during = at_last_reload - at_first_reload;
+        assert!(during >= 50, "only {during} calls while reloading");
+        let total = ok.load(std::sync::atomic::Ordering::Relaxed);
+        let text = fx.core.metrics().render();
+        // The calls that learnt the answers first included.
+        assert_eq!(
+            series(&text, r#"palr_requests_total{code="OK",rpc="Recommend"}"#),
+            (total + 2 * names.len() as u64) as f64
+        );
+        assert_eq!(
+            series(
+                &text,
+                r#"palr_admin_calls_total{call="ReloadData",outcome="ok"}"#
+            ),
+            reloads as f64 + 1.0
+        );
+        eprintln!("{total} calls, {during} of them during {reloads} data reloads");
         fx.shutdown().await;
     });
 }

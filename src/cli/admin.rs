@@ -11,6 +11,11 @@ pub enum AdminCmd {
     /// re-opened and re-fitted, swapped in together; on any failure the running ones stay.
     /// (SIGHUP to `palr serve` does the same.)
     ReloadRetrievers(AdminArgs),
+    /// Reload the data set from the server's [data] directory: new items and interactions
+    /// served, every retriever re-fitted on the new data, swapped in together with the
+    /// catalog; on any failure (a bad file, a retriever refusing the data) the running data
+    /// stays.
+    ReloadData(AdminArgs),
     /// List the model's LoRA adapters (merged or not, the default, rank, generation).
     ListAdapters(AdminArgs),
     /// Load a PEFT LoRA directory on the server as an adapter requests may name, without a
@@ -39,6 +44,7 @@ impl AdminCmd {
     fn args(&self) -> &AdminArgs {
         match self {
             AdminCmd::ReloadRetrievers(args)
+            | AdminCmd::ReloadData(args)
             | AdminCmd::ListAdapters(args)
             | AdminCmd::LoadAdapter { args, .. }
             | AdminCmd::UnloadAdapter { args, .. } => args,
@@ -65,6 +71,11 @@ pub fn run(cmd: &AdminCmd) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(run_async(cmd))
+}
+
+/// A fingerprint's first 12 hex digits, as logs and errors write it.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(12)]
 }
 
 fn list(names: &[String]) -> String {
@@ -111,6 +122,50 @@ async fn run_async(cmd: &AdminCmd) -> anyhow::Result<()> {
                 println!(
                     "not reloaded (changed in the configuration, need a restart): {}",
                     r.not_reloaded.join(", ")
+                );
+            }
+            println!("reloaded in {:.0} ms", r.took_ms);
+        }
+        AdminCmd::ReloadData(_) => {
+            let r = client.reload_data().await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let (b, a) = (&r.before, &r.after);
+            println!("{:<14} {:>10} {:>10}", "", "before", "now");
+            println!("{:<14} {:>10} {:>10}", "items", b.items, a.items);
+            println!("{:<14} {:>10} {:>10}", "users", b.users, a.users);
+            println!(
+                "{:<14} {:>10} {:>10}",
+                "interactions", b.interactions, a.interactions
+            );
+            if a.skipped_unknown_items > 0 {
+                println!(
+                    "skipped {} interactions with items not in the catalog",
+                    a.skipped_unknown_items
+                );
+            }
+            println!("items added {}, removed {}", r.items_added, r.items_removed);
+            println!(
+                "training view {} {} (was {})",
+                r.training_view_stage,
+                short(&r.training_view_fingerprint),
+                short(&r.previous_training_view_fingerprint)
+            );
+            for l in &r.retrievers {
+                println!(
+                    "re-fitted {} (generation {}){}",
+                    l.name,
+                    l.generation,
+                    if l.stale_snapshot {
+                        format!(
+                            ": pre-trained on an older snapshot of the data, retrain it ({})",
+                            l.note
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
             }
             println!("reloaded in {:.0} ms", r.took_ms);

@@ -15,7 +15,10 @@ use crate::proto::admin::v1::admin_server::Admin;
 
 use super::conn::Caller;
 use super::error::ServiceError;
-use super::recommender::{AdapterChange, AdapterListing, Recommender, ReloadReport};
+use super::recommender::{
+    AdapterChange, AdapterListing, DataCounts, DataReloadReport, Recommender, ReloadReport,
+};
+use crate::retrieval::RetrieverInfo;
 
 /// The gRPC face of the admin operations on a [`Recommender`].
 #[derive(Debug, Clone)]
@@ -36,31 +39,55 @@ fn caller<T>(req: &Request<T>) -> String {
         .map_or_else(|| "anonymous".to_owned(), |c| c.0.to_string())
 }
 
+fn loaded_to_proto(i: RetrieverInfo) -> pb::LoadedRetriever {
+    pb::LoadedRetriever {
+        // The file name only: the server's directory layout is not the caller's business.
+        library_file: i
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        loaded_from_copy: i.loaded_from != i.path,
+        plugin_name: i.plugin_name,
+        plugin_version: i.plugin_version,
+        generation: i.generation,
+        stale_snapshot: i.stale_snapshot,
+        note: i.note.unwrap_or_default(),
+        name: i.name,
+    }
+}
+
 fn reload_to_proto(r: ReloadReport) -> pb::ReloadRetrieversResponse {
     pb::ReloadRetrieversResponse {
-        retrievers: r
-            .retrievers
-            .into_iter()
-            .map(|i| pb::LoadedRetriever {
-                // The file name only: the server's directory layout is not the caller's
-                // business.
-                library_file: i
-                    .path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                loaded_from_copy: i.loaded_from != i.path,
-                plugin_name: i.plugin_name,
-                plugin_version: i.plugin_version,
-                generation: i.generation,
-                name: i.name,
-            })
-            .collect(),
+        retrievers: r.retrievers.into_iter().map(loaded_to_proto).collect(),
         fusions: r.fusions,
         default_retriever: r.default,
         added: r.added,
         removed: r.removed,
         not_reloaded: r.not_reloaded.into_iter().map(str::to_owned).collect(),
+        took_ms: r.took.as_secs_f64() * 1e3,
+    }
+}
+
+fn counts_to_proto(c: DataCounts) -> pb::DataCounts {
+    pb::DataCounts {
+        items: c.items as u64,
+        users: c.users as u64,
+        interactions: c.interactions as u64,
+        skipped_unknown_items: c.skipped_unknown_items as u64,
+    }
+}
+
+fn data_reload_to_proto(r: DataReloadReport) -> pb::ReloadDataResponse {
+    pb::ReloadDataResponse {
+        before: Some(counts_to_proto(r.before)),
+        after: Some(counts_to_proto(r.after)),
+        items_added: r.items_added as u64,
+        items_removed: r.items_removed as u64,
+        training_view_stage: r.view_stage,
+        training_view_fingerprint: r.view_fingerprint,
+        previous_training_view_fingerprint: r.previous_view_fingerprint,
+        retrievers: r.retrievers.into_iter().map(loaded_to_proto).collect(),
         took_ms: r.took.as_secs_f64() * 1e3,
     }
 }
@@ -78,6 +105,19 @@ impl Admin for AdminService {
             .await
             .map_err(|e| ServiceError::Internal(format!("reload thread failed: {e}")))??;
         Ok(Response::new(reload_to_proto(report)))
+    }
+
+    async fn reload_data(
+        &self,
+        request: Request<pb::ReloadDataRequest>,
+    ) -> Result<Response<pb::ReloadDataResponse>, Status> {
+        let trigger = format!("admin API, caller {:?}", caller(&request));
+        let core = self.core.clone();
+        // Files are read and plugins fit on a blocking thread; the core serialises reloads.
+        let report = tokio::task::spawn_blocking(move || core.reload_data(&trigger))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("reload thread failed: {e}")))??;
+        Ok(Response::new(data_reload_to_proto(report)))
     }
 
     async fn list_adapters(

@@ -423,6 +423,24 @@ pub struct LoadedRetriever {
     pub plugin_version: String,
     pub generation: u64,
     pub loaded_from_copy: bool,
+    /// Serving pre-trained state fitted on an older snapshot of the data.
+    pub stale_snapshot: bool,
+    pub note: String,
+}
+
+impl From<admin_pb::LoadedRetriever> for LoadedRetriever {
+    fn from(i: admin_pb::LoadedRetriever) -> Self {
+        Self {
+            name: i.name,
+            library_file: i.library_file,
+            plugin_name: i.plugin_name,
+            plugin_version: i.plugin_version,
+            generation: i.generation,
+            loaded_from_copy: i.loaded_from_copy,
+            stale_snapshot: i.stale_snapshot,
+            note: i.note,
+        }
+    }
 }
 
 /// What ReloadRetrievers reports.
@@ -434,6 +452,40 @@ pub struct ReloadSummary {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub not_reloaded: Vec<String>,
+    pub took_ms: f64,
+}
+
+/// A data set's size, as ReloadData reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DataSize {
+    pub items: u64,
+    pub users: u64,
+    pub interactions: u64,
+    pub skipped_unknown_items: u64,
+}
+
+impl From<Option<admin_pb::DataCounts>> for DataSize {
+    fn from(c: Option<admin_pb::DataCounts>) -> Self {
+        c.map_or_else(Self::default, |c| Self {
+            items: c.items,
+            users: c.users,
+            interactions: c.interactions,
+            skipped_unknown_items: c.skipped_unknown_items,
+        })
+    }
+}
+
+/// What ReloadData reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataReloadSummary {
+    pub before: DataSize,
+    pub after: DataSize,
+    pub items_added: u64,
+    pub items_removed: u64,
+    pub training_view_stage: String,
+    pub training_view_fingerprint: String,
+    pub previous_training_view_fingerprint: String,
+    pub retrievers: Vec<LoadedRetriever>,
     pub took_ms: f64,
 }
 
@@ -501,23 +553,32 @@ impl AdminClient {
             .await?
             .into_inner();
         Ok(ReloadSummary {
-            retrievers: r
-                .retrievers
-                .into_iter()
-                .map(|i| LoadedRetriever {
-                    name: i.name,
-                    library_file: i.library_file,
-                    plugin_name: i.plugin_name,
-                    plugin_version: i.plugin_version,
-                    generation: i.generation,
-                    loaded_from_copy: i.loaded_from_copy,
-                })
-                .collect(),
+            retrievers: r.retrievers.into_iter().map(Into::into).collect(),
             fusions: r.fusions,
             default_retriever: r.default_retriever,
             added: r.added,
             removed: r.removed,
             not_reloaded: r.not_reloaded,
+            took_ms: r.took_ms,
+        })
+    }
+
+    /// Reloads the server's data set (and re-fits its retrievers on it).
+    pub async fn reload_data(&mut self) -> Result<DataReloadSummary> {
+        let r = self
+            .inner
+            .reload_data(admin_pb::ReloadDataRequest {})
+            .await?
+            .into_inner();
+        Ok(DataReloadSummary {
+            before: r.before.into(),
+            after: r.after.into(),
+            items_added: r.items_added,
+            items_removed: r.items_removed,
+            training_view_stage: r.training_view_stage,
+            training_view_fingerprint: r.training_view_fingerprint,
+            previous_training_view_fingerprint: r.previous_training_view_fingerprint,
+            retrievers: r.retrievers.into_iter().map(Into::into).collect(),
             took_ms: r.took_ms,
         })
     }

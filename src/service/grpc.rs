@@ -660,6 +660,7 @@ mod tests {
             rpc_label("/palr.admin.v1.Admin/ReloadRetrievers"),
             "ReloadRetrievers"
         );
+        assert_eq!(rpc_label("/palr.admin.v1.Admin/ReloadData"), "ReloadData");
         assert_eq!(
             rpc_label("/palr.admin.v1.Admin/ListAdapters"),
             "ListAdapters"

@@ -29,8 +29,9 @@ pub const RPCS: [&str; 5] = [
     "GetModelInfo",
 ];
 /// The admin API's methods (`palr.admin.v1.Admin`), as metric labels.
-pub const ADMIN_RPCS: [&str; 4] = [
+pub const ADMIN_RPCS: [&str; 5] = [
     "ReloadRetrievers",
+    "ReloadData",
     "ListAdapters",
     "LoadAdapter",
     "UnloadAdapter",
@@ -116,6 +117,15 @@ pub struct Metrics {
     /// `palr_adapter_info{adapter,generation,rank,merged}` = 1 per adapter requests may
     /// name: unmerged ones follow the admin API's loads and unloads.
     pub adapter_info: IntGaugeVec,
+    /// `palr_data_items`, `palr_data_users`, `palr_data_interactions`: the data set served
+    /// (catalog items; users and interactions of the data files), set at start-up and by
+    /// every data reload.
+    pub data_items: IntGauge,
+    pub data_users: IntGauge,
+    pub data_interactions: IntGauge,
+    /// `palr_training_view_info{stage,fingerprint}` = 1 for the retrievers' training view
+    /// served (the fingerprint `GetModelInfo` reports), one series at a time.
+    pub training_view_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -365,6 +375,35 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            data_items: reg(
+                r,
+                IntGauge::new("palr_data_items", "Items in the catalog served")
+                    .expect("valid gauge"),
+            ),
+            data_users: reg(
+                r,
+                IntGauge::new("palr_data_users", "Users in the data set served")
+                    .expect("valid gauge"),
+            ),
+            data_interactions: reg(
+                r,
+                IntGauge::new(
+                    "palr_data_interactions",
+                    "Interactions in the data set served",
+                )
+                .expect("valid gauge"),
+            ),
+            training_view_info: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "palr_training_view_info",
+                        "The retrievers' training view served: stage and fingerprint (value 1)",
+                    ),
+                    &["stage", "fingerprint"],
+                )
+                .expect("valid gauge"),
+            ),
             registry,
         };
         // Known series start at zero, so dashboards and rate() see them before the first
@@ -451,6 +490,24 @@ impl Metrics {
                 ])
                 .set(1);
         }
+    }
+
+    /// Sets the gauges of the data served: its size and the training view (the series of
+    /// the view it replaces is removed): call it after every (re)load of the data.
+    pub fn set_data(
+        &self,
+        items: usize,
+        users: usize,
+        interactions: usize,
+        view: &crate::retrieval::TrainingView,
+    ) {
+        self.data_items.set(items as i64);
+        self.data_users.set(users as i64);
+        self.data_interactions.set(interactions as i64);
+        self.training_view_info.reset();
+        self.training_view_info
+            .with_label_values(&[view.stage(), view.fingerprint()])
+            .set(1);
     }
 
     /// Observes one stage's duration.
@@ -625,6 +682,32 @@ mod tests {
             !text.contains("1.0.0") && !text.contains("retriever=\"b\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn data_gauges_follow_the_data_served() {
+        let view = |n: u32, stage: &str| {
+            crate::retrieval::TrainingView::from_sequences(n, &[vec![0u32, 1]])
+                .unwrap()
+                .with_stage(stage)
+        };
+        let m = Metrics::new();
+        let (a, b) = (view(3, "all"), view(4, "all"));
+        m.set_data(3, 1, 2, &a);
+        m.set_data(4, 1, 2, &b);
+        let text = m.render();
+        assert!(text.contains("palr_data_items 4"), "{text}");
+        assert!(text.contains("palr_data_users 1"), "{text}");
+        assert!(text.contains("palr_data_interactions 2"), "{text}");
+        // Only the view served now.
+        let info = |v: &crate::retrieval::TrainingView| {
+            format!(
+                "palr_training_view_info{{fingerprint=\"{}\",stage=\"all\"}} 1",
+                v.fingerprint()
+            )
+        };
+        assert!(text.contains(&info(&b)), "{text}");
+        assert!(!text.contains(a.fingerprint()), "{text}");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! `proto/palr/v1/recommender.proto` (gRPC over HTTP/2), plus the standard
 //! `grpc.health.v1.Health` and server reflection.
 //!
-//! - [`admin`]: the admin API (`palr.admin.v1.Admin`, its own listener): retriever reloads,
-//!   adapters;
+//! - [`admin`]: the admin API (`palr.admin.v1.Admin`, its own listener): retriever and data
+//!   reloads, adapters;
 //! - [`config`]: the TOML configuration and its layers (defaults, file, `PALR_*__*`
 //!   environment, flags);
 //! - [`recommender`]: the transport-free core — what is loaded ([`Recommender::load`]) and

@@ -346,6 +346,28 @@ impl AdapterListing {
     }
 }
 
+/// The size of a data set as loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DataCounts {
+    pub items: usize,
+    pub users: usize,
+    pub interactions: usize,
+    /// Interaction rows dropped because their item is not in the catalog
+    /// (`data.skip_unknown_items`).
+    pub skipped_unknown_items: usize,
+}
+
+impl DataCounts {
+    fn of(ds: &Dataset) -> Self {
+        Self {
+            items: ds.catalog.len(),
+            users: ds.interactions.n_users(),
+            interactions: ds.interactions.len(),
+            skipped_unknown_items: ds.skipped_unknown_items,
+        }
+    }
+}
+
 /// What a LoadAdapter or UnloadAdapter changed: the adapter loaded (or unloaded) and the
 /// one it replaced.
 #[derive(Debug, Clone)]
@@ -364,12 +386,90 @@ struct RequestAdapter {
     pinned: Option<crate::engine::AdapterRef>,
 }
 
-/// Everything a request needs, loaded once at start-up and shared by all requests; the
-/// retriever set can be reloaded while serving.
+/// What requests are served from, as one immutable unit: the catalog (ids, titles), the
+/// training view made from the same data set, the retriever set fitted on that view and the
+/// ranker over that catalog (its caches are by item index). A request takes the snapshot in
+/// use at its start ([`Recommender::served`]) and resolves ids, retrieves, ranks and writes
+/// ids and titles from it alone, so a reload swapping another in meanwhile — of the data
+/// ([`Recommender::reload_data`]) or of the retrievers ([`Recommender::reload_retrievers`])
+/// — never mixes two catalogs, or a catalog with retrievers fitted on other data, in one
+/// request.
+pub struct Served {
+    catalog: Arc<Catalog>,
+    /// The retrievers' view of the data; `set` was made on it.
+    view: Arc<TrainingView>,
+    set: Arc<RetrieverSet>,
+    ranker: Arc<Ranker>,
+    /// The data set `catalog` and `view` came from.
+    data: DataCounts,
+}
+
+impl Served {
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The retrievers' training view.
+    pub fn view(&self) -> &Arc<TrainingView> {
+        &self.view
+    }
+
+    /// The retriever set.
+    pub fn retriever_set(&self) -> &Arc<RetrieverSet> {
+        &self.set
+    }
+
+    /// The size of the data set.
+    pub fn data(&self) -> DataCounts {
+        self.data
+    }
+
+    fn title(&self, i: u32) -> String {
+        self.catalog.title(i).unwrap_or_default().to_owned()
+    }
+
+    fn id(&self, i: u32) -> String {
+        self.catalog.id(i).unwrap_or_default().to_owned()
+    }
+}
+
+/// How many item ids of `new` are not in `old` (added), and of `old` not in `new` (removed).
+fn catalog_diff(old: &Catalog, new: &Catalog) -> (usize, usize) {
+    let added = new
+        .items()
+        .iter()
+        .filter(|it| old.index_of(&it.id).is_none())
+        .count();
+    // Ids are unique in both: what is not added is in both.
+    (added, old.len() - (new.len() - added))
+}
+
+/// What a data reload changed.
+#[derive(Debug, Clone)]
+pub struct DataReloadReport {
+    /// The data set served before the reload, and now.
+    pub before: DataCounts,
+    pub after: DataCounts,
+    /// Item ids new in the catalog, and ids no longer in it.
+    pub items_added: usize,
+    pub items_removed: usize,
+    /// The retrievers' training view now: its stage and fingerprint, and the fingerprint of
+    /// the view it replaced.
+    pub view_stage: String,
+    pub view_fingerprint: String,
+    pub previous_view_fingerprint: String,
+    /// Every plugin, created (fitted) anew on the new view.
+    pub retrievers: Vec<RetrieverInfo>,
+    pub took: Duration,
+}
+
+/// Everything a request needs, loaded once at start-up and shared by all requests; the data
+/// and the retrievers ([`Served`]) can be reloaded while serving.
 pub struct Recommender {
     cfg: ServerConfig,
-    catalog: Arc<Catalog>,
-    retriever_set: std::sync::RwLock<Arc<RetrieverSet>>,
+    /// What requests are served from; replaced whole by reloads.
+    served: std::sync::RwLock<Arc<Served>>,
     /// Where the configuration came from, for reloads; `None` = nothing to re-read.
     source: Option<ConfigSource>,
     /// Serialises reloads (admin calls and SIGHUP).
@@ -378,7 +478,7 @@ pub struct Recommender {
     health_hook: std::sync::Mutex<Option<HealthHook>>,
     set_hook: std::sync::Mutex<Option<RetrieverSetHook>>,
     model: Arc<dyn LanguageModel>,
-    ranker: Arc<Ranker>,
+    prompting: Prompting,
     admission: Admission,
     /// Mean ranking time per mode (score, generate), microseconds; 0 = none measured yet.
     rank_us: [std::sync::atomic::AtomicU64; 2],
@@ -395,7 +495,7 @@ fn mode_index(mode: RankMode) -> usize {
 impl std::fmt::Debug for Recommender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recommender")
-            .field("catalog_items", &self.catalog.len())
+            .field("catalog_items", &self.served().catalog.len())
             .field("registry", &self.retriever_set().registry)
             .finish_non_exhaustive()
     }
@@ -576,24 +676,43 @@ fn load_model(m: &ModelSection) -> std::result::Result<Arc<dyn LanguageModel>, S
     engine::load(&m.dir, &engine_options(m)).map_err(|e| engine_error(m, e))
 }
 
-/// The ranker: `model` with the model directory's tokenizer and chat template, over
-/// `catalog`, configured by `[ranking]`.
-fn load_ranker(
-    cfg: &ServerConfig,
-    model: Arc<dyn LanguageModel>,
-    catalog: Arc<Catalog>,
-) -> std::result::Result<Ranker, StartError> {
-    let dir = &cfg.model.dir;
-    let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| model_error(dir, e.to_string()))?;
-    let chat = ChatTemplate::from_model_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
-    Ok(Ranker::new(
-        model,
-        Arc::new(tok),
-        chat.as_ref(),
-        catalog,
-        cfg.ranking.clone(),
-    )?)
+/// The model directory's tokenizer and chat template (if it has one): loaded once, every
+/// snapshot's ranker is made with them.
+struct Prompting {
+    tok: Arc<Tokenizer>,
+    chat: Option<ChatTemplate>,
+}
+
+impl Prompting {
+    /// Reads the tokenizer and chat template of `[model]`'s directory.
+    fn load(m: &ModelSection) -> std::result::Result<Self, StartError> {
+        let dir = &m.dir;
+        let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| model_error(dir, e.to_string()))?;
+        let chat =
+            ChatTemplate::from_model_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
+        Ok(Self {
+            tok: Arc::new(tok),
+            chat,
+        })
+    }
+
+    /// A ranker: `model` with this tokenizer and chat template, over `catalog`, configured
+    /// by `[ranking]`.
+    fn ranker(
+        &self,
+        cfg: &ServerConfig,
+        model: Arc<dyn LanguageModel>,
+        catalog: Arc<Catalog>,
+    ) -> std::result::Result<Ranker, StartError> {
+        Ok(Ranker::new(
+            model,
+            self.tok.clone(),
+            self.chat.as_ref(),
+            catalog,
+            cfg.ranking.clone(),
+        )?)
+    }
 }
 
 /// Refuses a `model.default_adapter` the ranker does not have, and adapters of a rank over
@@ -661,12 +780,14 @@ impl Recommender {
     pub fn load(cfg: &ServerConfig, metrics: Metrics) -> std::result::Result<Self, StartError> {
         cfg.validate()?;
         let ds = load_dataset(&cfg.data)?;
-        let view = retrievers_view(cfg, &ds)?;
+        let view = Arc::new(retrievers_view(cfg, &ds)?);
+        let data = DataCounts::of(&ds);
         let catalog = Arc::new(ds.catalog);
-        let set = RetrieverSet::load(&cfg.retrieval, Arc::new(view))?;
+        let set = RetrieverSet::load(&cfg.retrieval, view.clone())?;
         let t = Instant::now();
         let model = load_model(&cfg.model)?;
-        let ranker = load_ranker(cfg, model.clone(), catalog.clone())?;
+        let prompting = Prompting::load(&cfg.model)?;
+        let ranker = prompting.ranker(cfg, model.clone(), catalog.clone())?;
         tracing::info!(
             model = %model.config().name,
             backend = %model.describe(),
@@ -680,19 +801,24 @@ impl Recommender {
             admission: admission(&cfg.server, &metrics),
             rank_us: Default::default(),
             cfg: cfg.clone(),
-            catalog,
-            retriever_set: std::sync::RwLock::new(Arc::new(set)),
+            served: std::sync::RwLock::new(Arc::new(Served {
+                catalog,
+                view,
+                set: Arc::new(set),
+                ranker: Arc::new(ranker),
+                data,
+            })),
             source: None,
             reload_lock: std::sync::Mutex::new(()),
             health_hook: std::sync::Mutex::new(None),
             set_hook: std::sync::Mutex::new(None),
             model,
-            ranker: Arc::new(ranker),
+            prompting,
             metrics,
         };
         me.init_metrics();
         if cfg.server.warmup {
-            me.warm_up()?;
+            me.warm_up(&me.served())?;
         }
         Ok(me)
     }
@@ -700,28 +826,37 @@ impl Recommender {
     /// Tells the metrics what was loaded (plugins, retrievers and fusions, adapters) and
     /// has the quarantine gauge follow the breakers.
     fn init_metrics(&self) {
-        let (plugins, sources) = self.retriever_set().names();
+        let served = self.served();
+        let (plugins, sources) = served.set.names();
         let mut adapters = self.adapter_names();
-        if self.ranker.model().merged_adapter().is_none() {
+        if self.model.merged_adapter().is_none() {
             adapters.push(BASE_MODEL_LABEL.to_owned());
         }
         self.metrics.init_loaded(&plugins, &sources, &adapters);
-        self.metrics.set_retriever_info(&self.retrievers());
+        self.metrics.set_retriever_info(&served.set.registry.list());
+        self.set_data_metrics(&served);
         self.publish_adapters();
         // The quarantine gauge follows the breakers even where no server reports health.
         self.on_retriever_health(Arc::new(|_: &str, _: bool| {}));
     }
 
-    /// Runs each mode once on the first catalog items so the shared prompt prefixes are in
-    /// the KV cache before the first request.
-    fn warm_up(&self) -> std::result::Result<(), StartError> {
-        if self.catalog.len() < 3 {
+    /// Sets the gauges that describe the data `served` holds.
+    fn set_data_metrics(&self, served: &Served) {
+        let d = served.data;
+        self.metrics
+            .set_data(d.items, d.users, d.interactions, &served.view);
+    }
+
+    /// Runs each mode once on the first catalog items of `served` so its ranker's shared
+    /// prompt prefixes are in the KV cache before its first request.
+    fn warm_up(&self, served: &Served) -> std::result::Result<(), StartError> {
+        if served.catalog.len() < 3 {
             return Ok(());
         }
         let t = Instant::now();
-        let default = self.check_adapter("").ok().flatten();
+        let default = self.check_adapter(served, "").ok().flatten();
         for mode in [RankMode::Score, RankMode::Generate] {
-            self.ranker.rank(&RankRequest {
+            served.ranker.rank(&RankRequest {
                 history: &[0],
                 candidates: &[1, 2],
                 k: 1,
@@ -753,15 +888,27 @@ impl Recommender {
         self.retriever_set().section.clone()
     }
 
+    /// The snapshot served now — catalog, training view, retriever set and ranker, one
+    /// consistent unit whatever a reload swaps in meanwhile. Each request takes it once, at
+    /// its start, and uses nothing else.
+    pub fn served(&self) -> Arc<Served> {
+        // Only ever replaced whole: a poisoned lock still holds a valid snapshot.
+        self.served
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The retriever set in use now (requests keep the one they started with): one
     /// consistent view of plugins, fusions, default and bulkheads, whatever a reload swaps in
     /// meanwhile.
     pub fn retriever_set(&self) -> Arc<RetrieverSet> {
-        // Only ever replaced whole: a poisoned lock still holds a valid set.
-        self.retriever_set
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.served().set.clone()
+    }
+
+    /// The ranker in use now (requests keep the one they started with).
+    fn ranker(&self) -> Arc<Ranker> {
+        self.served().ranker.clone()
     }
 
     /// The server's metrics.
@@ -769,9 +916,9 @@ impl Recommender {
         &self.metrics
     }
 
-    /// The catalog.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    /// The catalog in use now (a data reload swaps in another).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.served().catalog.clone()
     }
 
     /// The loaded retrievers, by name.
@@ -797,7 +944,9 @@ impl Recommender {
     /// The model and the ranker's limits.
     pub fn model_summary(&self) -> ModelSummary {
         let c = self.model.config();
-        let set = self.retriever_set();
+        // One snapshot: the catalog and the view reported belong together.
+        let served = self.served();
+        let ranker = &served.ranker;
         ModelSummary {
             name: c.name.clone(),
             architecture: c.architecture.clone(),
@@ -807,27 +956,19 @@ impl Recommender {
             hidden_size: c.dim,
             vocab_size: c.vocab_size,
             max_context: c.max_position_embeddings,
-            max_prompt_tokens: self.ranker.config().max_prompt_tokens,
-            prompt_history_items: self.ranker.config().max_history,
-            max_score_candidates: self.ranker.max_score_candidates(),
-            catalog_items: self.catalog.len(),
-            training_view_stage: set.registry.view().stage().to_owned(),
-            training_view_fingerprint: set.registry.view().fingerprint().to_owned(),
+            max_prompt_tokens: ranker.config().max_prompt_tokens,
+            prompt_history_items: ranker.config().max_history,
+            max_score_candidates: ranker.max_score_candidates(),
+            catalog_items: served.catalog.len(),
+            training_view_stage: served.view.stage().to_owned(),
+            training_view_fingerprint: served.view.fingerprint().to_owned(),
         }
-    }
-
-    fn title(&self, i: u32) -> String {
-        self.catalog.title(i).unwrap_or_default().to_owned()
-    }
-
-    fn id(&self, i: u32) -> String {
-        self.catalog.id(i).unwrap_or_default().to_owned()
     }
 
     /// The adapter a request runs with (`None`: the model as loaded), pinned for the
     /// request's whole life (an unload or replacement meanwhile does not touch it), or
     /// NOT_FOUND.
-    fn check_adapter(&self, adapter: &str) -> Result<Option<RequestAdapter>> {
+    fn check_adapter(&self, served: &Served, adapter: &str) -> Result<Option<RequestAdapter>> {
         let name = if adapter.is_empty() {
             self.cfg.model.default_adapter.as_str()
         } else {
@@ -836,7 +977,7 @@ impl Recommender {
         if name.is_empty() {
             return Ok(None);
         }
-        if let Ok(pinned) = self.ranker.adapter(name) {
+        if let Ok(pinned) = served.ranker.adapter(name) {
             return Ok(Some(RequestAdapter {
                 name: name.to_owned(),
                 pinned,
@@ -865,14 +1006,14 @@ impl Recommender {
         adapter
             .as_ref()
             .map(|a| a.name.clone())
-            .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
+            .or_else(|| self.model.merged_adapter().map(str::to_owned))
             .unwrap_or_default()
     }
 
     /// The adapters requests may use, each with whether it is merged into the weights
     /// (unmerged ones first, in load order).
     pub fn adapters(&self) -> Vec<(String, bool)> {
-        let m = self.ranker.model();
+        let m = &self.model;
         m.adapters()
             .iter()
             .map(|a| (a.name().to_owned(), false))
@@ -888,7 +1029,7 @@ impl Recommender {
     /// Every adapter requests may name, with what it is (unmerged ones first, in load
     /// order; then the merged one).
     pub fn adapter_listing(&self) -> Vec<AdapterListing> {
-        let m = self.ranker.model();
+        let m = &self.model;
         let default = &self.cfg.model.default_adapter;
         let mut out: Vec<AdapterListing> = m
             .adapters()
@@ -942,7 +1083,7 @@ impl Recommender {
         t: Instant,
     ) -> Result<AdapterChange> {
         let m = &self.cfg.model;
-        let model = self.ranker.model();
+        let model = &self.model;
         super::config::check_adapter_name(name).map_err(ServiceError::InvalidArgument)?;
         if model.merged_adapter() == Some(name) {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -996,7 +1137,7 @@ impl Recommender {
                 }
             })?;
         if let Some(old) = &old {
-            self.ranker.forget_adapter(old.generation());
+            self.ranker().forget_adapter(old.generation());
         }
         self.metrics.init_loaded(&[], &[], &[name.to_owned()]);
         self.publish_adapters();
@@ -1021,7 +1162,7 @@ impl Recommender {
     }
 
     fn unload_adapter_locked(&self, name: &str, t: Instant) -> Result<AdapterChange> {
-        let model = self.ranker.model();
+        let model = &self.model;
         if model.merged_adapter() == Some(name) {
             return Err(ServiceError::FailedPrecondition(format!(
                 "adapter {name:?} is merged into the weights: it is the model served, and goes \
@@ -1050,7 +1191,7 @@ impl Recommender {
                 }
             ))
         })?;
-        self.ranker.forget_adapter(gone.generation());
+        self.ranker().forget_adapter(gone.generation());
         self.publish_adapters();
         Ok(AdapterChange {
             adapter: AdapterListing::unmerged(gone.info(), &self.cfg.model.default_adapter),
@@ -1104,24 +1245,25 @@ impl Recommender {
         self.metrics.set_adapter_info(&info);
     }
 
-    /// Catalog indices of `ids`, or an error naming the first unknown id and where it is.
-    fn resolve(&self, field: &str, ids: &[String]) -> Result<Vec<u32>> {
+    /// Indices of `ids` in `catalog` (the request's snapshot's), or an error naming the
+    /// first unknown id and where it is.
+    fn resolve(catalog: &Catalog, field: &str, ids: &[String]) -> Result<Vec<u32>> {
         ids.iter()
             .enumerate()
             .map(|(pos, id)| {
-                self.catalog.index_of(id).ok_or_else(|| {
+                catalog.index_of(id).ok_or_else(|| {
                     ServiceError::InvalidArgument(format!(
                         "{field}[{pos}] = {:?} is not an item id of this catalog ({} items); send ids \
                          as the data set writes them",
                         clip(id),
-                        self.catalog.len()
+                        catalog.len()
                     ))
                 })
             })
             .collect()
     }
 
-    fn resolve_history(&self, history: &[String]) -> Result<Vec<u32>> {
+    fn resolve_history(&self, catalog: &Catalog, history: &[String]) -> Result<Vec<u32>> {
         let l = &self.cfg.limits;
         if history.is_empty() {
             return Err(ServiceError::InvalidArgument(
@@ -1139,7 +1281,7 @@ impl Recommender {
                 l.max_history_items
             )));
         }
-        self.resolve("history", history)
+        Self::resolve(catalog, "history", history)
     }
 
     /// Checks the request's user id and history timestamps; the timestamps returned are
@@ -1172,7 +1314,7 @@ impl Recommender {
         })
     }
 
-    fn resolve_exclude(&self, exclude: &[String]) -> Result<Vec<u32>> {
+    fn resolve_exclude(&self, catalog: &Catalog, exclude: &[String]) -> Result<Vec<u32>> {
         let max = self.cfg.limits.max_exclude as usize;
         if exclude.len() > max {
             return Err(ServiceError::InvalidArgument(format!(
@@ -1180,7 +1322,7 @@ impl Recommender {
                 exclude.len()
             )));
         }
-        self.resolve("exclude", exclude)
+        Self::resolve(catalog, "exclude", exclude)
     }
 
     fn mode(&self, m: Option<Mode>) -> Mode {
@@ -1189,8 +1331,8 @@ impl Recommender {
 
     /// `num_candidates` after defaults, checked against `max` (and, for score mode, the score
     /// labels: a default is capped to them, an explicit number over them is refused).
-    fn num_candidates(&self, n: u32, max: u32, mode: Mode) -> Result<usize> {
-        let max_score = self.ranker.max_score_candidates();
+    fn num_candidates(&self, ranker: &Ranker, n: u32, max: u32, mode: Mode) -> Result<usize> {
+        let max_score = ranker.max_score_candidates();
         let n = bounded_num_candidates(n, max, self.cfg.limits.default_num_candidates)?;
         match (n, mode.rank_mode()) {
             (None, Some(RankMode::Score)) => {
@@ -1427,18 +1569,16 @@ impl Recommender {
             )
         })?;
         let cfg = source.load().map_err(|e| refused(e.to_string()))?;
-        let old = self.retriever_set();
-        let view = old.registry.view().clone();
-        if cfg.retrieval.training != old.section.training {
+        let old = self.served();
+        if cfg.retrieval.training != old.set.section.training {
             return Err(refused(format!(
                 "retrieval.training is {:?} in the configuration but the server runs on {:?}; \
                  the training view is built from the data set at start-up: restart to change it",
-                cfg.retrieval.training, old.section.training
+                cfg.retrieval.training, old.set.section.training
             )));
         }
-        let set = RetrieverSet::load(&cfg.retrieval, view).map_err(|e| refused(e.to_string()))?;
-        let (plugins, sources) = set.names();
-        let (_, old_sources) = old.names();
+        let set = RetrieverSet::load(&cfg.retrieval, old.view.clone())
+            .map_err(|e| refused(e.to_string()))?;
         let not_reloaded: Vec<&'static str> = [
             ("server", cfg.server != self.cfg.server),
             ("model", cfg.model != self.cfg.model),
@@ -1449,46 +1589,18 @@ impl Recommender {
         .into_iter()
         .filter_map(|(section, differs)| differs.then_some(section))
         .collect();
-        let set = Arc::new(set);
-        {
-            // The breaker hook first, so no breaker change of the new set goes unreported.
-            let hook = self.health_hook.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(h) = hook.as_ref() {
-                set.bulkheads.set_health_hook(h.clone());
-            }
-            *self
-                .retriever_set
-                .write()
-                .unwrap_or_else(|p| p.into_inner()) = set.clone();
-        }
-        let removed: Vec<String> = old_sources
-            .iter()
-            .filter(|n| !sources.contains(n))
-            .cloned()
-            .collect();
-        let added: Vec<String> = sources
-            .iter()
-            .filter(|n| !old_sources.contains(n))
-            .cloned()
-            .collect();
-        self.metrics.init_loaded(&plugins, &sources, &[]);
-        self.metrics.set_retriever_info(&set.registry.list());
-        for name in &removed {
-            self.metrics
-                .retriever_quarantined
-                .with_label_values(&[name])
-                .set(0);
-        }
-        let hook = self
-            .set_hook
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(h) = hook {
-            h(&plugins, &removed);
-        }
+        // The same data, catalog and ranker, with the new retrievers.
+        let new = Arc::new(Served {
+            catalog: old.catalog.clone(),
+            view: old.view.clone(),
+            set: Arc::new(set),
+            ranker: old.ranker.clone(),
+            data: old.data,
+        });
+        let (added, removed) = self.swap_in(&old, &new);
         // The old set goes when the last request holding it ends (here if none does).
         drop(old);
+        let set = &new.set;
         Ok(ReloadReport {
             retrievers: set.registry.list(),
             fusions: set
@@ -1501,6 +1613,167 @@ impl Recommender {
             added,
             removed,
             not_reloaded,
+            took: t.elapsed(),
+        })
+    }
+
+    /// Swaps `new` in for `old` (the snapshot in use: callers hold the reload lock), then
+    /// has the metrics and the health entries follow its retriever set. Returns the
+    /// retriever and fusion names new in it, and those gone.
+    fn swap_in(&self, old: &Served, new: &Arc<Served>) -> (Vec<String>, Vec<String>) {
+        {
+            // The breaker hook first, so no breaker change of the new set goes unreported.
+            let hook = self.health_hook.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = hook.as_ref() {
+                new.set.bulkheads.set_health_hook(h.clone());
+            }
+            *self.served.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        }
+        let (plugins, sources) = new.set.names();
+        let (_, old_sources) = old.set.names();
+        let removed: Vec<String> = old_sources
+            .iter()
+            .filter(|n| !sources.contains(n))
+            .cloned()
+            .collect();
+        let added: Vec<String> = sources
+            .iter()
+            .filter(|n| !old_sources.contains(n))
+            .cloned()
+            .collect();
+        self.metrics.init_loaded(&plugins, &sources, &[]);
+        self.metrics.set_retriever_info(&new.set.registry.list());
+        for name in &removed {
+            self.metrics
+                .retriever_quarantined
+                .with_label_values(&[name])
+                .set(0);
+        }
+        self.set_data_metrics(new);
+        let hook = self
+            .set_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h(&plugins, &removed);
+        }
+        (added, removed)
+    }
+
+    /// Reloads the data: reads the data directory of `[data]` again (same directory, format
+    /// and unknown-item rule as at start-up), builds the retrievers' training view from it
+    /// (`retrieval.training`), creates (fits) every retriever of the `[retrieval]` in use on
+    /// that view with new bulkheads, makes a ranker over the new catalog (same model,
+    /// tokenizer and chat template; caches start empty; warmed up when `server.warmup` is
+    /// on), and swaps the four in together as one [`Served`]. Requests already running
+    /// finish on the snapshot they started with. Any failure — a file that does not parse,
+    /// an interaction with an unknown item (unless skipped), no items or no interactions, a
+    /// retriever refusing the new view — leaves what runs untouched (FAILED_PRECONDITION,
+    /// saying which file or retriever and what to do). Serialised with the other reloads,
+    /// logged (with `trigger`: who asked) and counted in `palr_admin_calls_total`.
+    ///
+    /// Blocking (files are read and plugins fit on this thread): call it on a blocking
+    /// thread.
+    pub fn reload_data(&self, trigger: &str) -> Result<DataReloadReport> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = Instant::now();
+        let out = self.reload_data_locked(t);
+        let outcome = if out.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .admin_calls
+            .with_label_values(&["ReloadData", outcome])
+            .inc();
+        match &out {
+            Ok(r) => {
+                tracing::info!(
+                    trigger,
+                    dir = %self.cfg.data.dir.display(),
+                    items = r.after.items,
+                    items_before = r.before.items,
+                    items_added = r.items_added,
+                    items_removed = r.items_removed,
+                    users = r.after.users,
+                    users_before = r.before.users,
+                    interactions = r.after.interactions,
+                    interactions_before = r.before.interactions,
+                    skipped_unknown_items = r.after.skipped_unknown_items,
+                    view = %r.view_stage,
+                    fingerprint = %r.view_fingerprint,
+                    previous_fingerprint = %r.previous_view_fingerprint,
+                    retrievers = %r.retrievers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(","),
+                    took_ms = r.took.as_millis() as u64,
+                    "data reloaded"
+                );
+                for i in r.retrievers.iter().filter(|i| i.stale_snapshot) {
+                    tracing::warn!(
+                        retriever = %i.name,
+                        note = i.note.as_deref().unwrap_or(""),
+                        "after the data reload this retriever serves pre-trained state fitted \
+                         on an older snapshot of the data; retrain it on the new view to \
+                         refresh it"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                trigger,
+                dir = %self.cfg.data.dir.display(),
+                error = %e,
+                "data reload failed; the data and retrievers in use are unchanged"
+            ),
+        }
+        out
+    }
+
+    /// The data reload itself, under the admin lock: read, build the whole new snapshot,
+    /// swap it in, report. Any early return leaves the running snapshot as is.
+    fn reload_data_locked(&self, t: Instant) -> Result<DataReloadReport> {
+        let refused = |e: String| {
+            ServiceError::FailedPrecondition(format!(
+                "data reload refused, the data and retrievers in use are unchanged: {e}"
+            ))
+        };
+        let old = self.served();
+        let ds = load_dataset(&self.cfg.data).map_err(|e| refused(e.to_string()))?;
+        let data = DataCounts::of(&ds);
+        let view = Arc::new(retrievers_view(&self.cfg, &ds).map_err(|e| refused(e.to_string()))?);
+        let catalog = Arc::new(ds.catalog);
+        let set = RetrieverSet::load(&old.set.section, view.clone()).map_err(|e| match e {
+            StartError::Retrieval(e) => refused(format!(
+                "{e}. Every retriever is created (fitted) anew on the new data's view \
+                 (stage {}, fingerprint {}): make this one accept it (e.g. train its weights \
+                 on the new view) or remove it from [retrieval] and ReloadRetrievers first",
+                view.stage(),
+                &view.fingerprint()[..12]
+            )),
+            e => refused(e.to_string()),
+        })?;
+        let ranker = self
+            .prompting
+            .ranker(&self.cfg, self.model.clone(), catalog.clone())
+            .map_err(|e| refused(e.to_string()))?;
+        let new = Arc::new(Served {
+            catalog,
+            view,
+            set: Arc::new(set),
+            ranker: Arc::new(ranker),
+            data,
+        });
+        if self.cfg.server.warmup {
+            // The new ranker's prompt prefixes, before requests reach it.
+            self.warm_up(&new).map_err(|e| refused(e.to_string()))?;
+        }
+        let (items_added, items_removed) = catalog_diff(&old.catalog, &new.catalog);
+        self.swap_in(&old, &new);
+        Ok(DataReloadReport {
+            before: old.data,
+            after: new.data,
+            items_added,
+            items_removed,
+            view_stage: new.view.stage().to_owned(),
+            view_fingerprint: new.view.fingerprint().to_owned(),
+            previous_view_fingerprint: old.view.fingerprint().to_owned(),
+            retrievers: new.set.registry.list(),
             took: t.elapsed(),
         })
     }
@@ -1530,10 +1803,12 @@ impl Recommender {
         e
     }
 
-    /// Ranking: waits for a slot, then runs the ranker on a blocking thread.
+    /// Ranking: waits for a slot, then runs `ranker` (the request's snapshot's) on a
+    /// blocking thread.
     #[allow(clippy::too_many_arguments)]
     async fn run_rank(
         self: &Arc<Self>,
+        ranker: Arc<Ranker>,
         history: Vec<u32>,
         candidates: Vec<u32>,
         k: usize,
@@ -1547,7 +1822,7 @@ impl Recommender {
         let adapter_label = adapter
             .as_ref()
             .map(|a| a.name.clone())
-            .or_else(|| self.ranker.model().merged_adapter().map(str::to_owned))
+            .or_else(|| self.model.merged_adapter().map(str::to_owned))
             .unwrap_or_else(|| BASE_MODEL_LABEL.to_owned());
         let permit = by(
             respond_by,
@@ -1567,7 +1842,7 @@ impl Recommender {
             let _slot = permit;
             let _running = GaugeGuard::new(&me.metrics.rank_running);
             let started = Instant::now();
-            let out = me.ranker.rank(&RankRequest {
+            let out = ranker.rank(&RankRequest {
                 history: &history,
                 candidates: &candidates,
                 k,
@@ -1650,6 +1925,7 @@ impl Recommender {
     #[allow(clippy::too_many_arguments)]
     async fn order(
         self: &Arc<Self>,
+        served: &Served,
         recent: Vec<u32>,
         candidates: &[(u32, f32)],
         k: usize,
@@ -1665,8 +1941,8 @@ impl Recommender {
                     .iter()
                     .enumerate()
                     .map(|(pos, &(item, score))| Recommended {
-                        id: self.id(item),
-                        title: self.title(item),
+                        id: served.id(item),
+                        title: served.title(item),
                         score,
                         retriever_rank: pos as u32 + 1,
                         by_llm: false,
@@ -1677,14 +1953,23 @@ impl Recommender {
         };
         let ids: Vec<u32> = candidates.iter().map(|c| c.0).collect();
         let out = self
-            .run_rank(recent, ids, k, rank_mode, adapter, respond_by, timings)
+            .run_rank(
+                served.ranker.clone(),
+                recent,
+                ids,
+                k,
+                rank_mode,
+                adapter,
+                respond_by,
+                timings,
+            )
             .await?;
         Ok(out
             .items
             .iter()
             .map(|r| Recommended {
-                id: self.id(r.item),
-                title: self.title(r.item),
+                id: served.id(r.item),
+                title: served.title(r.item),
                 score: if r.by_llm {
                     r.score
                 } else {
@@ -1704,10 +1989,13 @@ impl Recommender {
     ) -> Result<Recommendation> {
         let t0 = Instant::now();
         let mode = self.mode(p.mode);
-        let adapter = self.check_adapter(&p.adapter)?;
+        // The catalog, retrievers and ranker this request runs on, whatever a reload swaps
+        // in meanwhile; then its adapter, pinned (after the snapshot: an unload meanwhile
+        // retires the adapter in this snapshot's ranker, which then caches nothing for it).
+        let served = self.served();
+        let adapter = self.check_adapter(&served, &p.adapter)?;
         let adapter_used = self.adapter_used(mode, &adapter);
-        // The retrievers this request runs on, whatever a reload swaps in meanwhile.
-        let set = self.retriever_set();
+        let set = &served.set;
         let retriever = if p.retriever.is_empty() {
             set.section.default.clone()
         } else {
@@ -1715,9 +2003,14 @@ impl Recommender {
         };
         // Unknown names fail before any other work.
         set.registry.source(&retriever)?;
-        let history = self.resolve_history(&p.history)?;
-        let mut exclude = self.resolve_exclude(&p.exclude)?;
-        let n = self.num_candidates(p.num_candidates, self.cfg.limits.max_num_candidates, mode)?;
+        let history = self.resolve_history(&served.catalog, &p.history)?;
+        let mut exclude = self.resolve_exclude(&served.catalog, &p.exclude)?;
+        let n = self.num_candidates(
+            &served.ranker,
+            p.num_candidates,
+            self.cfg.limits.max_num_candidates,
+            mode,
+        )?;
         let k = self.k(p.k, n, "num_candidates")?;
         let (recent, older) = self.recent(&history);
         let ctx = self.context(p.user_id, p.history_timestamps, history.len(), recent.len())?;
@@ -1732,20 +2025,13 @@ impl Recommender {
 
         let mut timings = Timings::default();
         let (candidates, dt) = self
-            .run_retrieve(
-                &set,
-                &retriever,
-                recent.clone(),
-                ctx,
-                n,
-                exclude,
-                respond_by,
-            )
+            .run_retrieve(set, &retriever, recent.clone(), ctx, n, exclude, respond_by)
             .await?;
         timings.retrieve_s = dt.as_secs_f64();
         let k = k.min(candidates.len());
         let items = self
             .order(
+                &served,
                 recent,
                 &candidates,
                 k,
@@ -1773,9 +2059,12 @@ impl Recommender {
     ) -> Result<Recommendation> {
         let t0 = Instant::now();
         let mode = self.mode(p.mode);
-        let adapter = self.check_adapter(&p.adapter)?;
+        // The catalog and ranker this request runs on, whatever a reload swaps in meanwhile;
+        // then its adapter, pinned (as in `recommend`).
+        let served = self.served();
+        let adapter = self.check_adapter(&served, &p.adapter)?;
         let adapter_used = self.adapter_used(mode, &adapter);
-        let history = self.resolve_history(&p.history)?;
+        let history = self.resolve_history(&served.catalog, &p.history)?;
         let max = self.cfg.limits.max_num_candidates as usize;
         if p.candidates.is_empty() {
             return Err(ServiceError::InvalidArgument(
@@ -1788,13 +2077,13 @@ impl Recommender {
                 p.candidates.len()
             )));
         }
-        let candidates = self.resolve("candidates", &p.candidates)?;
+        let candidates = Self::resolve(&served.catalog, "candidates", &p.candidates)?;
         // Against the whole history (the ranker sees only its recent part), before any wait.
         crate::rank::check_candidates(
             &history,
             &candidates,
             mode.rank_mode().unwrap_or(RankMode::Generate),
-            self.ranker.max_score_candidates(),
+            served.ranker.max_score_candidates(),
         )
         .map_err(|e| ServiceError::InvalidArgument(e.message(|pos| p.candidates[pos].clone())))?;
         let k = self.k(p.k, candidates.len(), "the number of candidates")?;
@@ -1804,6 +2093,7 @@ impl Recommender {
         let candidates: Vec<(u32, f32)> = candidates.into_iter().map(|c| (c, 0.0)).collect();
         let items = self
             .order(
+                &served,
                 recent.to_vec(),
                 &candidates,
                 k,
@@ -1830,15 +2120,18 @@ impl Recommender {
         respond_by: Option<Instant>,
     ) -> Result<Retrieval> {
         let t0 = Instant::now();
-        let set = self.retriever_set();
+        // The catalog and retrievers this request runs on, whatever a reload swaps in
+        // meanwhile.
+        let served = self.served();
+        let set = &served.set;
         let retriever = if p.retriever.is_empty() {
             set.section.default.clone()
         } else {
             p.retriever
         };
         set.registry.source(&retriever)?;
-        let history = self.resolve_history(&p.history)?;
-        let mut exclude = self.resolve_exclude(&p.exclude)?;
+        let history = self.resolve_history(&served.catalog, &p.history)?;
+        let mut exclude = self.resolve_exclude(&served.catalog, &p.exclude)?;
         let l = &self.cfg.limits;
         let n = bounded_num_candidates(
             p.num_candidates,
@@ -1851,7 +2144,7 @@ impl Recommender {
         exclude.extend_from_slice(older);
         let (found, dt) = self
             .run_retrieve(
-                &set,
+                set,
                 &retriever,
                 recent.to_vec(),
                 ctx,
@@ -1864,8 +2157,8 @@ impl Recommender {
             items: found
                 .into_iter()
                 .map(|(item, score)| Retrieved {
-                    id: self.id(item),
-                    title: self.title(item),
+                    id: served.id(item),
+                    title: served.title(item),
                     score,
                 })
                 .collect(),
@@ -1934,6 +2227,34 @@ mod tests {
         assert_eq!(train.items(), &[0, 1, 4, 0]);
         assert_eq!(train.timestamps().unwrap(), &[100, 101, 7, 8]);
         assert_eq!(train.n_items(), 5);
+    }
+
+    #[test]
+    fn catalog_diff_counts_ids_added_and_removed() {
+        let catalog = |ids: &[&str]| {
+            Catalog::from_items(ids.iter().map(|id| Item::new(*id, "Title")).collect()).unwrap()
+        };
+        let old = catalog(&["1", "2", "3"]);
+        assert_eq!(catalog_diff(&old, &old), (0, 0));
+        // Order does not matter, ids do.
+        assert_eq!(catalog_diff(&old, &catalog(&["3", "1", "2"])), (0, 0));
+        assert_eq!(catalog_diff(&old, &catalog(&["1", "2", "3", "4"])), (1, 0));
+        assert_eq!(catalog_diff(&old, &catalog(&["1", "4", "5"])), (2, 2));
+        assert_eq!(catalog_diff(&old, &catalog(&["9"])), (1, 3));
+    }
+
+    #[test]
+    fn data_counts_of_a_data_set() {
+        let ds = dataset();
+        assert_eq!(
+            DataCounts::of(&ds),
+            DataCounts {
+                items: 5,
+                users: 2,
+                interactions: 6,
+                skipped_unknown_items: 0,
+            }
+        );
     }
 
     #[test]
