@@ -1744,7 +1744,7 @@ impl Recommender {
                  (stage {}, fingerprint {}): make this one accept it (e.g. train its weights \
                  on the new view) or remove it from [retrieval] and ReloadRetrievers first",
                 view.stage(),
-                &view.fingerprint()[..12]
+                view.fingerprint().get(..12).unwrap_or(view.fingerprint())
             )),
             e => refused(e.to_string()),
         })?;
