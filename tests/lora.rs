@@ -228,8 +228,14 @@ fn adapters_load_and_unload_while_the_model_serves() {
     assert_eq!(old.unwrap().generation(), fx2.generation());
     assert!(zero.generation() > fx2.generation());
     assert_eq!(model.adapters().len(), 1);
-    // alpha = 0 scales the update to nothing: the base model's logits.
+    // Read whole at load: the files may go (or be rewritten) afterwards.
+    let copy = broken("deleted", |_, _| {});
+    let (gone_files, _) = model.load_adapter("copy", &copy, false).unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
     let n = reference()["cases"].as_array().unwrap().len();
+    assert_eq!(adapted(&model, Some(&gone_files)), vec![true; n]);
+    model.unload_adapter("copy").unwrap();
+    // alpha = 0 scales the update to nothing: the base model's logits.
     assert_eq!(adapted(&model, Some(&zero)), vec![false; n]);
     assert_eq!(adapted(&model, Some(&fx2)), vec![true; n]);
     assert_eq!(

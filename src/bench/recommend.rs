@@ -76,6 +76,8 @@ pub struct RecommendBenchOptions {
     pub mode: Mode,
     /// Retriever (empty = the server's default).
     pub retriever: String,
+    /// LoRA adapter the ranking uses (empty = the server's default).
+    pub adapter: String,
 }
 
 /// How one call ended, against its deadline.
@@ -214,6 +216,8 @@ pub struct RecommendBenchReport {
     pub backend: String,
     pub mode: Mode,
     pub retriever: String,
+    /// LoRA adapter the ranking uses (empty = the server's default).
+    pub adapter: String,
     /// Timed calls sent.
     pub requests: usize,
     pub duration_s: Option<f64>,
@@ -382,6 +386,7 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
     let template = RecommendParams {
         k: opts.k,
         retriever: opts.retriever.clone(),
+        adapter: opts.adapter.clone(),
         num_candidates: opts.num_candidates,
         mode: Some(opts.mode),
         user_id: "bench".into(),
@@ -464,6 +469,10 @@ pub async fn run(opts: &RecommendBenchOptions) -> Result<RecommendBenchReport> {
         backend: per_addr[0].backend.clone(),
         mode: opts.mode,
         retriever,
+        adapter: answers
+            .first()
+            .map(|(_, r)| r.adapter.clone())
+            .unwrap_or_else(|| opts.adapter.clone()),
         requests: calls.len(),
         duration_s: opts.duration.map(|d| d.as_secs_f64()),
         load: opts.load,
@@ -585,7 +594,7 @@ impl RecommendBenchReport {
             .map_or(String::new(), |d| format!(" in at most {d} s"));
         println!(
             "{} requests{duration} over {} address(es), {load}, {deadline}; mode {}, \
-             retriever {}, history {}, candidates {}, k {}",
+             retriever {}, adapter {}, history {}, candidates {}, k {}",
             self.requests,
             self.addrs.len(),
             self.mode.name(),
@@ -593,6 +602,11 @@ impl RecommendBenchReport {
                 "(the server's default)"
             } else {
                 &self.retriever
+            },
+            if self.adapter.is_empty() {
+                "(none)"
+            } else {
+                &self.adapter
             },
             self.history_len,
             self.num_candidates,
@@ -814,6 +828,7 @@ mod tests {
             k: 10,
             mode: Mode::Score,
             retriever: String::new(),
+            adapter: String::new(),
         };
         assert!(check(&ok).is_ok());
         let bad = |f: &dyn Fn(&mut RecommendBenchOptions), needle: &str| {

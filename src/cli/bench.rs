@@ -189,6 +189,9 @@ pub struct RecommendBenchArgs {
     /// Retriever (empty = the server's default).
     #[arg(long, default_value = "")]
     pub retriever: String,
+    /// LoRA adapter to rank with (empty = the server's default).
+    #[arg(long, default_value = "")]
+    pub adapter: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -219,6 +222,7 @@ impl RecommendBenchArgs {
             k: self.k,
             mode: self.mode,
             retriever: self.retriever.clone(),
+            adapter: self.adapter.clone(),
         }
     }
 }

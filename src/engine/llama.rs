@@ -279,8 +279,8 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Uploads the unmerged weights of `ad` (checked against this model's shapes when it
-    /// was opened) for sessions to run with.
+    /// Reads the unmerged weights of `ad` (checked against this model's shapes when it was
+    /// opened) into memory the backend owns, for sessions to run with.
     pub fn load_lora(&self, ad: &Adapter) -> Result<LoraWeights<B>> {
         let b = &self.backend;
         let mut weights = LoraWeights {
@@ -298,9 +298,11 @@ impl<B: Backend> Llama<B> {
                     weights.max_rank = weights.max_rank.max(r);
                     weights.projections += 1;
                     weights.parameters += r * (out + inp);
+                    // Copied out of the file's mapping (not windows into it): an adapter is
+                    // read whole at load, and its files may change or go afterwards.
                     *slot = Some(Lora {
-                        a: b.load_mat(&p.a)?,
-                        b: b.load_mat(&p.b)?,
+                        a: b.mat_from_f32(r, inp, p.a.to_f32())?,
+                        b: b.mat_from_f32(out, r, p.b.to_f32())?,
                         scale: p.scale,
                     });
                 }
