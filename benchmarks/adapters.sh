@@ -17,6 +17,8 @@
 #   ROUNDS    rounds of base then adapter (default 2)
 #   PALR      the binary, with the retriever plugins beside it (default target/release/palr)
 #
+# Then they are loaded and unloaded once more (memory freed by an unload is reused).
+#
 # Writes OUT_DIR/load-N.json and unload-N.json (palr admin --json), {base,adapter}-R.json
 # (palr bench recommend --json), rss.txt (VmRSS after each step, KiB), server.log,
 # machine.txt and table.md (also printed). OUT_DIR defaults to target/adapters/<UTC time>.
@@ -80,6 +82,15 @@ for i in $(seq 1 "$COPIES"); do
     admin unload-adapter "a$i" --json >"$OUT/unload-$i.json"
 done
 rss unloaded
+# Loaded again: freed adapter memory stays with the allocator (the resident size does not
+# drop), but it is reused, so a load/unload cycle does not grow the process.
+for i in $(seq 1 "$COPIES"); do
+    admin load-adapter "b$i" "$ADAPTER" --json >/dev/null
+done
+rss reloaded
+for i in $(seq 1 "$COPIES"); do
+    admin unload-adapter "b$i" --json >/dev/null
+done
 
 {
     machine_facts
@@ -105,7 +116,7 @@ print("|---|---|")
 print(f"| LoadAdapter time, {copies} loads (min / median / max) | {took[0]:.0f} / {took[len(took) // 2]:.0f} / {took[-1]:.0f} ms |")
 step = (mib(f"loaded-{copies}") - mib("base")) / copies
 print(f"| resident memory: base → {copies} adapters loaded (per adapter) | {mib('base'):.0f} → {mib(f'loaded-{copies}'):.0f} MiB ({step:.1f} MiB) |")
-print(f"| resident memory after the requests → all unloaded | {mib('after-requests'):.0f} → {mib('unloaded'):.0f} MiB |")
+print(f"| resident memory after the requests → all unloaded → {copies} loaded again | {mib('after-requests'):.0f} → {mib('unloaded'):.0f} → {mib('reloaded'):.0f} MiB |")
 print()
 print("| round | ranking with | answers/s | p50 ms | p99 ms | prefill p50 ms |")
 print("|---|---|---:|---:|---:|---:|")

@@ -124,6 +124,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
     /// A weight matrix `(rows, cols)` from host values (e.g. a LoRA-merged weight).
     fn mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self::Mat>;
+    /// An unmerged LoRA matrix (`a` or `b` of [`Backend::lora_update`]) from host values,
+    /// in the layout and type that backend's update runs fastest on. Default:
+    /// [`Backend::mat_from_f32`].
+    fn lora_mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self::Mat> {
+        self.mat_from_f32(rows, cols, data)
+    }
     /// Fills `table` with `(rows, head_dim/2, [cos, sin])` for positions `start..start+rows`.
     fn rope_table(
         &self,

@@ -301,8 +301,8 @@ impl<B: Backend> Llama<B> {
                     // Copied out of the file's mapping (not windows into it): an adapter is
                     // read whole at load, and its files may change or go afterwards.
                     *slot = Some(Lora {
-                        a: b.mat_from_f32(r, inp, p.a.to_f32())?,
-                        b: b.mat_from_f32(out, r, p.b.to_f32())?,
+                        a: b.lora_mat_from_f32(r, inp, p.a.to_f32())?,
+                        b: b.lora_mat_from_f32(out, r, p.b.to_f32())?,
                         scale: p.scale,
                     });
                 }

@@ -676,6 +676,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// With bf16 weights on a CPU with bf16 dot products, packed as the projections are
+    /// (`bf16mm`: both LoRA products then run on AMX / AVX512-BF16 like the base ones; a
+    /// rank below 32 is padded with zeros); otherwise in f32, so a small matrix is not
+    /// widened again on every product.
+    fn lora_mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<CpuMat> {
+        if data.len() != rows * cols {
+            return Err(EngineError::Backend(format!(
+                "matrix of {rows}x{cols} given {} elements",
+                data.len()
+            )));
+        }
+        if self.packed.is_some() {
+            let src: Vec<bf16> = data.into_iter().map(bf16::from_f32).collect();
+            return Ok(self.packed_linear(rows, cols, &src));
+        }
+        Ok(CpuMat::from_f32(rows, cols, data, WeightDtype::F32))
+    }
+
     fn mat_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<CpuMat> {
         if data.len() != rows * cols {
             return Err(EngineError::Backend(format!(
