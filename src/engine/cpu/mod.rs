@@ -194,6 +194,8 @@ pub struct CpuBackend {
 
 /// Batches of at most this many rows use the matrix-vector kernels; larger ones `gemm`.
 const GEMV_MAX_ROWS: usize = 4;
+/// Most values of a bf16 matrix widened to f32 at once for a matrix product (4 MiB of f32).
+const WIDEN_BLOCK: usize = 1 << 20;
 
 thread_local! {
     /// Widened bf16 weights for prefill matmuls (grows to the largest matrix once).
@@ -413,6 +415,22 @@ impl CpuBackend {
         };
         match &w.data {
             MatData::F32(d) => run(d, out),
+            // A large row-major matrix (the LM head: 49k × 576 is 113 MB in f32) is widened
+            // a block of its rows (= output columns) at a time, so each thread's scratch
+            // stays at WIDEN_BLOCK values instead of a whole f32 copy.
+            MatData::Bf16(d) if !w.transposed && n * k > WIDEN_BLOCK => {
+                let block = (WIDEN_BLOCK / k).max(1);
+                with_scratch(&WIDEN, block * k, |wide| {
+                    for j0 in (0..n).step_by(block) {
+                        let nb = block.min(n - j0);
+                        let wide = &mut wide[..nb * k];
+                        wide.par_chunks_mut(1 << 16)
+                            .zip(d[j0 * k..(j0 + nb) * k].par_chunks(1 << 16))
+                            .for_each(|(dst, src)| simd::bf16_to_f32(src, dst));
+                        self.gemm_columns(x, rows, k, wide, nb, out, n, j0, acc);
+                    }
+                })
+            }
             MatData::Bf16(d) => with_scratch(&WIDEN, n * k, |wide| {
                 wide.par_chunks_mut(1 << 16)
                     .zip(d.par_chunks(1 << 16))
@@ -420,6 +438,55 @@ impl CpuBackend {
                 run(wide, out)
             }),
             MatData::Packed(_) => unreachable!("handled above"),
+        }
+    }
+
+    /// `out[:, j0..j0 + nb] (=|+= acc ·) x (rows, k) · wᵀ` for a row-major block `w` of `nb`
+    /// rows of a weight whose output has `n` columns (`out` is `(rows, n)` row-major).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_columns(
+        &self,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        w: &[f32],
+        nb: usize,
+        out: &mut [f32],
+        n: usize,
+        j0: usize,
+        acc: Option<f32>,
+    ) {
+        assert!(x.len() >= rows * k && w.len() >= nb * k && j0 + nb <= n);
+        assert!(out.len() >= (rows - 1) * n + j0 + nb);
+        let (read_dst, beta) = match acc {
+            None => (false, 1.0),
+            Some(s) => (true, s),
+        };
+        // SAFETY: dst element (r, c) is out[r·n + j0 + c], r < rows, c < nb: inside `out`
+        // (asserted above); lhs (rows, k) and rhs = wᵀ (k, nb: column stride k, row stride
+        // 1) lie inside `x` and `w`.
+        unsafe {
+            gemm::gemm(
+                rows,
+                nb,
+                k,
+                out.as_mut_ptr().add(j0),
+                1,
+                n as isize,
+                read_dst,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                beta,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(self.threads),
+            )
         }
     }
 }
@@ -931,5 +998,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A bf16 matrix over `WIDEN_BLOCK` values (the LM head's case) is widened a block of
+    /// rows at a time: the products equal plain f32 ones, plain and accumulating, with a
+    /// last block shorter than the others, and the widening scratch stays one block.
+    #[test]
+    fn large_bf16_matrices_are_multiplied_block_by_block() {
+        let (n, k, rows) = (2 * (WIDEN_BLOCK / 384) + 7, 384, 9);
+        assert!(n * k > WIDEN_BLOCK && n % (WIDEN_BLOCK / k) != 0);
+        let w = values(n * k, 5);
+        // bf16 values, so both matrices hold exactly the same numbers.
+        let w: Vec<f32> = w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        let b16 = CpuBackend::new(2, WeightDtype::Bf16).unwrap();
+        let b32 = CpuBackend::new(2, WeightDtype::F32).unwrap();
+        let m16 = b16.mat_from_f32(n, k, w.clone()).unwrap();
+        let m32 = b32.mat_from_f32(n, k, w).unwrap();
+        let x = values(rows * k, 11);
+        for acc in [None, Some(0.5f32)] {
+            let start = values(rows * n, 3);
+            let (mut want, mut got) = (start.clone(), start.clone());
+            match acc {
+                None => {
+                    b32.linear(&x, rows, &m32, None, &mut want).unwrap();
+                    b16.linear(&x, rows, &m16, None, &mut got).unwrap();
+                }
+                Some(s) => {
+                    b32.linear_acc(&x, rows, &m32, s, &mut want).unwrap();
+                    b16.linear_acc(&x, rows, &m16, s, &mut got).unwrap();
+                }
+            }
+            let err = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err <= 1e-4, "acc {acc:?}: max error {err}");
+        }
+        let scratch = WIDEN.with(|w| w.borrow().len());
+        assert!(scratch <= WIDEN_BLOCK, "scratch of {scratch} values");
     }
 }
