@@ -57,6 +57,7 @@ fn options(addrs: Vec<String>, requests: usize) -> RecommendBenchOptions {
         // Retrieval only: what is checked here is the client's counting, not the LLM.
         mode: Mode::Retriever,
         retriever: "markov".into(),
+        adapter: String::new(),
     }
 }
 
@@ -165,6 +166,19 @@ fn spreads_over_two_servers_and_counts_refusals_by_code() {
         assert!(report.requests > 0 && report.requests < usize::MAX);
         assert_eq!(report.outcomes.calls, report.requests as u64);
         assert_eq!(report.outcomes.answered_in_time, report.outcomes.calls);
+
+        // --adapter reaches the server: one it does not have is NOT_FOUND, naming it.
+        let mut adapted = options(addrs[..1].to_vec(), 2);
+        adapted.mode = Mode::Score;
+        adapted.adapter = "not-loaded".into();
+        adapted.warmup = 0;
+        let report = run(&adapted).await.unwrap();
+        assert_eq!(report.outcomes.refused["NOT_FOUND"], 2);
+        assert!(
+            report.outcomes.first_error["NOT_FOUND"].contains("\"not-loaded\""),
+            "{:?}",
+            report.outcomes.first_error
+        );
 
         // A deadline the sleeping plugin cannot meet: every call times out (the client's
         // channel cancels it at the deadline, or the server says DEADLINE_EXCEEDED), none
