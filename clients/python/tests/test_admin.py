@@ -205,8 +205,9 @@ class AdminServer(unittest.TestCase):
         self.assertGreater(reload.after.users, 0)
         self.assertGreater(reload.after.interactions, reload.after.users)
         self.assertEqual((reload.items_added, reload.items_removed), (0, 0))
-        self.assertEqual(reload.training_view_fingerprint, reload.previous_training_view_fingerprint)
-        self.assertEqual(reload.training_view_fingerprint, info.training_view_fingerprint)
+        fingerprint = reload.training_view_fingerprint
+        self.assertEqual(fingerprint, reload.previous_training_view_fingerprint)
+        self.assertEqual(fingerprint, info.training_view_fingerprint)
         self.assertEqual(reload.training_view_stage, info.training_view_stage)
         self.assertEqual(
             {r.name for r in reload.retrievers},
