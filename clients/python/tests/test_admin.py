@@ -174,6 +174,12 @@ class AdminServer(unittest.TestCase):
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
         self.assertIn("fx", caught.exception.details)
 
+        # replace=True where nothing has the name: a plain load.
+        fresh = self.admin.load_adapter("fx", self.adapters / "v1", replace=True)
+        self.assertIsNone(fresh.replaced)
+        self.assertGreater(fresh.adapter.generation, b.generation)
+        self.assertEqual(self.admin.unload_adapter("fx").adapter, fresh.adapter)
+
     def test_reload_retrievers(self):
         serving = {r.name: r for r in self.client.list_retrievers()}
         fusions = {n for n, r in serving.items() if r.fusion_members}
