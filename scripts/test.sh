@@ -29,9 +29,10 @@ if ! DEPLOY_PYTHON=$(scripts/setup/deploy-venv.sh | tail -n 1); then
 fi
 "$DEPLOY_PYTHON" -m unittest discover -s deploy/tests -v
 # The Python client (clients/python) against live servers: its tests start target/release/palr
-# serve (plaintext, then mutual TLS with a tokens file) and go through every RPC, the errors,
+# serve (plaintext; mutual TLS with a tokens file; the admin API on with an admin token) and go
+# through every RPC of both services (palr.v1.Recommender, palr.admin.v1.Admin), the errors,
 # deadlines and tokens, and build its sdist and wheel. Pinned environment from
-# scripts/setup/client-venv.sh, palr-client built in it from the proto; the binary, model and data
-# are prepared above, so none of these tests may skip.
+# scripts/setup/client-venv.sh, palr-client built in it from the protos; the binary, model and
+# data are prepared above, so none of these tests may skip.
 CLIENT_PYTHON=$(scripts/setup/client-venv.sh | tail -n 1)
 PALR_CLIENT_TESTS_STRICT=1 "$CLIENT_PYTHON" -m unittest discover -s clients/python/tests -v

@@ -24,7 +24,7 @@ fi
 # The package: what its build reads, hashed.
 stamp="$VENV/.package.sha256"
 want=$(cat "$PKG/pyproject.toml" "$PKG/setup.py" "$PKG/README.md" "$PKG"/palr_client/*.py \
-    proto/palr/v1/recommender.proto | sha256sum | cut -d' ' -f1)
+    proto/palr/v1/recommender.proto proto/palr/admin/v1/admin.proto | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Without build isolation: the build uses the pinned setuptools and grpcio-tools above.
     # setuptools' build/ would keep modules removed since the last build.

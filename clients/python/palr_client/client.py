@@ -36,7 +36,70 @@ def _ids(items: Iterable[str | int], what: str) -> list[str]:
     return [str(i) for i in items]
 
 
-class Client:
+class _Connection:
+    """One gRPC channel and what every call carries (token, deadline); Client and AdminClient
+    add their stub and one method per RPC. The arguments are Client's."""
+
+    def __init__(
+        self,
+        addr: str,
+        token: str | None,
+        *,
+        ca_cert: PemSource | None,
+        client_cert: PemSource | None,
+        client_key: PemSource | None,
+        tls: bool | None,
+        tls_domain: str | None,
+        timeout: float | None,
+        options: Iterable[tuple[str, object]],
+    ):
+        target = addr
+        for scheme, scheme_tls in (("https://", True), ("http://", False)):
+            if addr.startswith(scheme):
+                target = addr[len(scheme) :]
+                tls = scheme_tls if tls is None else tls
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key go together (mutual TLS)")
+        if tls is None:
+            tls = ca_cert is not None or client_cert is not None
+        options = list(options)
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(ca_cert),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_cert),
+            )
+            if tls_domain:
+                options.append(("grpc.ssl_target_name_override", tls_domain))
+            self._channel = grpc.secure_channel(target, credentials, options)
+        elif ca_cert is not None or client_cert is not None or tls_domain:
+            raise ValueError(f"certificates given for a plaintext connection to {addr!r}")
+        else:
+            self._channel = grpc.insecure_channel(target, options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, rpc, request, timeout: float | None):
+        try:
+            return rpc(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e) from e
+
+
+class Client(_Connection):
     """A palr client; use it as a context manager, or close() it.
 
     addr: "HOST:PORT", "http://HOST:PORT" (plaintext) or "https://HOST:PORT" (TLS), or any
@@ -63,51 +126,21 @@ class Client:
         timeout: float | None = 30.0,
         options: Iterable[tuple[str, object]] = (),
     ):
-        target = addr
-        for scheme, scheme_tls in (("https://", True), ("http://", False)):
-            if addr.startswith(scheme):
-                target = addr[len(scheme) :]
-                tls = scheme_tls if tls is None else tls
-        if (client_cert is None) != (client_key is None):
-            raise ValueError("client_cert and client_key go together (mutual TLS)")
-        if tls is None:
-            tls = ca_cert is not None or client_cert is not None
-        options = list(options)
-        if tls:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_pem(ca_cert),
-                private_key=_pem(client_key),
-                certificate_chain=_pem(client_cert),
-            )
-            if tls_domain:
-                options.append(("grpc.ssl_target_name_override", tls_domain))
-            self._channel = grpc.secure_channel(target, credentials, options)
-        elif ca_cert is not None or client_cert is not None or tls_domain:
-            raise ValueError(f"certificates given for a plaintext connection to {addr!r}")
-        else:
-            self._channel = grpc.insecure_channel(target, options)
+        super().__init__(
+            addr,
+            token,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            tls=tls,
+            tls_domain=tls_domain,
+            timeout=timeout,
+            options=options,
+        )
         self._stub = pb_grpc.RecommenderStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = timeout
 
     def __enter__(self) -> Client:
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _call(self, rpc, request, timeout: float | None):
-        try:
-            return rpc(
-                request,
-                timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as e:
-            raise errors.from_rpc_error(e) from e
 
     def recommend(
         self,

@@ -1,7 +1,7 @@
 """gRPC failures as Python exceptions: PalrError carries the status code and palr's message.
 
-palr's messages say what to change (recommender.proto lists which code means what); the
-subclasses let callers catch the common ones by name:
+palr's messages say what to change (recommender.proto and admin.proto list which code means
+what); the subclasses let callers catch the common ones by name:
 
     try:
         client.recommend(history)
@@ -31,6 +31,15 @@ class NotFound(PalrError):
     """Unknown retriever or adapter (the message lists the loaded ones)."""
 
 
+class AlreadyExists(PalrError):
+    """Admin: LoadAdapter of a name already loaded, without `replace`."""
+
+
+class FailedPrecondition(PalrError):
+    """Admin: a reload that cannot be applied (nothing changed), or unloading the merged or the
+    default adapter."""
+
+
 class Unauthenticated(PalrError):
     """No token, or one the server does not accept."""
 
@@ -40,7 +49,8 @@ class PermissionDenied(PalrError):
 
 
 class ResourceExhausted(PalrError):
-    """The server is busy or the caller over its rate limit: retry later."""
+    """The server is busy or the caller over its rate limit: retry later. (Admin: LoadAdapter
+    beyond `[model] max_adapters`, or no memory for the adapter's weights.)"""
 
 
 class DeadlineExceeded(PalrError):
@@ -54,6 +64,8 @@ class Unavailable(PalrError):
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,

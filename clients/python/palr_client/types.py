@@ -1,12 +1,14 @@
 """What palr answers, as frozen dataclasses (the proto's messages, field for field by name).
 
 Rank modes are strings: "score", "generate", "retriever" ("" in an answer = unspecified).
+The admin API's answers (admin.proto) follow RetrieverInfo and ModelInfo.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ._proto import admin_pb2 as admin_pb
 from ._proto import recommender_pb2 as pb
 
 MODES = {
@@ -206,3 +208,164 @@ class ModelInfo:
     @classmethod
     def from_proto(cls, msg: pb.ModelInfo) -> ModelInfo:
         return _from_message(cls, msg, default_mode=mode_name(msg.default_rank_mode))
+
+
+# The admin API (admin.proto; AdminClient).
+
+
+@dataclass(frozen=True)
+class LoadedRetriever:
+    """A retriever plugin as a reload (ReloadRetrievers, ReloadData) loaded it."""
+
+    name: str
+    # The library's file name (not its directory).
+    library_file: str
+    plugin_name: str
+    plugin_version: str
+    # Unique per load, increasing: every reload gets new ones.
+    generation: int
+    # The library file had changed on disk since first loaded: a copy of it was loaded.
+    loaded_from_copy: bool
+    # Pre-trained state fitted on an older snapshot of the data than its view: retrain it.
+    stale_snapshot: bool
+    note: str
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.LoadedRetriever) -> LoadedRetriever:
+        return _from_message(cls, msg)
+
+
+@dataclass(frozen=True)
+class RetrieversReload:
+    """The answer of ReloadRetrievers (ReloadRetrieversResponse): what serves now."""
+
+    retrievers: tuple[LoadedRetriever, ...]
+    fusions: tuple[str, ...]
+    default_retriever: str
+    # Names (retrievers and fusions) new, and no longer served.
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    # Sections of the configuration changed but not reloaded (they need a restart).
+    not_reloaded: tuple[str, ...]
+    took_ms: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.ReloadRetrieversResponse) -> RetrieversReload:
+        retrievers = tuple(LoadedRetriever.from_proto(r) for r in msg.retrievers)
+        return _from_message(cls, msg, retrievers=retrievers)
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    """The size of a data set as loaded."""
+
+    items: int
+    users: int
+    interactions: int
+    # Interaction rows dropped because their item is not in the catalog (skip_unknown_items).
+    skipped_unknown_items: int
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.DataCounts) -> DataCounts:
+        return _from_message(cls, msg)
+
+
+@dataclass(frozen=True)
+class DataReload:
+    """The answer of ReloadData (ReloadDataResponse): the data served before and now."""
+
+    before: DataCounts
+    after: DataCounts
+    items_added: int
+    items_removed: int
+    # The retrievers' training view now (as model_info() reports it), and the fingerprint of
+    # the one it replaced (equal when the data did not change).
+    training_view_stage: str
+    training_view_fingerprint: str
+    previous_training_view_fingerprint: str
+    # Every retriever plugin, created (fitted) anew on the new view.
+    retrievers: tuple[LoadedRetriever, ...]
+    took_ms: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.ReloadDataResponse) -> DataReload:
+        return _from_message(
+            cls,
+            msg,
+            before=DataCounts.from_proto(msg.before),
+            after=DataCounts.from_proto(msg.after),
+            retrievers=tuple(LoadedRetriever.from_proto(r) for r in msg.retrievers),
+        )
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter requests may name (`adapter=`)."""
+
+    name: str
+    # Folded into the weights at load (every request uses it); False: picked per request.
+    merged: bool
+    # `[model] default_adapter`, used when a request names none.
+    is_default: bool
+    # The directory it was loaded from, as the server resolved it.
+    dir: str
+    # Unique per load in the server's life, increasing (a replaced adapter gets a new one);
+    # 0 for a merged adapter.
+    generation: int
+    # Largest LoRA rank, projections adapted, parameters of their A and B matrices (0 merged).
+    rank: int
+    projections: int
+    parameters: int
+    # When it was loaded, Unix time in milliseconds (0 for a merged adapter).
+    loaded_unix_ms: int
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.Adapter) -> Adapter:
+        return _from_message(cls, msg)
+
+
+@dataclass(frozen=True)
+class AdapterList:
+    """The answer of ListAdapters (ListAdaptersResponse)."""
+
+    adapters: tuple[Adapter, ...]
+    # `[model] default_adapter` ("": the model as loaded).
+    default_adapter: str
+
+    @property
+    def names(self) -> list[str]:
+        return [adapter.name for adapter in self.adapters]
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.ListAdaptersResponse) -> AdapterList:
+        adapters = tuple(Adapter.from_proto(a) for a in msg.adapters)
+        return _from_message(cls, msg, adapters=adapters)
+
+
+@dataclass(frozen=True)
+class AdapterLoad:
+    """The answer of LoadAdapter (LoadAdapterResponse)."""
+
+    # The adapter now loaded under the name.
+    adapter: Adapter
+    # The adapter it replaced (replace=True and one was loaded under the name), else None.
+    replaced: Adapter | None
+    # Reading, checking and uploading the weights, milliseconds.
+    took_ms: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.LoadAdapterResponse) -> AdapterLoad:
+        replaced = Adapter.from_proto(msg.replaced) if msg.HasField("replaced") else None
+        return cls(adapter=Adapter.from_proto(msg.adapter), replaced=replaced, took_ms=msg.took_ms)
+
+
+@dataclass(frozen=True)
+class AdapterUnload:
+    """The answer of UnloadAdapter (UnloadAdapterResponse)."""
+
+    # The adapter unloaded.
+    adapter: Adapter
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb.UnloadAdapterResponse) -> AdapterUnload:
+        return cls(adapter=Adapter.from_proto(msg.adapter))

@@ -65,22 +65,30 @@ class Server:
             stderr=subprocess.STDOUT,
         )
         try:
-            self.addr = self._wait_serving(start_timeout_s)
+            self.addr, self.admin_addr = self._wait_serving(start_timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_serving(self, timeout_s: float) -> str:
-        """The gRPC address from the log's "serving" line (health is SERVING from then on)."""
+    def _wait_serving(self, timeout_s: float) -> tuple[str, str | None]:
+        """The gRPC address from the log's "serving" line (health is SERVING from then on), and
+        the admin API's from the line after it ("admin API on", or None for "admin API off";
+        it listens only with an admin-scoped token and `[server] admin_addr`)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            addr = None
             for line in Path(self._log.name).read_text(errors="replace").splitlines():
                 try:
                     fields = json.loads(line).get("fields", {})
                 except json.JSONDecodeError:
                     continue
-                if fields.get("message") == "serving":
-                    return fields["grpc"]
+                message = fields.get("message", "")
+                if message == "serving":
+                    addr = fields["grpc"]
+                elif addr is not None and message.startswith("admin API on"):
+                    return addr, fields["admin"]
+                elif addr is not None and message == "admin API off":
+                    return addr, None
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"palr serve exited ({self.proc.returncode}):\n{self.log_tail()}"

@@ -199,10 +199,12 @@ class PlaintextServer(unittest.TestCase):
 
 
 class SecuredServer(unittest.TestCase):
-    """Mutual TLS and a tokens file: a full token and a read-only one."""
+    """Mutual TLS and a tokens file: a full token, a read-only one and an admin one (the admin
+    API on, over the same TLS)."""
 
     TOKEN = "py-client-0123456789abcdef"
     READER = "py-reader-0123456789abcdef"
+    ADMIN = "py-admin-0123456789abcdef"
 
     @classmethod
     def setUpClass(cls):
@@ -210,7 +212,9 @@ class SecuredServer(unittest.TestCase):
         d = Path(cls.dir.name)
         cls.pki = make_pki(d)
         tokens = d / "tokens"
-        tokens.write_text(f"# callers\nfrontend {cls.TOKEN}\ndashboard {cls.READER} read\n")
+        tokens.write_text(
+            f"# callers\nfrontend {cls.TOKEN}\ndashboard {cls.READER} read\nops {cls.ADMIN} admin\n"
+        )
         setting = lambda path: f'"{path}"'  # noqa: E731  a TOML string
         cls.server = Server(
             {
@@ -218,6 +222,7 @@ class SecuredServer(unittest.TestCase):
                 "PALR_SERVER__TLS__KEY_FILE": setting(cls.pki["server.key"]),
                 "PALR_SERVER__TLS__CLIENT_CA_FILE": setting(cls.pki["ca.pem"]),
                 "PALR_SERVER__AUTH__TOKENS_FILE": setting(tokens),
+                "PALR_SERVER__ADMIN_ADDR": setting("127.0.0.1:0"),
                 "PALR_SERVER__WARMUP": "false",
             }
         )
@@ -258,6 +263,17 @@ class SecuredServer(unittest.TestCase):
             with self.assertRaises(palr_client.PermissionDenied) as caught:
                 c.recommend(HISTORY, k=2, mode="retriever")
             self.assertIn("recommend", caught.exception.details)
+
+    def test_the_admin_client_over_mutual_tls(self):
+        admin_port = self.server.admin_addr.rsplit(":", 1)[1]
+        tls = dict(client_cert=self.pki["client.pem"], client_key=self.pki["client.key"])
+        with palr_client.AdminClient(
+            f"https://localhost:{admin_port}", token=self.ADMIN, ca_cert=self.pki["ca.pem"], **tls
+        ) as admin:
+            self.assertEqual(admin.list_adapters().adapters, ())
+        with palr_client.AdminClient(f"127.0.0.1:{admin_port}", token=self.ADMIN, timeout=10) as c:
+            with self.assertRaises(palr_client.Unavailable):
+                c.list_adapters()
 
     def test_tls_is_required_both_ways(self):
         attempts = {

@@ -1,5 +1,6 @@
-"""palr-client's packaging: an sdist made from the repository carries the proto and no generated
-code, and the wheel built from that sdist carries stubs generated from it, with every RPC."""
+"""palr-client's packaging: an sdist made from the repository carries the protos (public and
+admin API) and no generated code, and the wheel built from that sdist carries stubs generated
+from them, with every RPC of each service."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ from pathlib import Path
 from live import skip
 
 PACKAGE = Path(__file__).resolve().parents[1]
-PROTO = PACKAGE.parents[1] / "proto/palr/v1/recommender.proto"
-STUBS = ["__init__.py", "recommender_pb2.py", "recommender_pb2.pyi", "recommender_pb2_grpc.py"]
+# Each proto (its path under proto/), its stubs' module name and its service.
+PROTOS = {
+    "palr/v1/recommender.proto": ("recommender", "Recommender"),
+    "palr/admin/v1/admin.proto": ("admin", "Admin"),
+}
+REPO_PROTO = PACKAGE.parents[1] / "proto"
+STUBS = ["__init__.py"] + [
+    f"{module}{suffix}"
+    for module, _ in PROTOS.values()
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+]
 
 
 class Packaging(unittest.TestCase):
@@ -38,8 +48,10 @@ class Packaging(unittest.TestCase):
             top = sdist.name.removesuffix(".tar.gz")
             with tarfile.open(sdist) as t:
                 names = {n.removeprefix(f"{top}/") for n in t.getnames()}
-                proto = t.extractfile(f"{top}/proto/palr/v1/recommender.proto").read()
-            self.assertEqual(proto, PROTO.read_bytes(), "the sdist's proto is the repository's")
+                for proto in PROTOS:
+                    copy = t.extractfile(f"{top}/proto/{proto}").read()
+                    repo = (REPO_PROTO / proto).read_bytes()
+                    self.assertEqual(copy, repo, f"the sdist's {proto} is the repository's")
             self.assertIn("setup.py", names)
             self.assertFalse([n for n in names if "_pb2" in n], "no generated code in the sdist")
             with zipfile.ZipFile(wheel) as z:
@@ -48,25 +60,26 @@ class Packaging(unittest.TestCase):
                 self.assertIn(f"palr_client/_proto/{stub}", names)
             self.assertIn("palr_client/py.typed", names)
 
-            # The wheel's stubs, imported from the wheel alone, serve every RPC of the proto.
-            rpcs = re.findall(r"^\s*rpc (\w+)\(", PROTO.read_text(), re.M)
-            self.assertGreaterEqual(len(rpcs), 5)
-            code = (
-                "import sys; sys.path.insert(0, sys.argv[1]);"
-                "from palr_client._proto import recommender_pb2 as pb, recommender_pb2_grpc as g;"
-                "assert g.RecommenderStub; print(pb.__file__);"
-                "service = pb.DESCRIPTOR.services_by_name['Recommender'];"
-                "print(' '.join(m.name for m in service.methods))"
-            )
-            origin, found = subprocess.run(
-                [sys.executable, "-I", "-c", code, str(wheel)],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=out,
-            ).stdout.splitlines()
-            self.assertTrue(origin.startswith(str(wheel)), origin)
-            self.assertEqual(found.split(), rpcs)
+            # The wheel's stubs, imported from the wheel alone, serve every RPC of each proto.
+            for proto, (module, service) in PROTOS.items():
+                rpcs = re.findall(r"^\s*rpc (\w+)\(", (REPO_PROTO / proto).read_text(), re.M)
+                self.assertGreaterEqual(len(rpcs), 5, proto)
+                code = (
+                    "import sys; sys.path.insert(0, sys.argv[1]);"
+                    f"from palr_client._proto import {module}_pb2 as pb, {module}_pb2_grpc as g;"
+                    f"assert g.{service}Stub; print(pb.__file__);"
+                    f"service = pb.DESCRIPTOR.services_by_name['{service}'];"
+                    "print(' '.join(m.name for m in service.methods))"
+                )
+                origin, found = subprocess.run(
+                    [sys.executable, "-I", "-c", code, str(wheel)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    cwd=out,
+                ).stdout.splitlines()
+                self.assertTrue(origin.startswith(str(wheel)), origin)
+                self.assertEqual(found.split(), rpcs, proto)
 
 
 if __name__ == "__main__":
