@@ -3945,3 +3945,151 @@ fn adapters_load_and_unload_under_load_without_losing_a_request() {
         fx.shutdown().await;
     });
 }
+
+/// Every kind of admin call at once, under load: three admin clients keep replacing an
+/// adapter, reloading the data (alternating two versions, one with an item more) and
+/// reloading the retrievers, while six clients send score-mode calls naming the adapter and
+/// retriever-mode calls. The admin calls are serialised and all succeed; no request fails.
+/// An adapter pin, a data snapshot and a retriever set are taken per request, and every
+/// combination of them must serve.
+#[test]
+fn all_admin_calls_at_once_under_load_lose_no_request() {
+    let _llm = llm_lock();
+    block_on(async {
+        let root = tempfile::tempdir().unwrap();
+        let root_dir = root.path().canonicalize().unwrap();
+        copy_fixture_adapter(&root_dir.join("fx"));
+        let data = data_copy();
+        let model = format!("adapter_dirs = [{:?}]\n", root_dir.display().to_string());
+        let retrieval = retrieval_toml(
+            "markov",
+            &[
+                ("markov", "palr_retriever_markov", "{}"),
+                ("popularity", "palr_retriever_popularity", "{}"),
+            ],
+            "",
+        );
+        let fx = AdminFixture::start_full(
+            &format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"),
+            &model,
+            &retrieval,
+            data.path(),
+        )
+        .await;
+        let mut admin = fx.admin().await;
+        load_adapter(&mut admin, "fx", &root_dir.join("fx"), false)
+            .await
+            .unwrap();
+        let files: Vec<(PathBuf, String)> = ["ml-100k.item", "ml-100k.inter"]
+            .iter()
+            .map(|f| {
+                let p = data.path().join(f);
+                (p.clone(), std::fs::read_to_string(&p).unwrap())
+            })
+            .collect();
+        add_item_and_users(data.path(), 20, false);
+        let grown: Vec<String> = files
+            .iter()
+            .map(|(p, _)| std::fs::read_to_string(p).unwrap())
+            .collect();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut clients = Vec::new();
+        for i in 0..6 {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            let mut rec = fx.recommender().await;
+            clients.push(tokio::spawn(async move {
+                let mut req = if i % 2 == 0 {
+                    let mut r = recommend(history(), 3, 10, pb::RankMode::Score);
+                    r.adapter = "fx".into();
+                    r
+                } else {
+                    let mut r = recommend(history(), 5, 20, pb::RankMode::Retriever);
+                    r.retriever = "popularity".into();
+                    r
+                };
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    req.user_id = format!("u{i}");
+                    match rec.recommend(bearer(req.clone(), SVC_TOKEN)).await {
+                        Ok(r) if r.get_ref().items.len() == req.k as usize => {
+                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            }));
+        }
+        let rounds = 3;
+        let adapters = {
+            let mut admin = fx.admin().await;
+            let dir = root_dir.join("fx");
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    load_adapter(&mut admin, "fx", &dir, true).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let datas = {
+            let mut admin = fx.admin().await;
+            let (files, grown) = (files.clone(), grown.clone());
+            tokio::spawn(async move {
+                for i in 0..rounds {
+                    for ((p, old), new) in files.iter().zip(&grown) {
+                        // Written beside and renamed over, as the README asks.
+                        let tmp = p.with_extension("tmp");
+                        std::fs::write(&tmp, if i % 2 == 0 { old } else { new }).unwrap();
+                        std::fs::rename(&tmp, p).unwrap();
+                    }
+                    reload_data(&mut admin).await.unwrap();
+                }
+            })
+        };
+        let retrievers = {
+            let mut admin = fx.admin().await;
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    reload(&mut admin).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        adapters.await.unwrap();
+        datas.await.unwrap();
+        retrievers.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        let failures = failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        let ok = ok.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(ok >= 6, "only {ok} calls answered");
+        let text = fx.core.metrics().render();
+        for call in ["LoadAdapter", "ReloadData", "ReloadRetrievers"] {
+            let want = if call == "LoadAdapter" {
+                rounds + 1
+            } else {
+                rounds
+            };
+            assert_eq!(
+                series(
+                    &text,
+                    &format!(r#"palr_admin_calls_total{{call="{call}",outcome="ok"}}"#)
+                ),
+                want as f64,
+                "{call}"
+            );
+        }
+        eprintln!("{ok} calls answered during {rounds} rounds of every admin call");
+        fx.shutdown().await;
+    });
+}
