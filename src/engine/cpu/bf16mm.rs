@@ -303,10 +303,42 @@ fn product(
     }
     a[m * per_row..].fill(Line::default());
 
-    // Tasks own disjoint ranges of panels (output columns), in pairs for the 2-panel
-    // blocks; a few per thread to even out the load.
     let panels = w.panels();
     let pairs = panels.div_ceil(2);
+    if pairs < threads && m >= 64 {
+        // A narrow product (one 2-panel block, e.g. an unmerged LoRA adapter's A matrix of
+        // rank 16) has fewer column tasks than threads: split its rows among them instead,
+        // each task all panels of its rows (in whole 16-row tiles).
+        let chunk = m.div_ceil(threads).next_multiple_of(16);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let a: &[Line] = a;
+        (0..m.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let r0 = c * chunk;
+            let rows = chunk.min(m - r0);
+            // AMX runs whole tiles: the zero-padded rows up to `mp` belong to the last chunk.
+            let rows_p = chunk.min(mp - r0);
+            let dst = Dst {
+                // SAFETY: r0 < m, so the offset lies inside `out`.
+                ptr: SendPtr(unsafe { out_ptr.get().add(r0 * n) }),
+                m: rows,
+                n,
+                acc,
+            };
+            let a = &a[r0 * per_row..(r0 + rows_p) * per_row];
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as below; each task writes only its own rows.
+                Kernel::Amx => unsafe { amx::panels(a, rows_p, kp, w, 0..panels, &dst) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX512-BF16 was detected; each task writes only its own rows.
+                Kernel::Avx512Bf16 => unsafe { dp::panels(a, rows, kp, w, 0..panels, &dst) },
+                _ => portable_panels(a, rows, kp, w, 0..panels, &dst),
+            }
+        });
+        return;
+    }
+    // Tasks own disjoint ranges of panels (output columns), in pairs for the 2-panel
+    // blocks; a few per thread to even out the load.
     let tasks = (threads * 4).clamp(1, pairs);
     let per_task = pairs.div_ceil(tasks) * 2;
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -377,7 +409,7 @@ impl Dst {
     /// the matrix.
     ///
     /// # Safety
-    /// No other thread writes the block's columns of `out` meanwhile.
+    /// No other thread writes the block (its rows of its columns) of `out` meanwhile.
     #[inline]
     unsafe fn put(&self, r0: usize, c0: usize, vals: &[f32], rows: usize, stride: usize) {
         let rows = rows.min(self.m.saturating_sub(r0));
@@ -797,6 +829,9 @@ mod tests {
                 (40, 70, 600),
                 (64, 64, 1536),
                 (97, 50, 129),
+                // Narrow (a LoRA A matrix of rank 16): rows split among the threads.
+                (300, 16, 576),
+                (130, 16, 32),
             ] {
                 let wv = values(n * k, (n * 31 + k) as u64);
                 let wb: Vec<bf16> = wv.iter().map(|&v| bf16::from_f32(v)).collect();
