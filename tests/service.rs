@@ -2794,6 +2794,98 @@ fn admin_api_needs_an_admin_token_and_is_off_without_one() {
     });
 }
 
+/// How a load client's call came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Answered as it should be.
+    Ok,
+    /// Refused in a way the test allows (the client backs off 20 ms, as a client should).
+    Expected,
+    Failed,
+}
+
+type RecommendResult = Result<tonic::Response<pb::RecommendResponse>, tonic::Status>;
+
+/// Clients calling Recommend without pause on their own connections until
+/// [`LoadClients::finish`]: client `i`'s `n`-th call sends `request(i, n)`, and
+/// `judge(i, &request, &result)` sorts what came back. Failures are kept (as text) for the
+/// report.
+struct LoadClients {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    expected: Arc<std::sync::atomic::AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LoadClients {
+    async fn start<R, J>(fx: &AdminFixture, clients: usize, request: R, judge: J) -> Self
+    where
+        R: Fn(usize, usize) -> pb::RecommendRequest + Send + Sync + 'static,
+        J: Fn(usize, &pb::RecommendRequest, &RecommendResult) -> Verdict + Send + Sync + 'static,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (request, judge) = (Arc::new(request), Arc::new(judge));
+        let me = Self {
+            stop: Arc::default(),
+            ok: Arc::default(),
+            expected: Arc::default(),
+            failures: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let mut tasks = Vec::with_capacity(clients);
+        for i in 0..clients {
+            let (stop, ok, expected) = (me.stop.clone(), me.ok.clone(), me.expected.clone());
+            let (failures, request, judge) = (me.failures.clone(), request.clone(), judge.clone());
+            let mut rec = fx.recommender().await;
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Relaxed) {
+                    let req = request(i, n);
+                    n += 1;
+                    let r = rec.recommend(bearer(req.clone(), SVC_TOKEN)).await;
+                    match judge(i, &req, &r) {
+                        Verdict::Ok => {
+                            ok.fetch_add(1, Relaxed);
+                        }
+                        Verdict::Expected => {
+                            expected.fetch_add(1, Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Verdict::Failed => failures.lock().unwrap().push(format!("{r:?}")),
+                    }
+                }
+            }));
+        }
+        Self { tasks, ..me }
+    }
+
+    /// Calls answered so far.
+    fn answered(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the clients; asserts that no call failed; returns the calls answered and those
+    /// refused as expected.
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        (
+            self.ok.load(std::sync::atomic::Ordering::Relaxed),
+            self.expected.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
 async fn reload(
     admin: &mut AdminClient<Channel>,
 ) -> Result<admin_pb::ReloadRetrieversResponse, tonic::Status> {
@@ -3421,51 +3513,43 @@ fn data_reloads_under_load_lose_no_request_and_mix_no_catalogs() {
             m.insert(NEW_ITEM.into(), NEW_TITLE.into());
             m
         });
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let mut clients = Vec::new();
-        for i in 0..8 {
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            let titles = titles.clone();
-            let (answers, candidates) = (answers.clone(), candidates.clone());
-            let mut rec = fx.recommender().await;
-            clients.push(tokio::spawn(async move {
-                // Two of the eight rank with the LLM.
-                let (mode, names) = if i < 2 {
-                    (pb::RankMode::Score, &["markov"][..])
-                } else {
-                    (pb::RankMode::Retriever, &["", "popularity", "mix"][..])
-                };
-                let mut n = i;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let name = names[n % names.len()];
-                    let mut req = recommend(history(), 3, 5, mode);
-                    req.retriever = name.into();
-                    n += 1;
-                    let expected = |items: &[pb::RankedItem]| {
-                        let ids: Vec<String> = items.iter().map(|i| i.item_id.clone()).collect();
-                        items.len() == 3
-                            && items
-                                .iter()
-                                .all(|it| titles.get(&it.item_id) == Some(&it.title))
-                            && if mode == pb::RankMode::Score {
-                                ids.iter().all(|id| candidates.contains(id))
-                            } else {
-                                answers[name].contains(&ids)
-                            }
+        // Two of the eight rank with the LLM.
+        let kind = |i: usize| {
+            if i < 2 {
+                (pb::RankMode::Score, &["markov"][..])
+            } else {
+                (pb::RankMode::Retriever, &["", "popularity", "mix"][..])
+            }
+        };
+        let load = LoadClients::start(
+            &fx,
+            8,
+            move |i, n| {
+                let (mode, names) = kind(i);
+                let mut req = recommend(history(), 3, 5, mode);
+                req.retriever = names[(i + n) % names.len()].into();
+                req
+            },
+            move |i, req, r| {
+                let Ok(r) = r else { return Verdict::Failed };
+                let (mode, _) = kind(i);
+                let items = &r.get_ref().items;
+                let ids: Vec<String> = items.iter().map(|i| i.item_id.clone()).collect();
+                let right = items.len() == 3
+                    && items
+                        .iter()
+                        .all(|it| titles.get(&it.item_id) == Some(&it.title))
+                    && if mode == pb::RankMode::Score {
+                        ids.iter().all(|id| candidates.contains(id))
+                    } else {
+                        answers[req.retriever.as_str()].contains(&ids)
                     };
-                    match rec.recommend(bearer(req, SVC_TOKEN)).await {
-                        Ok(r) if expected(&r.get_ref().items) => {
-                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        other => failures.lock().unwrap().push(format!("{other:?}")),
-                    }
-                }
-            }));
-        }
+                if right { Verdict::Ok } else { Verdict::Failed }
+            },
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let at_first_reload = ok.load(std::sync::atomic::Ordering::Relaxed);
+        let at_first_reload = load.answered();
         // Served now: the grown files.
         let reloads = 6;
         for i in 0..reloads {
@@ -3481,21 +3565,10 @@ fn data_reloads_under_load_lose_no_request_and_mix_no_catalogs() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let at_last_reload = ok.load(std::sync::atomic::Ordering::Relaxed);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for c in clients {
-            c.await.unwrap();
-        }
-        let failures = failures.lock().unwrap().clone();
-        assert!(
-            failures.is_empty(),
-            "{} failed: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
+        let at_last_reload = load.answered();
+        let (total, _) = load.finish().await;
         let during = at_last_reload - at_first_reload;
         assert!(during >= 50, "only {during} calls while reloading");
-        let total = ok.load(std::sync::atomic::Ordering::Relaxed);
         let text = fx.core.metrics().render();
         // The calls that learnt the answers first included.
         assert_eq!(
@@ -3547,32 +3620,24 @@ fn reloads_under_load_lose_no_request() {
         );
         let fx =
             AdminFixture::start(&format!("ops {ADMIN_TOKEN} admin\nsvc {SVC_TOKEN}\n"), &a).await;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let mut clients = Vec::new();
-        for i in 0..8 {
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            let mut rec = fx.recommender().await;
-            clients.push(tokio::spawn(async move {
+        let load = LoadClients::start(
+            &fx,
+            8,
+            |i, n| {
                 let names = ["", "popularity", "mix"];
-                let mut n = i;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let mut req = recommend(history(), 5, 20, pb::RankMode::Retriever);
-                    req.retriever = names[n % names.len()].into();
-                    n += 1;
-                    match rec.recommend(bearer(req, SVC_TOKEN)).await {
-                        Ok(r) if r.get_ref().items.len() == 5 => {
-                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        other => failures.lock().unwrap().push(format!("{other:?}")),
-                    }
-                }
-            }));
-        }
+                let mut req = recommend(history(), 5, 20, pb::RankMode::Retriever);
+                req.retriever = names[(i + n) % names.len()].into();
+                req
+            },
+            |_, _, r| match r {
+                Ok(r) if r.get_ref().items.len() == 5 => Verdict::Ok,
+                _ => Verdict::Failed,
+            },
+        )
+        .await;
         let mut admin = fx.admin().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let at_first_reload = ok.load(std::sync::atomic::Ordering::Relaxed);
+        let at_first_reload = load.answered();
         let reloads = 8;
         for i in 0..reloads {
             fx.rewrite_retrieval(if i % 2 == 0 { &b } else { &a });
@@ -3580,21 +3645,10 @@ fn reloads_under_load_lose_no_request() {
             assert_eq!(r.default_retriever, "markov");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let at_last_reload = ok.load(std::sync::atomic::Ordering::Relaxed);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for c in clients {
-            c.await.unwrap();
-        }
-        let failures = failures.lock().unwrap().clone();
-        assert!(
-            failures.is_empty(),
-            "{} failed: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
+        let at_last_reload = load.answered();
+        let (total, _) = load.finish().await;
         let during = at_last_reload - at_first_reload;
         assert!(during >= 100, "only {during} calls while reloading");
-        let total = ok.load(std::sync::atomic::Ordering::Relaxed);
         let text = fx.core.metrics().render();
         assert_eq!(
             series(&text, r#"palr_requests_total{code="OK",rpc="Recommend"}"#),
@@ -3798,45 +3852,31 @@ fn adapters_load_and_unload_under_load_without_losing_a_request() {
         );
 
         // Under load: clients name fx (always loaded, replaced meanwhile) or fx2 (unloaded
-        // and loaded again meanwhile).
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let not_found = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let mut clients = Vec::new();
-        for i in 0..4 {
-            let (stop, ok, not_found, failures) = (
-                stop.clone(),
-                ok.clone(),
-                not_found.clone(),
-                failures.clone(),
-            );
-            let mut rec = fx.recommender().await;
-            let mut req = req.clone();
-            req.adapter = ["fx", "fx2"][i % 2].into();
-            clients.push(tokio::spawn(async move {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match rec.recommend(bearer(req.clone(), SVC_TOKEN)).await {
-                        Ok(r)
-                            if r.get_ref().items.len() == 3
-                                && r.get_ref().adapter == req.adapter =>
-                        {
-                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Err(s)
-                            if req.adapter == "fx2"
-                                && s.code() == Code::NotFound
-                                && s.message().contains("unknown adapter \"fx2\"") =>
-                        {
-                            not_found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            // As a client backs off from a refusal.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        other => failures.lock().unwrap().push(format!("{other:?}")),
-                    }
+        // and loaded again meanwhile: NOT_FOUND while it is out is expected).
+        let template = req.clone();
+        let load = LoadClients::start(
+            &fx,
+            4,
+            move |i, _| {
+                let mut req = template.clone();
+                req.adapter = ["fx", "fx2"][i % 2].into();
+                req
+            },
+            |_, req, r| match r {
+                Ok(r) if r.get_ref().items.len() == 3 && r.get_ref().adapter == req.adapter => {
+                    Verdict::Ok
                 }
-            }));
-        }
+                Err(s)
+                    if req.adapter == "fx2"
+                        && s.code() == Code::NotFound
+                        && s.message().contains("unknown adapter \"fx2\"") =>
+                {
+                    Verdict::Expected
+                }
+                _ => Verdict::Failed,
+            },
+        )
+        .await;
         let mut generation = a.generation;
         let rounds = 3;
         for _ in 0..rounds {
@@ -3853,22 +3893,10 @@ fn adapters_load_and_unload_under_load_without_losing_a_request() {
                 .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for c in clients {
-            c.await.unwrap();
-        }
-        let failures = failures.lock().unwrap().clone();
-        assert!(
-            failures.is_empty(),
-            "{} failed: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        let ok = ok.load(std::sync::atomic::Ordering::Relaxed);
+        let (ok, not_found) = load.finish().await;
         assert!(ok >= 4, "only {ok} calls answered during the changes");
         eprintln!(
-            "{ok} calls answered, {} NOT_FOUND while fx2 was out, during {rounds} rounds",
-            not_found.load(std::sync::atomic::Ordering::Relaxed)
+            "{ok} calls answered, {not_found} NOT_FOUND while fx2 was out, during {rounds} rounds"
         );
 
         // Unloaded: refused by name from then on.
@@ -3993,15 +4021,11 @@ fn all_admin_calls_at_once_under_load_lose_no_request() {
             .map(|(p, _)| std::fs::read_to_string(p).unwrap())
             .collect();
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let mut clients = Vec::new();
-        for i in 0..6 {
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            let mut rec = fx.recommender().await;
-            clients.push(tokio::spawn(async move {
-                let mut req = if i % 2 == 0 {
+        let load = LoadClients::start(
+            &fx,
+            6,
+            |i, _| {
+                if i % 2 == 0 {
                     let mut r = recommend(history(), 3, 10, pb::RankMode::Score);
                     r.adapter = "fx".into();
                     r
@@ -4009,18 +4033,14 @@ fn all_admin_calls_at_once_under_load_lose_no_request() {
                     let mut r = recommend(history(), 5, 20, pb::RankMode::Retriever);
                     r.retriever = "popularity".into();
                     r
-                };
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    req.user_id = format!("u{i}");
-                    match rec.recommend(bearer(req.clone(), SVC_TOKEN)).await {
-                        Ok(r) if r.get_ref().items.len() == req.k as usize => {
-                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        other => failures.lock().unwrap().push(format!("{other:?}")),
-                    }
                 }
-            }));
-        }
+            },
+            |_, req, r| match r {
+                Ok(r) if r.get_ref().items.len() == req.k as usize => Verdict::Ok,
+                _ => Verdict::Failed,
+            },
+        )
+        .await;
         let rounds = 3;
         let adapters = {
             let mut admin = fx.admin().await;
@@ -4060,18 +4080,7 @@ fn all_admin_calls_at_once_under_load_lose_no_request() {
         datas.await.unwrap();
         retrievers.await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for c in clients {
-            c.await.unwrap();
-        }
-        let failures = failures.lock().unwrap().clone();
-        assert!(
-            failures.is_empty(),
-            "{} failed: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        let ok = ok.load(std::sync::atomic::Ordering::Relaxed);
+        let (ok, _) = load.finish().await;
         assert!(ok >= 6, "only {ok} calls answered");
         let text = fx.core.metrics().render();
         for call in ["LoadAdapter", "ReloadData", "ReloadRetrievers"] {

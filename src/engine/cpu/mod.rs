@@ -937,6 +937,14 @@ pub(crate) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 mod tests {
     use super::*;
 
+    /// The largest element-wise difference of `a` and `b`.
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     /// A deterministic pseudo-random vector in [-0.5, 0.5).
     pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -981,11 +989,7 @@ mod tests {
                                 b.linear_acc(&x, rows, &t, s, &mut got).unwrap();
                             }
                         }
-                        let err = want
-                            .iter()
-                            .zip(&got)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0f32, f32::max);
+                        let err = max_abs_diff(&want, &got);
                         let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
                         // Packed products round the activations to bf16 too (their own
                         // precision test is in bf16mm); the others only reorder sums.
@@ -1028,11 +1032,7 @@ mod tests {
                     b16.linear_acc(&x, rows, &m16, s, &mut got).unwrap();
                 }
             }
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_abs_diff(&want, &got);
             assert!(err <= 1e-4, "acc {acc:?}: max error {err}");
         }
         let scratch = WIDEN.with(|w| w.borrow().len());
