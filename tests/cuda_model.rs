@@ -133,6 +133,123 @@ fn synthetic_smollm2_logits_match_cpu() {
     );
 }
 
+/// The PEFT fixture adapter (made for SmolLM2-135M's shapes) at 1/256 of its strength,
+/// restricted to the first `layers` layers when the synthetic model is shortened: a copy in
+/// a temp directory.
+fn fixture_adapter(layers: usize) -> PathBuf {
+    const STRENGTH_DIVISOR: f64 = 256.0;
+    let src = common::repo().join("tests/fixtures/lora-peft");
+    let dir = std::env::temp_dir().join(format!("palr-gpu-adapter-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let keep = |l: u64| (l as usize) < layers;
+    let kept: Vec<u64> = cfg["layers_to_transform"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_u64().filter(|&l| keep(l)))
+        .collect();
+    assert!(
+        !kept.is_empty(),
+        "no adapted layer among the first {layers}"
+    );
+    cfg["layers_to_transform"] = json!(kept);
+    // 1/256 of its strength: on random weights the adapter at full strength (and at 1/8)
+    // scrambles the logits (relative change ~1.4, uncorrelated), where the backends' bf16
+    // rounding differences grow to 2-7%; at 1/256 it moves them by ~13%, and the backends
+    // agree as closely as without it (4e-3 on the emulator).
+    let scale = |v: &serde_json::Value| json!(v.as_f64().unwrap() / STRENGTH_DIVISOR);
+    cfg["lora_alpha"] = scale(&cfg["lora_alpha"]);
+    if let Some(p) = cfg["alpha_pattern"].as_object_mut() {
+        p.values_mut().for_each(|v| *v = scale(v));
+    }
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| {
+            let layer = name
+                .split(".layers.")
+                .nth(1)
+                .and_then(|r| r.split('.').next());
+            layer.and_then(|l| l.parse::<u64>().ok()).is_none_or(keep)
+        })
+        .collect();
+    safetensors::serialize_to_file(tensors, None, &dir.join("adapter_model.safetensors")).unwrap();
+    dir
+}
+
+/// An unmerged adapter loaded while the model serves (the admin API's LoadAdapter) runs on
+/// the GPU's SGMV kernels as on the CPU: the synthetic SmolLM2 with the PEFT fixture adapter
+/// loaded after the model on both backends, prefill and decode; a base-model session of the
+/// same GPU model between them is unaffected; after an unload, the pinned session still
+/// gives the adapter's logits.
+#[test]
+#[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
+fn adapter_loaded_while_serving_matches_cpu() {
+    gpu();
+    let dir = synthetic_dir();
+    let cpu = load(&dir, Device::Cpu, 512);
+    let gpu = load(&dir, Device::Cuda(ordinal()), 512);
+    let adapter = fixture_adapter(cpu.config().n_layers);
+    let (c_ad, _) = cpu.load_adapter("fx", &adapter, false).unwrap();
+    let (g_ad, _) = gpu.load_adapter("fx", &adapter, false).unwrap();
+    assert_eq!(g_ad.info().rank, 4);
+    let vocab = cpu.config().vocab_size;
+    let mut rng = Rng::new(fresh_seed("live adapter"));
+    let prompt = tokens(&mut rng, 80, vocab);
+
+    let mut cs = cpu.clone().new_session(128).unwrap();
+    let mut gs = gpu.clone().new_session(128).unwrap();
+    cs.set_adapter(Some(&c_ad)).unwrap();
+    gs.set_adapter(Some(&g_ad)).unwrap();
+    let c = cs.feed(&prompt, Logits::Last).unwrap().to_vec();
+    let g = gs.feed(&prompt, Logits::Last).unwrap().to_vec();
+    // The adapter changes the logits (else the comparison says nothing about it).
+    let mut base = gpu.clone().new_session(128).unwrap();
+    let b = base.feed(&prompt, Logits::Last).unwrap().to_vec();
+    let mut cbase = cpu.clone().new_session(128).unwrap();
+    let cb = cbase.feed(&prompt, Logits::Last).unwrap().to_vec();
+    let moved = rel_err(&cb, &c);
+    eprintln!("the adapter moves the CPU logits by {moved:.2e} (relative)");
+    assert_close("prefill, base model", &b, &cb, MODEL_TOL);
+    // A GPU that skipped the adapter would be off by this much: well past the bound.
+    assert!(moved > 2.0 * MODEL_TOL, "adapter effect {moved:.2e}");
+    assert_close("prefill with the adapter", &g, &c, MODEL_TOL);
+    for step in 0..8 {
+        let t = rng.below(vocab) as u32;
+        let c = cs.feed(&[t], Logits::Last).unwrap().to_vec();
+        let g = gs.feed(&[t], Logits::Last).unwrap().to_vec();
+        assert_close(
+            &format!("decode step {step} with the adapter"),
+            &g,
+            &c,
+            MODEL_TOL,
+        );
+    }
+    // Unloaded: the pinned GPU session runs on, as before.
+    gpu.unload_adapter("fx").unwrap();
+    gs.truncate(0).unwrap();
+    let again = gs.feed(&prompt, Logits::Last).unwrap().to_vec();
+    assert_close(
+        "pinned session after the unload",
+        &again,
+        &cpu_logits(&cpu, &c_ad, &prompt),
+        MODEL_TOL,
+    );
+}
+
+/// The CPU model's last logits for `prompt` with adapter `ad`, in a fresh session.
+fn cpu_logits(cpu: &Arc<dyn LanguageModel>, ad: &engine::AdapterRef, prompt: &[u32]) -> Vec<f32> {
+    let mut s = cpu.clone().new_session(prompt.len()).unwrap();
+    s.set_adapter(Some(ad)).unwrap();
+    s.feed(prompt, Logits::Last).unwrap().to_vec()
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU (or scripts/gpu/fake-gpu.sh): run with --include-ignored, as scripts/gpu/gpu-check.sh does"]
 fn synthetic_weights_made_on_the_gpu_run() {
