@@ -364,16 +364,30 @@ pub struct Ranker {
     catalog: Arc<Catalog>,
     cfg: RankerConfig,
     prompts: PromptBuilder,
-    /// The shared prefix's session per (mode, adapter), computed on first use.
-    prefixes: Mutex<HashMap<PrefixKey, PrefixSlot>>,
+    /// The shared prefix's session per (mode, adapter), computed on first use, and the
+    /// adapter generations retired.
+    prefixes: Mutex<Prefixes>,
     pool: Mutex<Vec<Box<dyn Session>>>,
     /// Each item's title as written in the answer, tokenized (filled on first use).
     answer_tokens: RwLock<HashMap<u32, Arc<[u32]>>>,
     /// User profiles by (adapter, history), when `user_profile` is on.
     profiles: Mutex<HashMap<ProfileKey, Arc<str>>>,
-    /// Generations of adapters unloaded or replaced: nothing computed with them is cached
-    /// any more (one number per admin call).
-    retired: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// The ranker's shared prefixes, and the generations of adapters unloaded or replaced:
+/// nothing computed with those is cached any more (one number per admin call). One lock,
+/// so a request caches nothing for a generation retired meanwhile; taken before
+/// `profiles` where both are.
+#[derive(Default)]
+struct Prefixes {
+    slots: HashMap<PrefixKey, PrefixSlot>,
+    retired: std::collections::HashSet<u64>,
+}
+
+impl Prefixes {
+    fn retired(&self, generation: Option<u64>) -> bool {
+        generation.is_some_and(|g| self.retired.contains(&g))
+    }
 }
 
 impl Ranker {
@@ -433,11 +447,10 @@ impl Ranker {
             catalog,
             cfg,
             prompts,
-            prefixes: Mutex::new(HashMap::new()),
+            prefixes: Mutex::new(Prefixes::default()),
             pool: Mutex::new(Vec::new()),
             answer_tokens: RwLock::new(HashMap::new()),
             profiles: Mutex::new(HashMap::new()),
-            retired: Mutex::new(Default::default()),
         })
     }
 
@@ -464,12 +477,9 @@ impl Ranker {
     /// requests running on it end.
     pub fn forget_adapter(&self, generation: u64) {
         // Held throughout, so no request still on that adapter caches anything after this.
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.insert(generation);
-        self.prefixes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(_, g), _| *g != Some(generation));
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        prefixes.retired.insert(generation);
+        prefixes.slots.retain(|(_, g), _| *g != Some(generation));
         self.profiles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -481,6 +491,7 @@ impl Ranker {
         self.prefixes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .slots
             .len()
     }
 
@@ -705,8 +716,12 @@ impl Ranker {
         self.return_session(s);
         let profile: Arc<str> = result?.into();
         tracing::debug!(profile = %profile, history_items = hist.len(), "user profile generated");
-        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        if !key.0.is_some_and(|g| retired.contains(&g)) {
+        // The prefix lock (held until the insert) only where an adapter could have been
+        // retired meanwhile.
+        let prefixes = key
+            .0
+            .map(|_| self.prefixes.lock().unwrap_or_else(|e| e.into_inner()));
+        if !prefixes.as_ref().is_some_and(|p| p.retired(key.0)) {
             let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= self.cfg.profile_cache.max(1) {
                 cache.clear();
@@ -743,14 +758,8 @@ impl Ranker {
         let adapter = s.adapter().cloned();
         let key = (mode, adapter.as_ref().map(AdapterRef::generation));
         let slot = {
-            // Lock order: retired, then the map (as `forget_adapter`).
-            let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-            if key.1.is_some_and(|g| retired.contains(&g)) {
-                None
-            } else {
-                let mut map = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-                Some(map.entry(key).or_default().clone())
-            }
+            let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            (!prefixes.retired(key.1)).then(|| prefixes.slots.entry(key).or_default().clone())
         };
         let Some(slot) = slot else {
             // An adapter unloaded or replaced while this request runs on it: its prefix is
