@@ -244,6 +244,37 @@ fn adapters_load_and_unload_while_the_model_serves() {
     );
 }
 
+/// `max_adapter_rank` bounds adapters at start-up and when loaded later (the fixture has rank
+/// 4): over it, the load is refused before any weight is read and the table is unchanged.
+#[test]
+fn adapter_rank_is_bounded() {
+    let opts = |max| LoadOptions {
+        adapters: vec![spec("fx", &fixture(), false)],
+        max_adapter_rank: max,
+        ..LoadOptions::default()
+    };
+    let e = engine::load(&model_dir(), &opts(3))
+        .err()
+        .expect("rank 4 over 3");
+    assert!(
+        matches!(&e, EngineError::AdapterRank { name, rank: 4, max: 3 } if name == "fx"),
+        "{e}"
+    );
+    let model = engine::load(&model_dir(), &opts(4)).unwrap();
+    let model_3 = engine::load(
+        &model_dir(),
+        &LoadOptions {
+            max_adapter_rank: 3,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let e = model_3.load_adapter("fx", &fixture(), false).unwrap_err();
+    assert!(matches!(e, EngineError::AdapterRank { .. }), "{e}");
+    assert!(model_3.adapters().is_empty());
+    assert_eq!(model.adapters().len(), 1);
+}
+
 /// Copies the fixture adapter into a temp dir, with `edit` applied to its config and tensors.
 fn broken(
     name: &str,

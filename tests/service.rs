@@ -1261,6 +1261,24 @@ fn logs_have_one_span_per_request() {
     );
 }
 
+/// An adapter of `model.adapters` over `model.max_adapter_rank` stops the start, naming
+/// the key (the fixture adapter has rank 4); at the bound it loads.
+#[test]
+fn adapters_over_the_rank_bound_are_refused_at_start() {
+    let mut cfg = test_config();
+    cfg.server.warmup = false;
+    cfg.model.max_adapter_rank = 3;
+    let e = Recommender::load(&cfg, Metrics::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"fx\"") && e.contains("rank 4, over model.max_adapter_rank = 3"),
+        "{e}"
+    );
+    cfg.model.max_adapter_rank = 4;
+    Recommender::load(&cfg, Metrics::new()).unwrap();
+}
+
 #[test]
 fn requests_pick_an_adapter_by_name() {
     let _llm = llm_lock();

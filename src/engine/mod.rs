@@ -60,6 +60,12 @@ pub enum EngineError {
     UnknownAdapter { name: String, loaded: Vec<String> },
     #[error("an adapter named {0:?} is loaded already (unload it first, or replace it)")]
     AdapterExists(String),
+    #[error("adapter {name:?} has rank {rank}, over the largest rank allowed ({max})")]
+    AdapterRank {
+        name: String,
+        rank: usize,
+        max: usize,
+    },
     #[error(transparent)]
     Cuda(cuda::CudaError),
     /// [`Session::feed_until`]'s stop condition held between two layers: the positions of
@@ -116,6 +122,9 @@ pub struct LoadOptions {
     pub max_batch_rows: usize,
     /// LoRA adapters.
     pub adapters: Vec<AdapterSpec>,
+    /// Largest rank an unmerged adapter may have, at load and later (0 = any): bounds an
+    /// adapter's memory and a session's LoRA scratch.
+    pub max_adapter_rank: usize,
 }
 
 impl Default for LoadOptions {
@@ -126,6 +135,7 @@ impl Default for LoadOptions {
             threads: 0,
             max_batch_rows: 512,
             adapters: Vec::new(),
+            max_adapter_rank: 0,
         }
     }
 }
@@ -335,14 +345,14 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
         Device::Cpu => {
             let backend = CpuBackend::new(opts.threads, opts.dtype)?;
             let llama = Llama::load(cfg, &ck, backend, merged.as_ref())?;
-            Arc::new(Model::new(llama, max_rows).with_merged(merged.map(|a| a.name)))
+            Arc::new(Model::new(llama, max_rows).with_merged(merged.map(|a| a.name), opts))
         }
         Device::Cuda(ordinal) => {
             check_device_dtype(opts.device, opts.dtype)
                 .map_err(|e| EngineError::Invalid(format!("{e}; load with dtype bf16")))?;
             let backend = cuda::CudaBackend::new(ordinal)?;
             let llama = Llama::load(cfg, &ck, backend, merged.as_ref())?;
-            Arc::new(Model::new(llama, max_rows).with_merged(merged.map(|a| a.name)))
+            Arc::new(Model::new(llama, max_rows).with_merged(merged.map(|a| a.name), opts))
         }
     };
     // The unmerged ones go through the same path as an adapter loaded while serving.
@@ -359,6 +369,8 @@ pub struct Model<B: Backend> {
     /// Unmerged adapters, in load order; replaced entries keep their place.
     adapters: RwLock<Vec<AdapterRef>>,
     merged: Option<String>,
+    /// `LoadOptions::max_adapter_rank`.
+    max_adapter_rank: usize,
     /// Tells this model's adapter references from another's.
     id: u64,
 }
@@ -371,13 +383,16 @@ impl<B: Backend> Model<B> {
             max_rows,
             adapters: RwLock::new(Vec::new()),
             merged: None,
+            max_adapter_rank: 0,
             id: next_id(),
         }
     }
 
-    /// Records the name of the adapter folded into `llama`'s weights.
-    fn with_merged(mut self, merged: Option<String>) -> Self {
+    /// Records the name of the adapter folded into `llama`'s weights and the bound on
+    /// unmerged adapters' rank.
+    fn with_merged(mut self, merged: Option<String>, opts: &LoadOptions) -> Self {
         self.merged = merged;
+        self.max_adapter_rank = opts.max_adapter_rank;
         self
     }
 
@@ -490,6 +505,15 @@ impl<B: Backend> LanguageModel for Model<B> {
             return Err(EngineError::AdapterExists(name.to_owned()));
         }
         let ad = Adapter::open(name, dir, &self.llama.cfg)?;
+        let (rank, max) = (ad.max_rank(), self.max_adapter_rank);
+        if max > 0 && rank > max {
+            // Before any weight is read.
+            return Err(EngineError::AdapterRank {
+                name: name.to_owned(),
+                rank,
+                max,
+            });
+        }
         let weights = self.llama.backend.install(|| self.llama.load_lora(&ad))?;
         self.add_adapter_weights(name, dir.to_path_buf(), weights, replace)
     }

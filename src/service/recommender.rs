@@ -656,13 +656,20 @@ fn engine_options(m: &ModelSection) -> engine::LoadOptions {
                 merge: a.merge,
             })
             .collect(),
+        max_adapter_rank: m.max_adapter_rank,
     }
 }
 
 /// Sorts an engine load error: no driver or no such GPU is the device's fault (so not
-/// "palr model fetch"), anything else the model's.
+/// "palr model fetch"), an adapter over the rank bound the configuration's, anything else
+/// the model's.
 fn engine_error(m: &ModelSection, e: engine::EngineError) -> StartError {
     match e {
+        engine::EngineError::AdapterRank { name, rank, max } => {
+            StartError::Config(ConfigError::Invalid(format!(
+                "adapter {name:?} of model.adapters has rank {rank}, over model.max_adapter_rank = {max}"
+            )))
+        }
         engine::EngineError::Cuda(c) if c.is_unavailable() => StartError::Device {
             device: m.device.to_string(),
             message: c.to_string(),
@@ -715,20 +722,8 @@ impl Prompting {
     }
 }
 
-/// Refuses a `model.default_adapter` the ranker does not have, and adapters of a rank over
-/// `model.max_adapter_rank`.
-fn check_adapters(m: &ModelSection, ranker: &Ranker) -> std::result::Result<(), StartError> {
-    for a in ranker.model().adapters() {
-        if a.info().rank > m.max_adapter_rank {
-            return Err(StartError::Config(ConfigError::Invalid(format!(
-                "adapter {:?} ({}) has rank {}, over model.max_adapter_rank = {}",
-                a.name(),
-                a.info().dir.display(),
-                a.info().rank,
-                m.max_adapter_rank
-            ))));
-        }
-    }
+/// Refuses a `model.default_adapter` the ranker does not have.
+fn check_default_adapter(m: &ModelSection, ranker: &Ranker) -> std::result::Result<(), StartError> {
     let default_adapter = &m.default_adapter;
     if !default_adapter.is_empty() && !ranker.has_adapter(default_adapter) {
         return Err(StartError::Config(ConfigError::Invalid(format!(
@@ -794,7 +789,7 @@ impl Recommender {
             load_ms = t.elapsed().as_millis() as u64,
             "model loaded"
         );
-        check_adapters(&cfg.model, &ranker)?;
+        check_default_adapter(&cfg.model, &ranker)?;
         check_default_candidates(&cfg.limits, &ranker)?;
         set_build_info(&metrics, model.as_ref());
         let me = Self {
@@ -1112,23 +1107,15 @@ impl Recommender {
                     .join(", ")
             )));
         }
-        // The rank from the adapter's own config, before any weight is read.
-        let base = model.config();
-        let ad = crate::model::lora::Adapter::open(name, &dir, base).map_err(|e| {
-            ServiceError::InvalidArgument(format!("adapter {name:?} cannot be loaded: {e}"))
-        })?;
-        let rank = ad.max_rank();
-        drop(ad);
-        if rank > m.max_adapter_rank {
-            return Err(ServiceError::InvalidArgument(format!(
-                "adapter {name:?} has rank {rank}, over model.max_adapter_rank = {}",
-                m.max_adapter_rank
-            )));
-        }
         let (new, old) = model
             .load_adapter(name, &dir, replace)
             .map_err(|e| match e {
                 engine::EngineError::AdapterExists(_) => ServiceError::AlreadyExists(e.to_string()),
+                engine::EngineError::AdapterRank { rank, max, .. } => {
+                    ServiceError::InvalidArgument(format!(
+                        "adapter {name:?} has rank {rank}, over model.max_adapter_rank = {max}"
+                    ))
+                }
                 engine::EngineError::OutOfMemory(_) => ServiceError::ResourceExhausted(format!(
                     "adapter {name:?} does not fit in memory: {e}"
                 )),
