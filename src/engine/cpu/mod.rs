@@ -937,6 +937,23 @@ pub(crate) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 mod tests {
     use super::*;
 
+    /// `start` after `linear` (acc None: overwritten) or `linear_acc` with scale `acc`.
+    fn product(
+        b: &CpuBackend,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &CpuMat,
+        acc: Option<f32>,
+        start: &[f32],
+    ) -> Vec<f32> {
+        let mut out = start.to_vec();
+        match acc {
+            None => b.linear(x, rows, w, None, &mut out).unwrap(),
+            Some(s) => b.linear_acc(x, rows, w, s, &mut out).unwrap(),
+        }
+        out
+    }
+
     /// The largest element-wise difference of `a` and `b`.
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         a.iter()
@@ -978,17 +995,8 @@ mod tests {
                     let x = values(rows * k, rows as u64);
                     for acc in [None, Some(0.5f32)] {
                         let start = values(rows * n, 99);
-                        let (mut want, mut got) = (start.clone(), start.clone());
-                        match acc {
-                            None => {
-                                b.linear(&x, rows, &plain, None, &mut want).unwrap();
-                                b.linear(&x, rows, &t, None, &mut got).unwrap();
-                            }
-                            Some(s) => {
-                                b.linear_acc(&x, rows, &plain, s, &mut want).unwrap();
-                                b.linear_acc(&x, rows, &t, s, &mut got).unwrap();
-                            }
-                        }
+                        let want = product(&b, &x, rows, &plain, acc, &start);
+                        let got = product(&b, &x, rows, &t, acc, &start);
                         let err = max_abs_diff(&want, &got);
                         let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
                         // Packed products round the activations to bf16 too (their own
@@ -1021,17 +1029,8 @@ mod tests {
         let x = values(rows * k, 11);
         for acc in [None, Some(0.5f32)] {
             let start = values(rows * n, 3);
-            let (mut want, mut got) = (start.clone(), start.clone());
-            match acc {
-                None => {
-                    b32.linear(&x, rows, &m32, None, &mut want).unwrap();
-                    b16.linear(&x, rows, &m16, None, &mut got).unwrap();
-                }
-                Some(s) => {
-                    b32.linear_acc(&x, rows, &m32, s, &mut want).unwrap();
-                    b16.linear_acc(&x, rows, &m16, s, &mut got).unwrap();
-                }
-            }
+            let want = product(&b32, &x, rows, &m32, acc, &start);
+            let got = product(&b16, &x, rows, &m16, acc, &start);
             let err = max_abs_diff(&want, &got);
             assert!(err <= 1e-4, "acc {acc:?}: max error {err}");
         }
