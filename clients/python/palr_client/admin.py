@@ -10,12 +10,11 @@ PalrError (admin.proto lists the codes of each call).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from os import PathLike, fspath
 
 from ._proto import admin_pb2 as admin_pb
 from ._proto import admin_pb2_grpc as admin_pb_grpc
-from .client import PemSource, _Connection
+from .client import _Connection
 from .types import AdapterList, AdapterLoad, AdapterUnload, DataReload, RetrieversReload
 
 DEFAULT_ADMIN_ADDR = "127.0.0.1:50052"
@@ -26,35 +25,13 @@ class AdminClient(_Connection):
 
     The arguments are Client's: addr (here the server's admin_addr), token (one with the
     `admin` scope), ca_cert, client_cert, client_key, tls, tls_domain (the admin listener uses
-    the server's TLS), options. timeout: default deadline of each call in seconds (None = no
-    deadline); longer than Client's, as the reloads create (fit) every retriever anew.
+    the server's TLS), options. timeout: default deadline of each call in seconds (default 120; None = no
+    deadline): longer than Client's, as the reloads create (fit) every retriever anew.
     """
 
-    def __init__(
-        self,
-        addr: str = DEFAULT_ADMIN_ADDR,
-        token: str | None = None,
-        *,
-        ca_cert: PemSource | None = None,
-        client_cert: PemSource | None = None,
-        client_key: PemSource | None = None,
-        tls: bool | None = None,
-        tls_domain: str | None = None,
-        timeout: float | None = 120.0,
-        options: Iterable[tuple[str, object]] = (),
-    ):
-        super().__init__(
-            addr,
-            token,
-            ca_cert=ca_cert,
-            client_cert=client_cert,
-            client_key=client_key,
-            tls=tls,
-            tls_domain=tls_domain,
-            timeout=timeout,
-            options=options,
-        )
-        self._stub = admin_pb_grpc.AdminStub(self._channel)
+    _DEFAULT_ADDR = DEFAULT_ADMIN_ADDR
+    _DEFAULT_TIMEOUT = 120.0
+    _STUB = admin_pb_grpc.AdminStub
 
     def __enter__(self) -> AdminClient:
         return self

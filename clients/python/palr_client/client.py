@@ -36,23 +36,39 @@ def _ids(items: Iterable[str | int], what: str) -> list[str]:
     return [str(i) for i in items]
 
 
+class _Default:
+    """The type of `_DEFAULT`: a timeout left to the client class's default (None already
+    means "no deadline")."""
+
+
+_DEFAULT = _Default()
+
+
 class _Connection:
     """One gRPC channel and what every call carries (token, deadline); Client and AdminClient
-    add their stub and one method per RPC. The arguments are Client's."""
+    add their stub (`_STUB`), defaults (`_DEFAULT_ADDR`, `_DEFAULT_TIMEOUT`) and one method per
+    RPC. The arguments are described at Client."""
+
+    _DEFAULT_ADDR: str
+    _DEFAULT_TIMEOUT: float | None
+    _STUB: type
 
     def __init__(
         self,
-        addr: str,
-        token: str | None,
+        addr: str | None = None,
+        token: str | None = None,
         *,
-        ca_cert: PemSource | None,
-        client_cert: PemSource | None,
-        client_key: PemSource | None,
-        tls: bool | None,
-        tls_domain: str | None,
-        timeout: float | None,
-        options: Iterable[tuple[str, object]],
+        ca_cert: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
+        tls: bool | None = None,
+        tls_domain: str | None = None,
+        timeout: float | None | _Default = _DEFAULT,
+        options: Iterable[tuple[str, object]] = (),
     ):
+        addr = self._DEFAULT_ADDR if addr is None else addr
+        #: The server address, as given (or the class's default).
+        self.addr = addr
         target = addr
         for scheme, scheme_tls in (("https://", True), ("http://", False)):
             if addr.startswith(scheme):
@@ -77,7 +93,8 @@ class _Connection:
         else:
             self._channel = grpc.insecure_channel(target, options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = timeout
+        self.timeout = self._DEFAULT_TIMEOUT if isinstance(timeout, _Default) else timeout
+        self._stub = self._STUB(self._channel)
 
     def __enter__(self):
         return self
@@ -110,34 +127,14 @@ class Client(_Connection):
     tls: force TLS on (with the system's roots when no ca_cert) or off; None = decided by the
     scheme and the certificates given. tls_domain: the name to check the server's certificate
     against, when it is not the host in addr.
-    timeout: default deadline of each call in seconds; None = no deadline.
+    timeout: default deadline of each call in seconds (default 30); None = no deadline.
+    options: extra gRPC channel options.
     """
 
-    def __init__(
-        self,
-        addr: str = DEFAULT_ADDR,
-        token: str | None = None,
-        *,
-        ca_cert: PemSource | None = None,
-        client_cert: PemSource | None = None,
-        client_key: PemSource | None = None,
-        tls: bool | None = None,
-        tls_domain: str | None = None,
-        timeout: float | None = 30.0,
-        options: Iterable[tuple[str, object]] = (),
-    ):
-        super().__init__(
-            addr,
-            token,
-            ca_cert=ca_cert,
-            client_cert=client_cert,
-            client_key=client_key,
-            tls=tls,
-            tls_domain=tls_domain,
-            timeout=timeout,
-            options=options,
-        )
-        self._stub = pb_grpc.RecommenderStub(self._channel)
+    _DEFAULT_ADDR = DEFAULT_ADDR
+    _DEFAULT_TIMEOUT = 30.0
+    _STUB = pb_grpc.RecommenderStub
+
 
     def __enter__(self) -> Client:
         return self

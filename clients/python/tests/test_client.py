@@ -58,6 +58,20 @@ class WithoutServer(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "plaintext"):
             Client("http://127.0.0.1:1", ca_cert=b"ca")
 
+    def test_each_client_has_its_defaults(self):
+        # No call is made: a channel connects on its first call.
+        for cls, addr, timeout in (
+            (Client, palr_client.client.DEFAULT_ADDR, 30.0),
+            (palr_client.AdminClient, palr_client.admin.DEFAULT_ADMIN_ADDR, 120.0),
+        ):
+            with cls() as c:
+                self.assertEqual(c.timeout, timeout)
+                self.assertEqual(c.addr, addr)
+            with cls("127.0.0.1:1", timeout=None) as c:
+                self.assertIsNone(c.timeout)
+            with cls(timeout=5) as c:
+                self.assertEqual(c.timeout, 5)
+
     def test_no_server_is_unavailable(self):
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
