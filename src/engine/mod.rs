@@ -185,9 +185,11 @@ pub trait LanguageModel: Send + Sync {
     /// Takes the unmerged adapter `name` out of the table: no new session can pick it;
     /// sessions running on it finish on it. Returns it.
     fn unload_adapter(&self, name: &str) -> Result<AdapterRef> {
-        Err(self.adapter(name).err().unwrap_or_else(|| {
-            EngineError::Invalid(format!("this model cannot unload adapters ({name:?})"))
-        }))
+        // An unknown name says so; a known one cannot go from a model without a table.
+        self.adapter(name)?;
+        Err(EngineError::Invalid(format!(
+            "this model cannot unload adapters ({name:?})"
+        )))
     }
 }
 

@@ -1005,20 +1005,9 @@ impl Recommender {
             .unwrap_or_default()
     }
 
-    /// The adapters requests may use, each with whether it is merged into the weights
-    /// (unmerged ones first, in load order).
-    pub fn adapters(&self) -> Vec<(String, bool)> {
-        let m = &self.model;
-        m.adapters()
-            .iter()
-            .map(|a| (a.name().to_owned(), false))
-            .chain(m.merged_adapter().map(|a| (a.to_owned(), true)))
-            .collect()
-    }
-
-    /// Names requests may use in `adapter` (unmerged and merged).
+    /// Names requests may use in `adapter` (unmerged ones in load order, then the merged one).
     pub fn adapter_names(&self) -> Vec<String> {
-        self.adapters().into_iter().map(|(name, _)| name).collect()
+        self.adapter_listing().into_iter().map(|a| a.name).collect()
     }
 
     /// Every adapter requests may name, with what it is (unmerged ones first, in load
@@ -1163,11 +1152,7 @@ impl Recommender {
             )));
         }
         let gone = model.unload_adapter(name).map_err(|_| {
-            let loaded: Vec<String> = model
-                .adapters()
-                .iter()
-                .map(|a| a.name().to_owned())
-                .collect();
+            let loaded = self.adapter_names();
             ServiceError::NotFound(format!(
                 "no adapter {:?} is loaded (loaded: {})",
                 clip(name),
